@@ -1,0 +1,129 @@
+"""Common LightningDataModule plumbing: global -> per-device batch size, loaders, samplers.
+
+Batches are dicts of tensors (``image``, ``label``, ``index``, plus task extras such as ``box``
+or ``mask``) so modules and callbacks read fields by name.
+
+Evaluation under DDP: Lightning's default ``DistributedSampler`` pads the last shard by repeating
+samples, which biases reported metrics. Evaluation loaders here shard without padding
+(:class:`UnpaddedDistributedSampler`); training loaders use a seeded ``DistributedSampler``.
+Configs therefore set ``trainer.use_distributed_sampler: false``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from ..config import ConfigError
+
+
+class UnpaddedDistributedSampler(Sampler[int]):
+    """Deterministic contiguous shards with no padding: every sample is seen exactly once."""
+
+    def __init__(self, dataset_len: int, num_replicas: int, rank: int) -> None:
+        self.indices = list(range(dataset_len))[rank::num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class BaseDataModule(pl.LightningDataModule):
+    """Subclasses implement :meth:`build_dataset` and set ``num_classes`` / ``class_names``."""
+
+    num_classes: int
+    class_names: list[str]
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.seed = seed
+        self.datasets: dict[str, Dataset] = {}
+        self.batch_size_per_device = batch_size
+        self.eval_batch_size_per_device = self.eval_batch_size
+
+    # -- to implement -------------------------------------------------------------------------
+    def build_dataset(self, split: str) -> Dataset:
+        """Return the dataset of ``split`` in {"train", "val", "test", "predict"}."""
+        raise NotImplementedError
+
+    collate_fn: Callable[[list[Any]], Any] | None = None
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def setup(self, stage: str | None = None) -> None:
+        world, _ = self._world()
+        for name, total in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
+            if total % world:
+                raise ConfigError(f"data.{name}={total} (global) is not divisible by the {world} devices")
+        self.batch_size_per_device = self.batch_size // world
+        self.eval_batch_size_per_device = self.eval_batch_size // world
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        for split in splits.get(stage or "fit", ("train", "val", "test")):
+            if split not in self.datasets:
+                self.datasets[split] = self.build_dataset(split)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.datasets[split]
+        world, rank = self._world()
+        sampler: Sampler[int] | None = None
+        if world > 1:
+            if train:
+                sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True)
+            else:
+                sampler = UnpaddedDistributedSampler(len(ds), world, rank)  # type: ignore[arg-type]
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size_per_device if train else self.eval_batch_size_per_device,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=self.collate_fn,
+            generator=generator if train and sampler is None else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", train=False)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch on one device (for schedules built before the loader)."""
+        world, _ = self._world()
+        n = len(self.datasets["train"]) // world
+        return max(1, math.floor(n / self.batch_size_per_device))
