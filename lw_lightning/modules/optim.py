@@ -1,0 +1,51 @@
+"""Optimizer parameter groups and the per-step warmup + cosine schedule shared by all tasks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+#: Parameter names (suffixes) never decayed, as timm's ``no_weight_decay()``: embeddings/tokens.
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "time_embed")
+
+
+def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decay on weight matrices / conv kernels only; none on norms, biases,
+    LayerScale gammas, positional embeddings and CLS/register tokens. Frozen params are skipped."""
+    decay, no_decay = [], []
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.split(".")[-1] in NO_DECAY_NAMES or name.endswith(".gamma"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float, warmup_start_ratio: float = 1e-3) -> float:
+    """LR multiplier: linear warmup from ``warmup_start_ratio`` to 1, then cosine to ``min_lr_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return warmup_start_ratio + (1.0 - warmup_start_ratio) * step / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.01) -> LambdaLR:
+    """Per-step schedule (use with ``"interval": "step"``)."""
+    return LambdaLR(optimizer, lambda s: warmup_cosine_factor(s, warmup_steps, total_steps, min_lr_ratio))
+
+
+def resolve_warmup(warmup: int | float, total_steps: int) -> int:
+    """Warmup given as steps (int) or as a fraction of the run (float < 1)."""
+    if isinstance(warmup, float) and warmup < 1.0:
+        return int(round(warmup * total_steps))
+    return int(warmup)
