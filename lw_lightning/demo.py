@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="runs", help="root of the run directories")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke version (tests)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every stage")
+    for stage, what in (("a", "teacher"), ("b", "distillation"), ("c", "fine-tuning")):
+        parser.add_argument(f"--set-{stage}", nargs="*", default=[], metavar="key=value", help=f"overrides for stage {stage} ({what})")
     args = parser.parse_args(argv)
     torch.set_float32_matmul_precision("high")
     common = [f"output_dir={args.output_dir}"]
@@ -53,24 +56,25 @@ def main(argv: list[str] | None = None) -> int:
         common.append("trainer.enable_progress_bar=false")
     if args.quick:
         common += ["data.num_train=32", "data.num_val=16", "data.num_test=16", "data.batch_size=16", "trainer.max_epochs=1"]
+    common += args.set
     t_start = time.perf_counter()
 
-    teacher, t_a = _stage("(a) full-resolution ViT (the teacher)", "demo_vit.yaml", common)
+    teacher, t_a = _stage("(a) full-resolution ViT (the teacher)", "demo_vit.yaml", [*common, *args.set_a])
     teacher_ckpt = _best(teacher)
     distill, t_b = _stage(
-        "(b) what-where distillation into LookWhere", "demo_distill.yaml", [*common, f"module.teacher.checkpoint={teacher_ckpt}"]
+        "(b) what-where distillation into LookWhere", "demo_distill.yaml", [*common, f"module.teacher.checkpoint={teacher_ckpt}", *args.set_b]
     )
     exported = Path(distill.log_dir) / "lookwhere.pt"
     finetune, t_c = _stage(
-        "(c) fine-tune LookWhere (frozen selector)", "demo_finetune.yaml", [*common, f"module.model.pretrained={exported}"]
+        "(c) fine-tune LookWhere (frozen selector)", "demo_finetune.yaml", [*common, f"module.model.pretrained={exported}", *args.set_c]
     )
 
     # (d) held-out test split: both models, same data, same run
     print("\n=== (d) test split: accuracy and FLOPs per image", flush=True)
-    vit_test, _ = _stage("full-res ViT on test", "demo_vit.yaml", [*common, f"ckpt_path={teacher_ckpt}", "name=demo_vit_test"], "test")
+    vit_test, _ = _stage("full-res ViT on test", "demo_vit.yaml", [*common, *args.set_a, f"ckpt_path={teacher_ckpt}", "name=demo_vit_test"], "test")
     lw_test, _ = _stage(
         "LookWhere on test", "demo_finetune.yaml",
-        [*common, f"module.model.pretrained={exported}", f"ckpt_path={_best(finetune)}", "name=demo_finetune_test"], "test",
+        [*common, *args.set_c, f"module.model.pretrained={exported}", f"ckpt_path={_best(finetune)}", "name=demo_finetune_test"], "test",
     )
     vit_model = ImageClassifier.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
     lw_module = lw_test.module.cpu().eval()
