@@ -40,8 +40,8 @@ CLASS_NAMES = sorted(class_name(s, d) for s in SHAPES for d in DIRECTIONS)
 def render_clip(rng: np.random.Generator, shape: str, direction: str, num_frames: int, size: int) -> np.ndarray:
     """``[T, size, size, 3]`` uint8 frames of one moving shape."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    radius = rng.uniform(0.14, 0.22) * size
-    speed = rng.uniform(0.5, 1.0) * (size - 2 * radius) / max(1, num_frames - 1)  # stays in frame
+    radius = rng.uniform(0.12, 0.2) * size
+    speed = rng.uniform(0.7, 1.0) * (size - 2 * radius) / max(1, num_frames - 1)  # stays in frame
     travel = speed * (num_frames - 1)
     x0 = rng.uniform(radius, size - radius - travel)
     y = rng.uniform(radius, size - radius)
@@ -95,12 +95,12 @@ def youtube_id(rng: np.random.Generator) -> str:
 class SyntheticKineticsSpec:
     """Size of a generated dataset (videos per class and split)."""
 
-    train_per_class: int = 40
+    train_per_class: int = 80
     val_per_class: int = 10
     test_per_class: int = 10
     size: int = 32
-    num_frames: int = 24
-    fps: int = 12
+    num_frames: int = 16
+    fps: int = 8
     lossless: bool = False
     seed: int = 0
 
