@@ -48,7 +48,7 @@ def sample_train_clip(
     return clip_indices(total, start, num_frames, stride, out_of_bounds)
 
 
-def test_clip_starts(total: int, num_frames: int, stride: int, num_clips: int) -> list[int]:
+def eval_clip_starts(total: int, num_frames: int, stride: int, num_clips: int) -> list[int]:
     """``num_clips`` starts evenly spaced over the fitting range; one clip is centred."""
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
@@ -60,5 +60,5 @@ def test_clip_starts(total: int, num_frames: int, stride: int, num_clips: int) -
 
 def sample_test_clips(total: int, num_frames: int, stride: int, num_clips: int, out_of_bounds: str = "loop") -> np.ndarray:
     """``[num_clips, num_frames]`` deterministic indices for multi-view evaluation."""
-    starts = test_clip_starts(total, num_frames, stride, num_clips)
+    starts = eval_clip_starts(total, num_frames, stride, num_clips)
     return np.stack([clip_indices(total, s, num_frames, stride, out_of_bounds) for s in starts])

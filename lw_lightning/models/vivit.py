@@ -260,11 +260,13 @@ def load_image_vit(model: ViViT, source: str | dict[str, Tensor], embed_init: st
     spatial = _spatial_pos_embed(state["pos_embed"], (nh, nw))
     new["pos_embed"] = spatial.repeat(1, nt, 1) if cfg.variant == "joint" else spatial
     norm = "norm" if cfg.variant == "joint" else "spatial_norm"
+    too_deep = []
     for key, value in state.items():
         if key.startswith("blocks."):
-            i = int(key.split(".")[1])
-            if i < cfg.depth:
+            if int(key.split(".")[1]) < cfg.depth:
                 new[f"encoder.{key}"] = value
+            else:
+                too_deep.append(key)
         elif key in ("norm.weight", "norm.bias"):
             new[key.replace("norm", norm, 1)] = value
     own = model.state_dict()
@@ -276,6 +278,8 @@ def load_image_vit(model: ViViT, source: str | dict[str, Tensor], embed_init: st
     with torch.no_grad():
         for k in loaded:
             own[k].copy_(new[k])
-    ignored = sorted(k for k in state if not (k.startswith("blocks.") or k.startswith("patch_embed") or k in ("pos_embed", "norm.weight", "norm.bias")))
+    ignored = too_deep + sorted(
+        k for k in state if not (k.startswith("blocks.") or k.startswith("patch_embed") or k in ("pos_embed", "norm.weight", "norm.bias"))
+    )
     log.info("ViViT: loaded %d tensors from image weights; unused: %s", len(loaded), skipped + ignored)
     return {"loaded": loaded, "skipped": skipped + ignored}
