@@ -1,0 +1,189 @@
+"""Kinetics data: exact decord reads, annotation/filename parsing, the three layouts, missing and
+corrupt videos, multi-view batches. All videos are written here with PyAV (lossless H.264)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lw_lightning.config import ConfigError
+from lw_lightning.data.kinetics import KineticsDataModule, parse_clip_filename, read_annotation_csv, read_list_file
+from lw_lightning.data.synthetic_kinetics import CLASS_NAMES, SyntheticKineticsSpec, make_synthetic_kinetics, write_video
+from lw_lightning.data.video_io import VideoReadError, read_frames
+
+TINY = SyntheticKineticsSpec(train_per_class=2, val_per_class=1, test_per_class=1, num_frames=12, lossless=True)
+
+
+@pytest.fixture(scope="module")
+def kinetics_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("k") / "kinetics"
+    make_synthetic_kinetics(root, TINY)
+    return root
+
+
+@pytest.fixture
+def root(kinetics_root, tmp_path) -> Path:
+    """A private copy tests may damage."""
+    return Path(shutil.copytree(kinetics_root, tmp_path / "kinetics"))
+
+
+def dm(root: Path, **kw) -> KineticsDataModule:
+    opts = dict(num_frames=4, frame_stride=2, img_size=32, train_short_side=[32, 36], eval_short_side=40, batch_size=2, flip=False)
+    return KineticsDataModule(str(root), **{**opts, **kw})
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_decord_reads_exactly_what_a_lossless_writer_wrote(tmp_path, size):
+    frames = np.random.default_rng(size).integers(0, 256, (10, size, size, 3), dtype=np.uint8)
+    write_video(tmp_path / "v.mp4", frames, lossless=True)
+    idx = [7, 0, 3, 3, 9]  # unsorted, repeated
+    assert np.array_equal(read_frames(tmp_path / "v.mp4", idx), frames[idx])
+
+
+def test_filename_and_annotation_parsing(tmp_path):
+    assert parse_clip_filename("-_a-b_c1234_000010_000020.mp4") == ("-_a-b_c1234", 10, 20)
+    assert parse_clip_filename("ab_c_000010_000020.mp4") is None  # id is not 11 characters
+    assert parse_clip_filename("abcdefghijk_000010_000020.txt") is None
+    csv_file = tmp_path / "val.csv"
+    csv_file.write_text(
+        'label,youtube_id,time_start,time_end,split,is_cc\n'
+        '"passing American football (in game)",abc_def-123,14.0,24,validate,0\n'
+        '"circle, moving left",zzzzzzzzzzz,0,10,validate,1\n'
+    )
+    rows = read_annotation_csv(csv_file)
+    assert [r["label"] for r in rows] == ["passing American football (in game)", "circle, moving left"]
+    assert rows[0]["youtube_id"] == "abc_def-123" and rows[0]["split"] == "validate"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,video\nx,y\n")
+    with pytest.raises(ConfigError, match="missing columns"):
+        read_annotation_csv(bad)
+    lst = tmp_path / "train.txt"
+    lst.write_text("dir with space/a b.mp4 3\nplain.mp4\n\n")
+    assert read_list_file(lst) == [("dir with space/a b.mp4", 3), ("plain.mp4", -1)]
+
+
+def test_csv_layout_batches(kinetics_root):
+    data = dm(kinetics_root, test_clips=2, test_crops=3)
+    assert data.layout == "csv" and data.class_names == CLASS_NAMES and data.num_classes == 4
+    data.setup("fit")
+    data.setup("test")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["video"].shape == (2, 3, 4, 32, 32) and batch["video"].dtype == torch.float32
+    assert batch["resampled"].tolist() == [0, 0]
+    test = next(iter(data.test_dataloader()))
+    assert test["video"].shape == (2, 6, 3, 4, 32, 32) and test["valid"].all()
+    views = test["video"][0]
+    assert not torch.equal(views[0], views[2])  # left and right crops differ
+    assert not torch.equal(views[1], views[4])  # clip 0 and clip 1 (same centre crop) differ
+    assert len(data.datasets["test"]) == 4
+
+
+def test_missing_files_are_dropped_and_counted(root, caplog):
+    victims = sorted((root / "train").iterdir())[:3]
+    for v in victims:
+        v.unlink()
+    with caplog.at_level(logging.WARNING):
+        records = dm(root).records("train")
+    assert len(records) == 8 - 3
+    assert "3 of 8 annotated clips have no video file" in caplog.text
+
+
+def test_label_folders_and_replacement_files_resolve_by_name(root):
+    """ActivityNet-crawler style (label folders) under the CSV; a replacement file wins."""
+    rows = read_annotation_csv(root / "annotations" / "train.csv")
+    for row in rows:
+        name = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}.mp4"
+        (root / "train" / row["label"]).mkdir(exist_ok=True)
+        (root / "train" / name).rename(root / "train" / row["label"] / name)
+    (root / "replacement").mkdir()
+    shutil.copy(root / "train" / rows[0]["label"] / name_of(rows[0]), root / "replacement" / name_of(rows[0]))
+    records = {r.name: r for r in dm(root).records("train")}
+    assert len(records) == 8
+    assert "replacement" in records[Path(name_of(rows[0])).stem].path
+
+
+def name_of(row: dict) -> str:
+    return f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}.mp4"
+
+
+def test_folder_layout_with_normalised_names_and_label_map(kinetics_root, tmp_path):
+    root = tmp_path / "folders"
+    for split in ("train", "val"):
+        for row in read_annotation_csv(kinetics_root / "annotations" / f"{split}.csv"):
+            folder = root / ("validate" if split == "val" else split) / row["label"].replace(" ", "_").replace(",", "")
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(kinetics_root / split / name_of(row), folder / name_of(row))
+    data = dm(root)
+    assert data.layout == "folders"
+    (root / "classes.txt").write_text("\n".join(reversed(CLASS_NAMES)) + "\n")
+    mapped = dm(root, label_map="classes.txt")
+    assert mapped.class_names == list(reversed(CLASS_NAMES))
+    val = mapped.records("val")
+    truth = {Path(name_of(r)).stem: r["label"] for r in read_annotation_csv(kinetics_root / "annotations" / "val.csv")}
+    assert {r.name: mapped.class_names[r.label] for r in val} == truth
+
+
+def test_list_layout(kinetics_root, tmp_path):
+    root = tmp_path / "lists"
+    shutil.copytree(kinetics_root / "train", root / "videos dir")
+    rows = read_annotation_csv(kinetics_root / "annotations" / "train.csv")
+    lines = [f"videos dir/{name_of(r)} {CLASS_NAMES.index(r['label'])}" for r in rows]
+    (root / "train_list.txt").write_text("\n".join(lines) + "\n")
+    data = dm(root)
+    assert data.layout == "list" and data.num_classes == 4
+    ds = data.build_dataset("train")
+    assert len(ds) == 8 and ds[0]["video"].shape == (3, 4, 32, 32)
+
+
+def test_bad_roots_are_one_line_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        dm(tmp_path / "absent").num_classes
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"expected annotations/train.csv.*found an empty folder"):
+        dm(tmp_path / "empty").num_classes
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:300])  # truncated: the container header survives, frames don't
+
+
+def test_corrupt_training_video_is_resampled_and_counted(root, caplog):
+    data = dm(root)
+    ds = data.build_dataset("train")
+    bad = 0
+    corrupt(Path(ds.records[bad].path))
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING):
+        sample = ds[bad]
+    assert sample["resampled"] >= 1 and int(sample["index"]) != bad
+    assert sample["label"] == ds.records[int(sample["index"])].label
+    assert "corrupt training video replaced" in caplog.text
+    for r in ds.records:
+        corrupt(Path(r.path))
+    ds.max_resample = 2
+    with pytest.raises(VideoReadError, match="3 videos in a row"):
+        ds[0]
+
+
+def test_corrupt_eval_video_is_flagged_never_replaced(root, caplog):
+    data = dm(root, test_clips=2, test_crops=1)
+    ds = data.build_dataset("test")
+    corrupt(Path(ds.records[1].path))
+    with caplog.at_level(logging.WARNING):
+        bad, good = ds[1], ds[0]
+    assert not bad["valid"] and bad["video"].shape == (2, 3, 4, 32, 32) and torch.count_nonzero(bad["video"]) == 0
+    assert int(bad["index"]) == 1 and bad["label"] == ds.records[1].label
+    assert good["valid"]
+    assert "corrupt evaluation video" in caplog.text
+
+
+def test_worker_processes_read_videos(kinetics_root):
+    data = dm(kinetics_root, num_workers=2, persistent_workers=False)
+    data.setup("fit")
+    labels = torch.cat([b["label"] for b in data.train_dataloader()])
+    assert len(labels) == 8

@@ -1,0 +1,141 @@
+"""ViViT: tubelet embedding and its image-ViT initialisation, TokenLearner per slice, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
+
+from lw_lightning.models.vivit import ViViT, inflate_patch_kernel, load_image_vit, vivit_config
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("t", [2, 3, 4])
+def test_central_frame_init_equals_2d_conv_on_central_frame(t):
+    w2d, bias = torch.randn(6, 3, 4, 4), torch.randn(6)
+    w3d = inflate_patch_kernel(w2d, t, "central")
+    video = torch.randn(2, 3, 4 * t, 8, 8)
+    out3d = F.conv3d(video, w3d, bias, stride=(t, 4, 4))
+    central = video[:, :, t // 2 :: t]  # frame t//2 of every tubelet (index 1 for t=2)
+    out2d = torch.stack([F.conv2d(central[:, :, i], w2d, bias, stride=4) for i in range(4)], dim=2)
+    torch.testing.assert_close(out3d, out2d)
+
+
+def test_average_init_equals_mean_of_2d_convs():
+    w2d = torch.randn(6, 3, 4, 4)
+    video = torch.randn(1, 3, 4, 8, 8)
+    out3d = F.conv3d(video, inflate_patch_kernel(w2d, 2, "average"), stride=(2, 4, 4))
+    frames = [F.conv2d(video[:, :, i], w2d, stride=4) for i in range(4)]
+    expect = torch.stack([(frames[0] + frames[1]) / 2, (frames[2] + frames[3]) / 2], dim=2)
+    torch.testing.assert_close(out3d, expect)
+
+
+def test_tubelet_tokens_are_time_major():
+    model = ViViT(vivit_config("tiny"), 3)
+    video = torch.zeros(1, 3, 8, 32, 32)
+    base = model.patch_embed(video)
+    video[:, :, 6:8, 8:16, 0:8] = 1.0  # tubelet slice 3, row 1, column 0
+    changed = ((model.patch_embed(video) - base).abs().sum(-1) > 0).nonzero()[:, 1].tolist()
+    assert changed == [3 * 16 + 1 * 4 + 0]
+
+
+def _image_vit(depth: int = 4, class_token: bool = True) -> VisionTransformer:
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=depth, num_heads=4, num_classes=0, class_token=class_token)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_init_from_local_image_vit_file(tmp_path, fmt):
+    vit = _image_vit()
+    state = {k: v.contiguous() for k, v in vit.state_dict().items()}
+    path = tmp_path / f"vit.{fmt}"
+    save_file(state, str(path)) if fmt == "safetensors" else torch.save({"model": state}, path)
+    model = ViViT(vivit_config("tiny", num_tokens=4, pretrained=str(path)), 5)
+    w = model.patch_embed.proj.weight
+    torch.testing.assert_close(w[:, :, 1], state["patch_embed.proj.weight"])  # central frame of t=2
+    assert torch.count_nonzero(w[:, :, 0]) == 0
+    spatial = state["pos_embed"][:, 1:]  # CLS position dropped
+    for t in range(4):  # tiled over the 4 temporal slices
+        torch.testing.assert_close(model.pos_embed[:, t * 16 : (t + 1) * 16], spatial)
+    torch.testing.assert_close(model.encoder.blocks[3].mlp.fc2.weight, state["blocks.3.mlp.fc2.weight"])
+    torch.testing.assert_close(model.norm.weight, state["norm.weight"])
+
+
+def test_init_resamples_posemb_and_reports_unused(tmp_path):
+    vit = VisionTransformer(img_size=64, patch_size=8, embed_dim=64, depth=6, num_heads=4, num_classes=0)
+    cfg = vivit_config("tiny", variant="factorised", embed_init="average")
+    model = ViViT(cfg, 5)
+    report = load_image_vit(model, vit.state_dict())
+    assert model.pos_embed.shape == (1, 16, 64)  # 8x8 image grid resampled to the 4x4 grid
+    assert "blocks.5.attn.qkv.weight" in report["skipped"]  # deeper than the video model
+    assert "cls_token" in report["skipped"]
+    torch.testing.assert_close(model.patch_embed.proj.weight.sum(2), vit.patch_embed.proj.weight.detach())
+    with pytest.raises(ValueError, match="embed_dim"):
+        load_image_vit(ViViT(vivit_config("tiny", embed_dim=32, num_heads=2), 5), vit.state_dict())
+    with pytest.raises(FileNotFoundError):
+        ViViT(vivit_config("tiny", pretrained=str(tmp_path / "nope.pth")), 5)
+
+
+def test_tokenlearner_tokens_of_slice_t_come_from_frames_of_slice_t():
+    model = ViViT(vivit_config("tiny", num_tokens=3, tokenlearner_loc=0), 5).eval()
+    captured = []
+    model.encoder.blocks[0].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    video = torch.randn(1, 3, 8, 32, 32)
+    model(video)
+    assert captured[0].shape == (1, 4 * 3, 64)  # nt=4 slices x 3 tokens
+    for t in range(4):
+        v2 = video.clone()
+        v2[:, :, 2 * t : 2 * t + 2] = torch.randn(1, 3, 2, 32, 32)  # the 2 frames of tubelet slice t
+        model(v2)
+        changed = (captured[-1] - captured[0]).abs().amax(dim=(0, 2)) > 1e-6
+        assert changed.nonzero().flatten().tolist() == [3 * t, 3 * t + 1, 3 * t + 2]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(num_tokens=0),
+        dict(num_tokens=4, tokenlearner_loc=2),
+        dict(num_tokens=4, tokenlearner_loc=2, tokenlearner_version="v1.0"),
+        dict(variant="factorised", num_tokens=4),
+        dict(variant="factorised", num_tokens=0),
+    ],
+    ids=["joint", "joint-tl11", "joint-tl10", "factorised-tl", "factorised"],
+)
+def test_every_parameter_gets_a_gradient(options):
+    model = ViViT(vivit_config("tiny", **options), 5)
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # zero-init head: nothing below it would get a gradient
+    logits = model(torch.randn(2, 3, 8, 32, 32))
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.tensor([0, 3])).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert not no_grad
+
+
+def test_fuser_variant_starts_as_the_plain_stack_below_loc():
+    model = ViViT(vivit_config("tiny", num_tokens=4, tokenlearner_loc=2, use_fuser=True), 5).eval()
+    x = torch.randn(1, 3, 8, 32, 32)
+    tokens = model.patch_embed(x) + model.pos_embed
+    with torch.no_grad():
+        plain = model.encoder.blocks[1](model.encoder.blocks[0](tokens))
+        torch.testing.assert_close(model.encoder(tokens, 4, (4, 4)), plain)
+    assert model.num_output_tokens == 64
+
+
+def test_presets_and_bad_options():
+    base = vivit_config("base", num_tokens=8, tokenlearner_loc=6)
+    assert base.grid == (16, 14, 14) and base.embed_dim == 768 and base.depth == 12
+    assert vivit_config("large").depth == 24
+    with pytest.raises(ValueError, match="preset"):
+        vivit_config("huge")
+    with pytest.raises(ValueError, match="multiples"):
+        vivit_config("tiny", num_frames=7)
+    with pytest.raises(ValueError, match="variant"):
+        vivit_config("tiny", variant="model3")
+    with pytest.raises(ValueError, match=r"\[B, 8, 32, 32\]"):
+        ViViT(vivit_config("tiny"), 3)(torch.randn(1, 3, 4, 32, 32))
