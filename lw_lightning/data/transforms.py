@@ -23,8 +23,6 @@ from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: the mean colour in uint8: padding an image with it gives 0 after normalisation
-MEAN_UINT8 = tuple(round(255 * m) for m in IMAGENET_MEAN)
 IGNORE_INDEX = 255
 
 
@@ -132,41 +130,68 @@ class RandomRescale(v2.Transform):
         return self._call_kernel(F.resize, inpt, size=params["size"], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
-class CatMaxRandomCrop(v2.RandomCrop):
-    """Random crop (padded when the image is smaller) that avoids crops dominated by one class.
+class CatMaxRandomCrop(v2.Transform):
+    """Random crop of ``size`` (or of the whole side when the image is smaller) that avoids crops
+    dominated by one class.
 
     mmseg ``RandomCrop(crop_size, cat_max_ratio)``: redraw the crop up to ``tries`` times while
     one class covers ``cat_max_ratio`` or more of the crop's labelled (non-ignore) pixels or
-    fewer than two classes are present; the last draw is kept otherwise.
+    fewer than two classes are present; the last draw is kept otherwise. Images smaller than the
+    crop are padded later (:class:`PadToSize`, after normalisation, as mmseg's preprocessor does).
     """
 
     def __init__(self, size: int | Sequence[int], cat_max_ratio: float = 0.75, ignore_index: int = IGNORE_INDEX, tries: int = 10) -> None:
-        fill = {tv_tensors.Image: list(MEAN_UINT8), tv_tensors.Mask: ignore_index}
-        super().__init__(size2(size), pad_if_needed=True, fill=fill)  # type: ignore[arg-type]
+        super().__init__()
+        self.size = size2(size)
         self.cat_max_ratio = cat_max_ratio
         self.ignore_index = ignore_index
         self.tries = tries
 
-    def _acceptable(self, mask: torch.Tensor, params: dict[str, Any]) -> bool:
-        # crop coordinates live in the padded frame; padding is ignore, so count the original part
-        left_pad, top_pad = params["padding"][0], params["padding"][1]
-        top, left = params["top"] - top_pad, params["left"] - left_pad
-        m = mask[..., max(0, top) : max(0, top + params["height"]), max(0, left) : max(0, left + params["width"])]
-        counts = torch.bincount(m.reshape(-1).long(), minlength=256)
+    def _acceptable(self, mask: torch.Tensor, p: dict[str, int]) -> bool:
+        crop = mask[..., p["top"] : p["top"] + p["height"], p["left"] : p["left"] + p["width"]]
+        counts = torch.bincount(crop.reshape(-1).long(), minlength=256)
         counts[self.ignore_index] = 0
         counts = counts[counts > 0]
         return len(counts) > 1 and float(counts.max()) / float(counts.sum()) < self.cat_max_ratio
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        params = super().make_params(flat_inputs)
+        h, w = v2.query_size(flat_inputs)
+        ch, cw = min(self.size[0], h), min(self.size[1], w)
+
+        def draw() -> dict[str, int]:
+            top = int(torch.randint(0, h - ch + 1, ()))
+            left = int(torch.randint(0, w - cw + 1, ()))
+            return {"top": top, "left": left, "height": ch, "width": cw}
+
+        params = draw()
         masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask)]
-        if self.cat_max_ratio >= 1.0 or not masks:
-            return params
-        for _ in range(self.tries):
-            if self._acceptable(masks[0], params):
-                break
-            params = super().make_params(flat_inputs)
+        if masks and self.cat_max_ratio < 1.0:
+            for _ in range(self.tries):
+                if self._acceptable(masks[0], params):
+                    break
+                params = draw()
         return params
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+class PadToSize(v2.Transform):
+    """Pad bottom/right up to ``size`` (no-op when already that large); ``fill`` per type."""
+
+    def __init__(self, size: int | Sequence[int], fill: dict[type, Any]) -> None:
+        super().__init__()
+        self.size = size2(size)
+        self.fill = fill
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        return {"padding": [0, 0, max(0, self.size[1] - w), max(0, self.size[0] - h)]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not any(params["padding"]):
+            return inpt
+        return self._call_kernel(F.pad, inpt, padding=params["padding"], fill=self.fill.get(type(inpt), 0))
 
 
 class PhotoMetricDistortion(v2.RandomPhotometricDistort):
@@ -206,6 +231,8 @@ def ade20k_train_transform(
         v2.RandomHorizontalFlip(0.5),
         PhotoMetricDistortion(),
         to_normalized(),
+        # after normalisation, so padded pixels are exactly 0 (the mean colour); labels get ignore
+        PadToSize((ch, cw), fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}),
     ])
 
 
@@ -221,8 +248,8 @@ def ade20k_eval_transform(image_size: int | Sequence[int] = 512, resize: str = "
     if resize == "short_side":
         return v2.Compose([
             v2.Resize(min(size2(image_size)), antialias=True),
-            PadToMultiple(multiple, fill=list(MEAN_UINT8)),
             to_normalized(),
+            PadToMultiple(multiple, fill=0.0),  # 0 after normalisation = the mean colour
         ])
     raise ValueError(f"data.eval_resize must be 'square' or 'short_side', got {resize!r}")
 
