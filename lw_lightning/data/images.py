@@ -92,7 +92,10 @@ class SkippingDataset(Dataset):
                         f"{self.max_retries + 1} unreadable training images in a row, last: {err}; "
                         "check the dataset files"
                     ) from err
-                current = rng.randrange(len(self))  # type: ignore[arg-type]
+                n = len(self)  # type: ignore[arg-type]
+                if n > 1:  # another index than the one that just failed
+                    step = rng.randrange(1, n)
+                    current = (current + step) % n
         raise AssertionError("unreachable")
 
 
