@@ -89,8 +89,9 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse overrides: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # omegaconf and yaml errors alike
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {first}") from None
 
 
 def compose(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> DictConfig:
@@ -148,10 +149,10 @@ def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> D
 # --------------------------------------------------------------------------------------------
 
 
-def suggest(name: str, candidates: Sequence[str]) -> str:
-    """Return ``" (did you mean 'x'?)"`` for the closest candidate, or an empty string."""
+def suggest(name: str, candidates: Sequence[str], prefix: str = "") -> str:
+    """Return ``" (did you mean 'prefix.x'?)"`` for the closest candidate, or an empty string."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def validate(cfg: DictConfig) -> None:
@@ -226,7 +227,7 @@ def validate_target_node(node: DictConfig, path: str) -> None:
         if key not in params:
             if var_kw:
                 continue
-            raise ConfigError(f"unknown key '{where}{key}'{suggest(key, list(params))} for {node[TARGET_KEY]}")
+            raise ConfigError(f"unknown key '{where}{key}'{suggest(key, list(params), where)} for {node[TARGET_KEY]}")
         value = node._get_node(key)
         if isinstance(value, DictConfig) and TARGET_KEY in value:
             continue  # nested node: validated on its own
@@ -255,7 +256,7 @@ def check_dataclass_dict(schema: type, values: Mapping[str, Any], path: str) -> 
     names = [f.name for f in dataclasses.fields(schema)]
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"unknown key '{path}.{key}'{suggest(str(key), names)} for {schema.__name__}")
+            raise ConfigError(f"unknown key '{path}.{key}'{suggest(str(key), names, path + '.')} for {schema.__name__}")
         sub = _dataclass_in(hints[key])
         if sub is not None and isinstance(value, Mapping):
             check_dataclass_dict(sub, value, f"{path}.{key}")
@@ -281,6 +282,8 @@ def _type_ok(value: Any, hint: Any) -> bool | None:
         return value in typing.get_args(hint)
     if hint is type(None):
         return value is None
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, (dict, hint))
     if value is None:
         return False
     if hint is bool:

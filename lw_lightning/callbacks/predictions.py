@@ -1,0 +1,58 @@
+"""Write per-sample predictions of the ``predict`` command to one CSV in the run directory."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+
+class PredictionWriter(BasePredictionWriter):
+    """CSV columns: ``index, label, pred, pred_name, score, selected`` (selected patch indices,
+    space-separated, highest selector score first; empty for models without a selector).
+
+    Under DDP every rank's predictions are gathered and rank 0 writes one file sorted by index.
+    """
+
+    def __init__(self, output_dir: str | None = None, class_names: list[str] | None = None, filename: str = "predictions.csv") -> None:
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+        self.class_names = class_names
+        self.filename = filename
+        self.path: Path | None = None
+
+    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any) -> None:
+        rows = []
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        for out in batches:
+            n = out["index"].shape[0]
+            for i in range(n):
+                row = {
+                    "index": int(out["index"][i]),
+                    "label": int(out["label"][i]) if "label" in out else "",
+                    "pred": int(out["pred"][i]),
+                    "score": f"{float(out['score'][i]):.6f}",
+                    "selected": " ".join(str(int(j)) for j in out["selected"][i].tolist()) if "selected" in out else "",
+                }
+                names = self.class_names
+                row["pred_name"] = names[row["pred"]] if names and row["pred"] < len(names) else ""
+                rows.append(row)
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            gathered: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        folder = Path(self.output_dir or trainer.log_dir or ".")
+        if not trainer.is_global_zero:
+            return
+        rows.sort(key=lambda r: r["index"])
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / self.filename
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["index", "label", "pred", "pred_name", "score", "selected"])
+            writer.writeheader()
+            writer.writerows(rows)

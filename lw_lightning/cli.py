@@ -1,0 +1,67 @@
+"""Command line: ``python -m lw_lightning {fit,validate,test,predict} --config FILE [key=value ...]``.
+
+Tests call :func:`main` in-process with an argv list. User mistakes (unknown key, wrong type,
+missing file, unresolvable interpolation) print one line on stderr and return exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError, load_config, to_yaml
+
+COMMANDS = ("fit", "validate", "test", "predict")
+
+EPILOG = """examples:
+  python -m lw_lightning fit --config conf/experiment/demo_vit.yaml trainer.max_epochs=2
+  python -m lw_lightning test --config conf/experiment/demo_vit.yaml ckpt_path=runs/demo_vit/version_0/checkpoints/last.ckpt
+  python -m lw_lightning fit --config conf/experiment/demo_vit.yaml --print-config
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lw_lightning",
+        description="Train and evaluate adaptive-computation vision transformers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=COMMANDS, help="what to run")
+    parser.add_argument("--config", "-c", action="append", default=[], metavar="FILE", help="YAML config (repeatable; later files win)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, applied last")
+    return parser
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_intermixed_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return int(exc.code or 0)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    from .tasks import run  # heavy imports only when running
+
+    try:
+        result = run(cfg, args.command)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result.trainer.is_global_zero:
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or args.command == "fit")
+        where = f"  [run dir: {result.log_dir}]" if result.log_dir else ""
+        print(f"{args.command} done: {shown or 'no metrics'}{where}")
+    return 0

@@ -1,0 +1,133 @@
+"""Image classification with LookWhere or the full-resolution ViT (linear head on the CLS)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..models.config import ModelConfig, model_config
+from ..models.lookwhere import LookWhere, build_model
+from .optim import param_groups, resolve_warmup, warmup_cosine
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """top-1 / top-5 accuracy over samples (``average="micro"``: the ImageNet definition)."""
+    return MetricCollection(
+        {
+            "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ImageClassifier(pl.LightningModule):
+    """Classifier on the extractor's (or full-res ViT's) CLS features.
+
+    Args:
+        model: architecture (:class:`~lw_lightning.models.config.ModelConfig` fields, e.g.
+            ``{arch: lookwhere, preset: tiny, img_size: [224, 224]}``).
+        num_classes: filled from the DataModule when left out of the config.
+        lr / weight_decay: AdamW peak learning rate and decay (weight matrices only).
+        warmup: warmup steps (int) or fraction of the run (float < 1), then cosine to
+            ``min_lr_ratio * lr``; stepped every optimizer step.
+        label_smoothing / class_weights: cross-entropy options.
+        train_k / eval_k: patches kept by LookWhere in training / evaluation (count or fraction;
+            None: ``model.k``). Ignored by the full-res ViT.
+        freeze_selector: keep the selector fixed (LookWhere fine-tuning default protocol).
+    """
+
+    def __init__(
+        self,
+        model: ModelConfig | dict,
+        num_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup: int | float = 0.1,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        train_k: int | float | None = None,
+        eval_k: int | float | None = None,
+        freeze_selector: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = model_config(**model) if isinstance(model, dict) else model
+        self.net = build_model(self.model_cfg)
+        self.head = nn.Linear(self.model_cfg.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"module.class_weights has {len(class_weights)} entries for {num_classes} classes")
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None, persistent=False)
+        if freeze_selector and isinstance(self.net, LookWhere):
+            self.net.selector.requires_grad_(False)
+        self.train_metrics = accuracy_metrics(num_classes, "train/")
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+
+    @property
+    def is_lookwhere(self) -> bool:
+        return isinstance(self.net, LookWhere)
+
+    def forward(self, images: Tensor, k: int | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits (B, C) and the backbone's feature dict."""
+        if self.is_lookwhere and self.hparams.freeze_selector:
+            self.net.selector.eval()  # frozen: no dropout / drop-path noise either
+        out = self.net(images, k=k)
+        return self.head(out["cls"]), out
+
+    def model_step(self, batch: dict[str, Tensor], k: int | float | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        logits, out = self(batch["image"], k=k)
+        target = batch.get("target", batch["label"])  # soft targets (mixup) when the data gives them
+        loss = F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
+        return loss, logits, out
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, logits, _ = self.model_step(batch, self.hparams.train_k)
+        self.train_loss(loss)
+        self.train_metrics(logits, batch["label"])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        loss, logits, _ = self.model_step(batch, self.hparams.eval_k)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        mean_loss = self.val_loss if stage == "val" else self.test_loss
+        mean_loss(loss, weight=batch["label"].shape[0])
+        metrics(logits, batch["label"])
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        logits, out = self(batch["image"], k=self.hparams.eval_k)
+        probs = logits.float().softmax(-1)
+        score, pred = probs.max(-1)
+        result = {"index": batch["index"], "pred": pred, "score": score}
+        if "label" in batch:
+            result["label"] = batch["label"]
+        if "selected" in out:
+            result["selected"] = out["selected"]
+        return result
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            param_groups(self.named_parameters(), self.hparams.weight_decay), lr=self.hparams.lr, betas=(0.9, 0.999)
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_cosine(optimizer, resolve_warmup(self.hparams.warmup, total), total, self.hparams.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
