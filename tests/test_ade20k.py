@@ -96,6 +96,9 @@ def test_eval_batches_keep_original_label_size(root: Path) -> None:
     assert b["mask"].shape == (3, h, w)
     for i, (lh, lw) in enumerate(sizes):  # beyond the label: ignore
         assert (b["mask"][i, lh:, :] == 255).all() and (b["mask"][i, :, lw:] == 255).all()
+        assert torch.equal(b["masks"][i], b["mask"][i, :lh, :lw])
+    d.setup("fit")
+    assert "masks" not in next(iter(d.train_dataloader()))  # training batches are fixed-size crops
 
 
 def test_eval_short_side_mode_for_sliding_windows(root: Path) -> None:

@@ -13,9 +13,9 @@ transforms and the model see classes 0..149 and ignore 255.
 Batches: ``image`` (B,3,H,W) normalised; ``mask`` (B,H',W') long, 255 = ignore; ``index``;
 ``image_size`` (B,2) the valid (h, w) of each image inside the padded batch; ``label_size``
 (B,2) the valid (h, w) of each mask. In training both equal the crop. In evaluation the mask is
-the *original-resolution* label map (padded with 255 to the batch's largest), so a module
-crops its logits to ``image_size``, resizes them (bilinear) to ``label_size`` and scores them
-against ``mask[:h, :w]``: the mIoU of the benchmark protocol.
+the *original-resolution* label map (padded with 255 to the batch's largest) and ``masks`` lists
+the unpadded labels, so a module crops its logits to ``image_size``, resizes them (bilinear) to
+``label_size`` and scores them against ``masks[i]``: the mIoU of the benchmark protocol.
 
 The validation split serves as ``val``, ``test`` and ``predict``.
 Run ``python -m lw_lightning.data.ade20k --make-tiny DIR`` to write a small copy.
@@ -150,25 +150,31 @@ class ADE20KDataset(SkippingDataset):
             "index": torch.tensor(index),
             "image_size": torch.tensor(image_t.shape[-2:]),
             "label_size": torch.tensor(mask.shape[-2:]),
+            "train": self.train,  # read (and dropped) by pad_collate
         }
 
 
-def pad_collate(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def pad_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples of different sizes: images padded with 0 (the mean colour after
-    normalisation), masks with 255 (ignore), bottom/right so coordinates are unchanged."""
+    normalisation), masks with 255 (ignore), bottom/right so coordinates are unchanged.
+    Evaluation batches add ``masks``: the list of unpadded original-resolution labels."""
 
     def pad_stack(tensors: list[torch.Tensor], value: float) -> torch.Tensor:
         h = max(t.shape[-2] for t in tensors)
         w = max(t.shape[-1] for t in tensors)
         return torch.stack([nnf.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]), value=value) for t in tensors])
 
-    return {
+    batch: dict[str, Any] = {
         "image": pad_stack([s["image"] for s in samples], 0.0),
         "mask": pad_stack([s["mask"] for s in samples], IGNORE_INDEX),
         "index": torch.stack([s["index"] for s in samples]),
         "image_size": torch.stack([s["image_size"] for s in samples]),
         "label_size": torch.stack([s["label_size"] for s in samples]),
     }
+    if not samples[0]["train"]:
+        # evaluation: also the unpadded original-resolution labels, one (H_i, W_i) tensor each
+        batch["masks"] = [s["mask"] for s in samples]
+    return batch
 
 
 class ADE20KDataModule(BaseDataModule):
