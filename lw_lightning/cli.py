@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, allow_missing=args.print_config)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

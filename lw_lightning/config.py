@@ -133,9 +133,15 @@ def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose, resolve and validate a run config. Raises :class:`ConfigError` on mistakes."""
+def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = (), allow_missing: bool = False) -> DictConfig:
+    """Compose, resolve and validate a run config. Raises :class:`ConfigError` on mistakes.
+
+    Values written ``???`` in a recipe are mandatory: left unset they are an error unless
+    ``allow_missing`` (``--print-config``)."""
     cfg = compose(paths, overrides)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing and not allow_missing:
+        raise ConfigError(f"missing mandatory value(s): {', '.join(missing)} (set e.g. {missing[0]}=...)")
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:

@@ -51,7 +51,7 @@ def build(cfg: DictConfig, command: str) -> tuple[pl.Trainer, pl.LightningModule
         module = instantiate(cfg.module, **_links(cfg, datamodule))
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
         logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, FileNotFoundError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"invalid configuration: {err}") from err

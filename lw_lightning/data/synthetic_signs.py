@@ -120,7 +120,7 @@ class SyntheticSigns(Dataset):
 
     def __init__(
         self, num_samples: int, image_size: tuple[int, int], split: str = "train", seed: int = 0,
-        sign_fraction: float = 0.01, segmentation: bool = False,
+        sign_fraction: float = 0.01, segmentation: bool = False, distractor_prob: float = 0.5,
     ) -> None:
         self.num_samples = num_samples
         self.image_size = image_size
@@ -128,6 +128,7 @@ class SyntheticSigns(Dataset):
         self.seed = seed
         self.sign_fraction = sign_fraction
         self.segmentation = segmentation
+        self.distractor_prob = distractor_prob
         self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __len__(self) -> int:
@@ -136,7 +137,9 @@ class SyntheticSigns(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        img, label, box, mask = render_sample(self.seed, self.split, index, self.image_size, self.sign_fraction)
+        img, label, box, mask = render_sample(
+            self.seed, self.split, index, self.image_size, self.sign_fraction, distractor_prob=self.distractor_prob
+        )
         sample = {
             "image": self.to_tensor(img),
             "label": torch.tensor(label),
@@ -156,6 +159,7 @@ class SyntheticSignsDataModule(BaseDataModule):
         image_size: side, or [H, W] (multiples of the model's patch size).
         num_train / num_val / num_test: split sizes (the predict split is the test split).
         sign_fraction: sign area / image area.
+        distractor_prob: chance of a distractor sign (red ring, bar instead of digits) per image.
         task: "classification" or "segmentation" (adds ``mask``: 0 background, 1..3 sign class).
     """
 
@@ -166,6 +170,7 @@ class SyntheticSignsDataModule(BaseDataModule):
         num_val: int = 300,
         num_test: int = 300,
         sign_fraction: float = 0.01,
+        distractor_prob: float = 0.5,
         task: str = "classification",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -180,11 +185,13 @@ class SyntheticSignsDataModule(BaseDataModule):
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
         self.sizes = {"train": num_train, "val": num_val, "test": num_test, "predict": num_test}
         self.sign_fraction = sign_fraction
+        self.distractor_prob = distractor_prob
         self.task = task
         self.class_names = list(CLASS_NAMES)
         self.num_classes = len(CLASS_NAMES)
 
     def build_dataset(self, split: str) -> Dataset:
         return SyntheticSigns(
-            self.sizes[split], self.image_size, split, self.seed, self.sign_fraction, self.task == "segmentation"
+            self.sizes[split], self.image_size, split, self.seed, self.sign_fraction, self.task == "segmentation",
+            self.distractor_prob,
         )

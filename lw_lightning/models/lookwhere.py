@@ -112,11 +112,14 @@ class Extractor(nn.Module):
                 p.requires_grad_(False)
         self.num_prefix = self.backbone.num_prefix_tokens
 
-    def forward(self, images: Tensor, keep: Tensor, prefix: Tensor, gather_pixels: bool = True) -> Tensor:
+    def forward(
+        self, images: Tensor, keep: Tensor, prefix: Tensor, gather_pixels: bool = True, token_scale: Tensor | None = None
+    ) -> Tensor:
         """Run on the patches ``keep`` (B, k) of ``images``; returns (B, P + k, D) after the norm.
 
         ``gather_pixels=False`` embeds every patch and gathers afterwards (reference behaviour,
-        kept for tests and benchmarks).
+        kept for tests and benchmarks). ``token_scale`` (B, k) multiplies the input tokens (the
+        straight-through gate: 1 in value, carries the selector's gradient).
         """
         vit = self.backbone
         grid = patch_grid(vit, (images.shape[-2], images.shape[-1]))
@@ -125,6 +128,8 @@ class Extractor(nn.Module):
             patches = embed_selected(vit, images, keep) + gather_tokens(pos, keep)
         else:
             patches = gather_tokens(embed_all(vit, images) + pos, keep)
+        if token_scale is not None:
+            patches = patches * token_scale.unsqueeze(-1).to(patches.dtype)
         return run_blocks(vit, prefix, patches)
 
 
@@ -156,6 +161,7 @@ class LookWhere(nn.Module):
         k: int | float | None = None,
         dense: bool = False,
         keep: Tensor | None = None,
+        gate: bool = False,
     ) -> dict[str, Tensor]:
         """Features of ``images`` (B,3,H,W), H and W multiples of the patch size.
 
@@ -163,17 +169,44 @@ class LookWhere(nn.Module):
             k: patches to keep (count or fraction); default ``cfg.k``.
             dense: also return ``dense`` (B, D, gh, gw) K-NN-filled features.
             keep: use these (B, k) indices instead of the selector's top-k.
+            gate: straight-through top-k gate, ``1 + σ(s) − sg(σ(s))`` on the kept tokens, so a
+                task loss reaches the selector map (SoftWhere); the forward value is unchanged.
         Returns:
             ``cls`` (B,D), ``tokens`` (B,k,D), ``selector_map`` (B,N), ``selected`` (B,k),
             ``prefix`` (B,P,D) and, with ``dense``, ``dense``.
         """
         grid = self.grid(images)
         sel = self.selector(images, grid)
+        return self.extract(images, sel, grid, k=k, dense=dense, keep=keep, gate=gate)
+
+    def extract(
+        self,
+        images: Tensor,
+        sel: dict[str, Tensor],
+        grid: tuple[int, int],
+        k: int | float | None = None,
+        dense: bool = False,
+        keep: Tensor | None = None,
+        gate: bool = False,
+    ) -> dict[str, Tensor]:
+        """The extractor half of :meth:`forward`, given the selector's output ``sel`` (reusable
+        across several k)."""
         if keep is None:
             keep = self.select(sel["map"].detach(), k)
-        x = self.extractor(images, keep, sel["prefix"])
+        scale = None
+        if gate:
+            soft = torch.sigmoid(sel["map"].float()).gather(1, keep)
+            scale = 1.0 + soft - soft.detach()
+        x = self.extractor(images, keep, sel["prefix"], token_scale=scale)
         tokens = x[:, self.num_prefix :]
-        out = {"cls": x[:, 0], "tokens": tokens, "selector_map": sel["map"], "selected": keep, "prefix": x[:, : self.num_prefix]}
+        out = {
+            "cls": x[:, 0],
+            "tokens": tokens,
+            "selector_map": sel["map"],
+            "selector_prefix": sel["prefix"],
+            "selected": keep,
+            "prefix": x[:, : self.num_prefix],
+        }
         if dense:
             out["dense"] = self.densify(tokens, keep, grid)
         return out

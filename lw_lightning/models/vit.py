@@ -68,8 +68,12 @@ def patch_size(vit: VisionTransformer) -> int:
 
 
 def grid_pos_embed(vit: VisionTransformer, grid: Size2) -> Tensor:
-    """Patch positional embeddings ``(1, gh*gw, D)`` for ``grid``, bicubic-resampled if needed."""
+    """Patch positional embeddings ``(1, gh*gw, D)`` for ``grid``, bicubic-resampled if needed.
+
+    Same interpolation as timm's own resampling (bicubic, antialiased, in float32)."""
     pos = vit.pos_embed
+    if not vit.no_embed_class:  # timm ViTs that also embed the prefix positions (e.g. DeiT, AugReg)
+        pos = pos[:, vit.num_prefix_tokens :]
     native = tuple(vit.patch_embed.grid_size)
     if tuple(grid) == native:
         return pos
@@ -111,7 +115,10 @@ def prefix_tokens(vit: VisionTransformer, batch: int) -> Tensor:
         parts.append(vit.cls_token.expand(batch, -1, -1))
     if vit.reg_token is not None:
         parts.append(vit.reg_token.expand(batch, -1, -1))
-    return torch.cat(parts, dim=1)
+    prefix = torch.cat(parts, dim=1)
+    if not vit.no_embed_class:
+        prefix = prefix + vit.pos_embed[:, : vit.num_prefix_tokens]
+    return prefix
 
 
 def run_blocks(vit: VisionTransformer, prefix: Tensor, patches: Tensor) -> Tensor:

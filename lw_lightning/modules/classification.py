@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models.config import ModelConfig, model_config
+from ..models.checkpoint import load_pretrained
 from ..models.lookwhere import LookWhere, build_model
 from .optim import param_groups, resolve_warmup, warmup_cosine
 
@@ -39,7 +40,14 @@ class ImageClassifier(pl.LightningModule):
         label_smoothing / class_weights: cross-entropy options.
         train_k / eval_k: patches kept by LookWhere in training / evaluation (count or fraction;
             None: ``model.k``). Ignored by the full-res ViT.
-        freeze_selector: keep the selector fixed (LookWhere fine-tuning default protocol).
+        eval_ks: extra k values evaluated in the same validation/test pass (the selector runs
+            once); logs ``val/acc1_k/<k>`` and an accuracy-vs-k figure.
+        freeze_selector: keep the selector fixed (the LookWhere fine-tuning protocol).
+        selector_gate: with a trainable selector, pass the classification loss to the selector map
+            through a straight-through top-k gate.
+
+    ``model.pretrained`` (a local file) is loaded at construction: official LookWhere layout for
+    LookWhere, a timm state dict for the full-res ViT.
     """
 
     def __init__(
@@ -54,12 +62,16 @@ class ImageClassifier(pl.LightningModule):
         class_weights: list[float] | None = None,
         train_k: int | float | None = None,
         eval_k: int | float | None = None,
-        freeze_selector: bool = False,
+        eval_ks: list[int | float] | None = None,
+        freeze_selector: bool = True,
+        selector_gate: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = model_config(**model) if isinstance(model, dict) else model
         self.net = build_model(self.model_cfg)
+        if self.model_cfg.pretrained:
+            load_pretrained(self.net, self.model_cfg.pretrained)
         self.head = nn.Linear(self.model_cfg.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -72,6 +84,12 @@ class ImageClassifier(pl.LightningModule):
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        ks = list(eval_ks or []) if self.is_lookwhere else []
+        self.eval_ks = ks
+        # one metric object per (stage, k): keys must be strings without dots
+        self.k_metrics = nn.ModuleDict(
+            {f"{stage}_{i}": MulticlassAccuracy(num_classes, top_k=1, average="micro") for stage in ("val", "test") for i in range(len(ks))}
+        )
 
     @property
     def is_lookwhere(self) -> bool:
@@ -81,7 +99,8 @@ class ImageClassifier(pl.LightningModule):
         """Logits (B, C) and the backbone's feature dict."""
         if self.is_lookwhere and self.hparams.freeze_selector:
             self.net.selector.eval()  # frozen: no dropout / drop-path noise either
-        out = self.net(images, k=k)
+        gate = self.is_lookwhere and self.training and self.hparams.selector_gate and not self.hparams.freeze_selector
+        out = self.net(images, k=k, gate=gate) if self.is_lookwhere else self.net(images)
         return self.head(out["cls"]), out
 
     def model_step(self, batch: dict[str, Tensor], k: int | float | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -99,13 +118,58 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
-        loss, logits, _ = self.model_step(batch, self.hparams.eval_k)
+        loss, logits, out = self.model_step(batch, self.hparams.eval_k)
+        if self.eval_ks:
+            # reuse the selector's output: only the extractor runs again for each extra k
+            images = batch["image"]
+            sel = {"map": out["selector_map"], "prefix": out["selector_prefix"]}
+            grid = self.net.grid(images)
+            for i, k in enumerate(self.eval_ks):
+                extra = self.net.extract(images, sel, grid, k=k)
+                self.k_metrics[f"{stage}_{i}"].update(self.head(extra["cls"]), batch["label"])
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         mean_loss = self.val_loss if stage == "val" else self.test_loss
         mean_loss(loss, weight=batch["label"].shape[0])
         metrics(logits, batch["label"])
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+
+    def _log_k_curve(self, stage: str) -> None:
+        if not self.eval_ks:
+            return
+        accs = []
+        for i, k in enumerate(self.eval_ks):
+            metric = self.k_metrics[f"{stage}_{i}"]
+            acc = metric.compute()  # syncs across ranks: called on every rank
+            metric.reset()
+            accs.append(float(acc))
+            self.log(f"{stage}/acc1_k/{k}", acc)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self._plot_k_curve(stage, accs)
+
+    def _plot_k_curve(self, stage: str, accs: list[float]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_figure"):
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([str(k) for k in self.eval_ks], accs, marker="o")
+        ax.set_xlabel("k (patches kept)")
+        ax.set_ylabel("top-1 accuracy")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        experiment.add_figure(f"{stage}/acc_vs_k", fig, global_step=self.global_step)
+        plt.close(fig)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_k_curve("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_k_curve("test")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

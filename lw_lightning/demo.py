@@ -1,0 +1,111 @@
+"""``make demo``: the LookWhere pipeline in miniature, on synthetic sparse recognition, CPU.
+
+(a) train the tiny full-resolution ViT (it stands in for DINOv2 as the teacher);
+(b) distill a tiny LookWhere from it (what-where distillation);
+(c) fine-tune LookWhere for classification with the selector frozen;
+(d) print accuracy and FLOPs per image of the full-res ViT vs LookWhere at several k, and save
+    a PNG of selection maps on held-out images with the sign's box drawn.
+
+Each stage is the same run as the printed ``python -m lw_lightning ...`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import load_config
+from .flops import image_model_flops
+from .models.config import resolve_k
+from .modules.classification import ImageClassifier
+from .tasks import run
+from .viz import selection_overlay, tile
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "experiment"
+
+
+def _stage(title: str, recipe: str, overrides: list[str], command: str = "fit"):
+    shown = " ".join(o for o in overrides if not o.startswith("trainer.enable_progress_bar"))
+    print(f"\n=== {title}\n$ python -m lw_lightning {command} --config conf/experiment/{recipe} {shown}", flush=True)
+    t0 = time.perf_counter()
+    result = run(load_config([CONF / recipe], overrides), command)
+    return result, time.perf_counter() - t0
+
+
+def _best(result) -> str:
+    cb = result.trainer.checkpoint_callback
+    return cb.best_model_path or cb.last_model_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lw_lightning.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="runs", help="root of the run directories")
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke version (tests)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+    torch.set_float32_matmul_precision("high")
+    common = [f"output_dir={args.output_dir}"]
+    if args.no_progress:
+        common.append("trainer.enable_progress_bar=false")
+    if args.quick:
+        common += ["data.num_train=32", "data.num_val=16", "data.num_test=16", "data.batch_size=16", "trainer.max_epochs=1"]
+    t_start = time.perf_counter()
+
+    teacher, t_a = _stage("(a) full-resolution ViT (the teacher)", "demo_vit.yaml", common)
+    teacher_ckpt = _best(teacher)
+    distill, t_b = _stage(
+        "(b) what-where distillation into LookWhere", "demo_distill.yaml", [*common, f"module.teacher.checkpoint={teacher_ckpt}"]
+    )
+    exported = Path(distill.log_dir) / "lookwhere.pt"
+    finetune, t_c = _stage(
+        "(c) fine-tune LookWhere (frozen selector)", "demo_finetune.yaml", [*common, f"module.model.pretrained={exported}"]
+    )
+
+    # (d) held-out test split: both models, same data, same run
+    print("\n=== (d) test split: accuracy and FLOPs per image", flush=True)
+    vit_test, _ = _stage("full-res ViT on test", "demo_vit.yaml", [*common, f"ckpt_path={teacher_ckpt}", "name=demo_vit_test"], "test")
+    lw_test, _ = _stage(
+        "LookWhere on test", "demo_finetune.yaml",
+        [*common, f"module.model.pretrained={exported}", f"ckpt_path={_best(finetune)}", "name=demo_finetune_test"], "test",
+    )
+    vit_model = ImageClassifier.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
+    lw_module = lw_test.module.cpu().eval()
+    size = tuple(lw_module.model_cfg.img_size)
+    n = (size[0] // lw_module.model_cfg.patch_size) * (size[1] // lw_module.model_cfg.patch_size)
+    full_flops = image_model_flops(vit_model.net, size)
+    rows = [("full-res ViT", n, vit_test.metrics["test/acc1"], full_flops)]
+    for k in lw_module.eval_ks:
+        rows.append((f"LookWhere k={resolve_k(k, n)}", resolve_k(k, n), lw_test.metrics[f"test/acc1_k/{k}"], image_model_flops(lw_module.net, size, k=k)))
+
+    print(f"\n{'model':<20} {'patches':>8} {'% of N':>7} {'test acc':>9} {'MFLOPs/img':>11} {'vs full':>8}")
+    for name, kk, acc, flops in rows:
+        print(f"{name:<20} {kk:>8} {100 * kk / n:>6.1f}% {100 * acc:>8.1f}% {flops / 1e6:>11.1f} {full_flops / flops:>7.1f}x")
+
+    png = Path(args.output_dir) / "demo_selection_maps.png"
+    _save_selection_png(lw_module, lw_test.datamodule, png)
+    print(f"\nselection maps (heat = selector map, yellow = selected patches, green = sign box): {png}")
+    print(f"stage times: teacher {t_a:.0f}s, distillation {t_b:.0f}s, fine-tuning {t_c:.0f}s; total {time.perf_counter() - t_start:.0f}s")
+    return 0
+
+
+@torch.no_grad()
+def _save_selection_png(module: ImageClassifier, datamodule, path: Path, count: int = 8) -> None:
+    ds = datamodule.datasets["test"]
+    tiles = []
+    k = module.hparams.eval_k
+    # signs first: they are what the picture is for
+    indices = [i for i in range(len(ds)) if ds[i]["label"] > 0][: count - 2] + [i for i in range(len(ds)) if ds[i]["label"] == 0][:2]
+    for i in indices:
+        sample = ds[i]
+        _, out = module(sample["image"].unsqueeze(0), k=k)
+        tiles.append(selection_overlay(sample["image"], out["selector_map"][0], out["selected"][0], module.model_cfg.patch_size, sample["box"].tolist()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tile(tiles, ncols=4).save(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

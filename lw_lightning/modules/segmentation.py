@@ -1,0 +1,125 @@
+"""Semantic segmentation with LookWhere (dense = K-NN-filled extractor tokens) or the full-res ViT."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from ..models.checkpoint import load_pretrained
+from ..models.config import ModelConfig, model_config
+from ..models.lookwhere import LookWhere, build_model
+from .optim import param_groups, resolve_warmup, warmup_cosine
+
+
+class Segmenter(pl.LightningModule):
+    """Per-patch linear head on dense features; logits bilinearly upsampled to the label size.
+
+    Loss: cross-entropy with ``ignore_index``. Metric: mIoU over the whole dataset
+    (``MulticlassJaccardIndex``, macro over classes, accumulated confusion matrix) and pixel acc.
+
+    Batches carry ``mask`` (B,H,W) long, or ``masks``: a list of per-image (H_i,W_i) labels at
+    their original sizes (evaluation of variable-size images: logits are resized per image).
+
+    Args mirror :class:`~lw_lightning.modules.classification.ImageClassifier`; ``freeze_backbone``
+    trains the head only (linear probe).
+    """
+
+    def __init__(
+        self,
+        model: ModelConfig | dict,
+        num_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup: int | float = 0.1,
+        min_lr_ratio: float = 0.01,
+        train_k: int | float | None = None,
+        eval_k: int | float | None = None,
+        freeze_selector: bool = True,
+        freeze_backbone: bool = False,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = model_config(**model) if isinstance(model, dict) else model
+        self.net = build_model(self.model_cfg)
+        if self.model_cfg.pretrained:
+            load_pretrained(self.net, self.model_cfg.pretrained)
+        if freeze_backbone:
+            self.net.requires_grad_(False)
+        elif freeze_selector and isinstance(self.net, LookWhere):
+            self.net.selector.requires_grad_(False)
+        self.head = nn.Conv2d(self.model_cfg.embed_dim, num_classes, kernel_size=1)  # per-patch linear
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        metric = lambda: MulticlassJaccardIndex(num_classes, ignore_index=ignore_index, average="macro")  # noqa: E731
+        pix = lambda: MulticlassAccuracy(num_classes, ignore_index=ignore_index, average="micro")  # noqa: E731
+        self.val_miou, self.test_miou = metric(), metric()
+        self.val_pixacc, self.test_pixacc = pix(), pix()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+
+    def forward(self, images: Tensor, k: int | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Patch-grid logits (B, C, gh, gw) and the backbone's outputs."""
+        if isinstance(self.net, LookWhere):
+            if self.hparams.freeze_selector or self.hparams.freeze_backbone:
+                self.net.selector.eval()
+            out = self.net(images, k=k, dense=True)
+        else:
+            out = self.net(images, dense=True)
+        return self.head(out["dense"]), out
+
+    def _loss_and_preds(self, logits: Tensor, batch: dict) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Upsample logits to label size; CE over labelled pixels; (pred, target) pairs."""
+        ignore = self.hparams.ignore_index
+        if "masks" in batch:
+            pairs, total, count = [], logits.new_zeros((), dtype=torch.float32), 0
+            for i, mask in enumerate(batch["masks"]):
+                up = F.interpolate(logits[i : i + 1].float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
+                valid = int((mask != ignore).sum())
+                if valid:
+                    total = total + F.cross_entropy(up, mask.unsqueeze(0), ignore_index=ignore, reduction="sum")
+                    count += valid
+                pairs.append((up.argmax(1), mask.unsqueeze(0)))
+            return total / max(count, 1), pairs
+        mask = batch["mask"]
+        up = F.interpolate(logits.float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(up, mask, ignore_index=ignore)
+        return loss, [(up.argmax(1), mask)]
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        logits, _ = self(batch["image"], k=self.hparams.train_k)
+        loss, _ = self._loss_and_preds(logits, batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        logits, _ = self(batch["image"], k=self.hparams.eval_k)
+        loss, pairs = self._loss_and_preds(logits, batch)
+        miou, pixacc, mean_loss = (
+            (self.val_miou, self.val_pixacc, self.val_loss) if stage == "val" else (self.test_miou, self.test_pixacc, self.test_loss)
+        )
+        for pred, target in pairs:
+            miou.update(pred, target)
+            pixacc.update(pred, target)
+        mean_loss.update(loss, weight=batch["image"].shape[0])
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True)
+        self.log(f"{stage}/miou", miou, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/pixel_acc", pixacc, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            param_groups(self.named_parameters(), self.hparams.weight_decay), lr=self.hparams.lr, betas=(0.9, 0.999)
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_cosine(optimizer, resolve_warmup(self.hparams.warmup, total), total, self.hparams.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
