@@ -272,11 +272,14 @@ def make_label_map(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.array(Image.fromarray(coarse).resize((w, h), Image.Resampling.NEAREST))
 
 
-def make_tiny(root: str | Path, n_train: int = 4, n_val: int = 3, seed: int = 0, nested: bool = True) -> Path:
+def make_tiny(
+    root: str | Path, n_train: int = 4, n_val: int = 3, seed: int = 0, nested: bool = True, scale: float = 1.0
+) -> Path:
     """Write a small ADEChallengeData2016 copy; returns the folder to use as ``data.root``.
 
     Odd sizes (wider and taller than the crop, and smaller) exercise rescale/crop/pad and the
     original-resolution eval. One train image is grayscale, annotations are mode L and P.
+    ``scale`` shrinks every size (for faster smoke runs).
     """
     rng = np.random.default_rng(seed)
     base = Path(root) / FOLDER if nested else Path(root)
@@ -285,7 +288,7 @@ def make_tiny(root: str | Path, n_train: int = 4, n_val: int = 3, seed: int = 0,
         (base / "images" / split).mkdir(parents=True, exist_ok=True)
         (base / "annotations" / split).mkdir(parents=True, exist_ok=True)
         for i in range(1, n + 1):
-            h, w = sizes[(i - 1) % len(sizes)]
+            h, w = (max(8, int(x * scale)) for x in sizes[(i - 1) % len(sizes)])
             labels = make_label_map(rng, h, w)
             arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
             img = Image.fromarray(arr)
