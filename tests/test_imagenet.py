@@ -231,3 +231,18 @@ def test_matfile_roundtrip_struct_strings_and_numbers(tmp_path: Path) -> None:
     (tmp_path / "bad.mat").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 200)
     with pytest.raises(MatFileError, match="v7.3"):
         read_mat(tmp_path / "bad.mat")
+
+
+def test_randaugment_posterize_at_max_magnitude_does_not_crash() -> None:
+    # rand-m9-mstd0.5-inc1 reaches magnitude 10 -> "keep 0 bits", which Pillow 13 rejects
+    from lw_lightning.data.transforms import imagenet_train_transform
+
+    t = imagenet_train_transform(28)
+    ra = next(x for x in t.transforms if hasattr(x, "ops"))
+    op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+    img = Image.fromarray(np.full((20, 30, 3), 200, dtype=np.uint8))
+    out = op(img)
+    assert out.size == (30, 20) and np.asarray(out).max() == 0  # 0 bits kept: black, as in old Pillow / TF
+    op.magnitude = 5  # 2 bits: 200 -> 192
+    assert np.asarray(op(img)).max() == 192

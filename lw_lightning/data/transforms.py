@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image, ImageOps
+from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -53,11 +55,36 @@ def imagenet_train_transform(
     timm ignores ``color_jitter`` when ``auto_augment`` is set (as in DeiT).
     """
     h, w = size2(image_size)
-    return create_transform(
+    transform = create_transform(
         input_size=(3, h, w), is_training=True, scale=tuple(scale), hflip=hflip, color_jitter=color_jitter,
         auto_augment=auto_augment, interpolation=interpolation, re_prob=re_prob, re_mode="pixel", re_count=1,
         mean=IMAGENET_MEAN, std=IMAGENET_STD,
     )
+    return patch_posterize(transform)
+
+
+def _posterize_keep_bits(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize with its old meaning of 0 bits (a black image) restored.
+
+    RandAugment ``inc1`` maps magnitudes >= 10 (reached with mstd 0.5 about 2% of the time) to
+    0 bits; recent Pillow (13.0 here) rejects that with "bits must be between or equal to 1 and 8", which
+    would kill a training run after a few thousand images. Older Pillow (and the TF reference)
+    zeroed the image for 0 bits, so that is what we do.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def patch_posterize(transform: Any) -> Any:
+    """Swap timm's posterize op for :func:`_posterize_keep_bits` inside a timm transform."""
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if getattr(op, "aug_fn", None) is timm_auto_augment.posterize:
+                op.aug_fn = _posterize_keep_bits
+    return transform
 
 
 def imagenet_eval_transform(image_size: int | Sequence[int], crop_pct: float = 0.875, interpolation: str = "bicubic") -> Any:
