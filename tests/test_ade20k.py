@@ -218,3 +218,15 @@ def test_unreadable_image_eval_fails_train_skips(tmp_path: Path, root: Path) -> 
         d.datasets["val"][1]
     item = d.datasets["train"][0]
     assert item["index"].item() != 0 and d.datasets["train"].skipped.value == 1
+
+
+def test_train_sample_deterministic_under_seed(root: Path) -> None:
+    d = dm(root)
+    d.setup("fit")
+    ds = d.datasets["train"]
+    samples = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        samples.append(ds[1])
+    assert torch.equal(samples[0]["image"], samples[1]["image"]) and torch.equal(samples[0]["mask"], samples[1]["mask"])
+    assert not torch.equal(samples[0]["image"], samples[2]["image"])
