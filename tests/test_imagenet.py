@@ -1,0 +1,248 @@
+"""ImageNet DataModule on tiny copies written in the three real layouts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lw_lightning.config import ConfigError
+from lw_lightning.data.imagenet import (
+    TINY_WNIDS,
+    ImageNetDataModule,
+    canonical_wnids,
+    find_layout,
+    list_samples,
+    make_tiny,
+)
+from lw_lightning.data.images import UnreadableImageError, load_rgb
+from lw_lightning.data.matfile import MatFileError, read_mat, write_mat
+
+# the real ImageNet-1k class indices of the tiny copy's wnids (tench, goldfish, golden retriever, toilet tissue)
+REAL_INDEX = {"n01440764": 0, "n01443537": 1, "n02099601": 207, "n15075141": 999}
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("imagenet")
+    return {layout: make_tiny(base / layout, layout) for layout in ("folders", "kaggle", "devkit")}
+
+
+def dm(root: Path, **kw) -> ImageNetDataModule:
+    kw = {"image_size": 28, "batch_size": 4, "num_workers": 0, "pin_memory": False, **kw}
+    return ImageNetDataModule(root=str(root), **kw)
+
+
+def expected_val_label(path: Path) -> int:
+    number = int(path.stem.split("_")[-1])
+    return REAL_INDEX[TINY_WNIDS[(number - 1) % len(TINY_WNIDS)]]
+
+
+def test_canonical_list_is_sorted_1000() -> None:
+    wnids = canonical_wnids()
+    assert len(wnids) == 1000 and wnids == sorted(wnids) and wnids[0] == "n01440764"
+
+
+@pytest.mark.parametrize("layout", ["folders", "kaggle", "devkit"])
+def test_partial_copy_keeps_real_class_indices(copies: dict[str, Path], layout: str) -> None:
+    d = dm(copies[layout])
+    d.setup("fit")
+    assert d.num_classes == 1000 and len(d.class_names) == 1000
+    train = d.datasets["train"].samples
+    assert {p.parent.name: y for p, y in train} == REAL_INDEX  # not re-numbered 0..3
+    val = d.datasets["val"].samples
+    assert len(val) == 8
+    assert [y for _, y in val] == [expected_val_label(p) for p, _ in val]
+
+
+def test_class_names_from_synset_mapping(copies: dict[str, Path]) -> None:
+    d = dm(copies["kaggle"])
+    d.setup("validate")
+    assert d.class_names[0] == "tench, Tinca tinca" and d.class_names[999].startswith("toilet tissue")
+
+
+def test_devkit_ids_follow_meta_mat_not_sorted_order(copies: dict[str, Path]) -> None:
+    root = copies["devkit"]
+    gt = (root / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read_text().split()
+    layout = find_layout(root)
+    assert layout.val_flat and layout.devkit is not None and layout.val_solution is None
+    samples = list_samples(layout, "val", {w: i for i, w in enumerate(canonical_wnids())})
+    labels = [y for _, y in samples]
+    naive = [int(gt[int(p.stem[-8:]) - 1]) - 1 for p, _ in samples]  # "label = gt - 1": the trap
+    assert labels == [expected_val_label(p) for p, _ in samples]
+    assert labels != naive
+
+
+def test_flat_val_labels_by_file_number_not_position(tmp_path: Path, copies: dict[str, Path]) -> None:
+    for layout in ("kaggle", "devkit"):
+        root = tmp_path / layout
+        shutil.copytree(copies[layout], root)
+        val = root / ("ILSVRC/Data/CLS-LOC/val" if layout == "kaggle" else "val")
+        (val / "ILSVRC2012_val_00000001.JPEG").unlink()  # a partial copy: numbering has a hole
+        d = dm(root)
+        d.setup("validate")
+        samples = d.datasets["val"].samples
+        assert len(samples) == 7
+        assert [y for _, y in samples] == [expected_val_label(p) for p, _ in samples]
+
+
+def test_non_rgb_files_decode_to_rgb(copies: dict[str, Path]) -> None:
+    folder = copies["folders"] / "train" / TINY_WNIDS[0]
+    files = sorted(folder.iterdir())
+    with Image.open(files[0]) as im:
+        assert im.mode == "CMYK" and im.format == "JPEG"
+    assert files[1].suffix == ".JPEG" and files[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(files[2]) as im:
+        assert im.mode == "L"
+    for f in files[:3]:
+        img = load_rgb(f)
+        assert img.mode == "RGB" and np.asarray(img).shape[2] == 3
+    d = dm(copies["folders"])
+    d.setup("fit")
+    for i in range(3):  # the dataset serves them like any other image
+        assert d.datasets["train"][i]["image"].shape == (3, 28, 28)
+
+
+def test_batches_are_dicts_with_fixed_shapes(copies: dict[str, Path]) -> None:
+    d = dm(copies["folders"], image_size=[28, 42])
+    d.setup("fit")
+    b = next(iter(d.train_dataloader()))
+    assert b["image"].shape == (4, 3, 28, 42) and b["image"].dtype == torch.float32
+    assert b["label"].dtype == torch.long and b["index"].shape == (4,)
+    v = next(iter(d.val_dataloader()))
+    assert v["image"].shape == (4, 3, 28, 42)
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda p: p / "nope", "does not exist"),
+        (lambda p: p, "empty folder"),
+        (lambda p: (p / "images").mkdir() or p, "images/"),
+    ],
+)
+def test_missing_or_wrong_root_is_one_clear_error(tmp_path: Path, make, needle: str) -> None:
+    root = make(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        dm(root).setup("fit")
+    msg = str(err.value)
+    assert "\n" not in msg and "train/<wnid>" in msg and "LOC_val_solution.csv" in msg and needle in msg
+
+
+def test_flat_val_without_labels_is_an_error(tmp_path: Path, copies: dict[str, Path]) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(copies["devkit"], root)
+    shutil.rmtree(root / "ILSVRC2012_devkit_t12")
+    with pytest.raises(ConfigError, match="flat .* no labels"):
+        dm(root).setup("validate")
+
+
+def test_unknown_wnid_folder_is_an_error(tmp_path: Path, copies: dict[str, Path]) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(copies["folders"], root)
+    shutil.copytree(root / "train" / TINY_WNIDS[0], root / "train" / "n99999999")
+    with pytest.raises(ConfigError, match="n99999999.*not one of the 1000"):
+        dm(root).setup("fit")
+
+
+def test_unreadable_image_train_skips_eval_fails(tmp_path: Path, copies: dict[str, Path]) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(copies["folders"], root)
+    bad = root / "train" / TINY_WNIDS[1] / f"{TINY_WNIDS[1]}_1000.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    badval = next((root / "val" / TINY_WNIDS[2]).iterdir())
+    badval.write_bytes(b"")
+    d = dm(root, max_retries=3)
+    d.setup("fit")
+    train = d.datasets["train"]
+    i = [p for p, _ in train.samples].index(bad)
+    item = train[i]
+    assert item["index"].item() != i and train.skipped.value == 1
+    assert train[i]["index"].item() == item["index"].item()  # seeded replacement
+    with pytest.raises(UnreadableImageError, match=badval.name):
+        d.datasets["val"][[p for p, _ in d.datasets["val"].samples].index(badval)]
+
+
+def test_train_gives_up_after_bounded_retries(tmp_path: Path, copies: dict[str, Path]) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(copies["folders"], root)
+    for f in (root / "train").rglob("*.JPEG"):
+        f.write_bytes(b"garbage")
+    d = dm(root, max_retries=2)
+    d.setup("fit")
+    with pytest.raises(UnreadableImageError, match="3 unreadable training images in a row"):
+        d.datasets["train"][0]
+    assert d.datasets["train"].skipped.value == 3
+
+
+def test_seeded_loading_is_deterministic(copies: dict[str, Path]) -> None:
+    def first_batch(seed: int, workers: int) -> dict[str, torch.Tensor]:
+        d = dm(copies["folders"], seed=seed, num_workers=workers, persistent_workers=False)
+        d.setup("fit")
+        return next(iter(d.train_dataloader()))
+
+    a, b, c = first_batch(0, 2), first_batch(0, 2), first_batch(1, 2)
+    assert torch.equal(a["index"], b["index"]) and torch.equal(a["image"], b["image"])
+    assert not torch.equal(a["image"], c["image"])
+
+
+def test_eval_transform_resize_then_center_crop(copies: dict[str, Path]) -> None:
+    d = dm(copies["folders"], image_size=224)
+    d.setup("validate")
+    ts = d.datasets["val"].transform.transforms
+    assert ts[0].size == 256 and tuple(ts[1].size) == (224, 224)  # 224 / 0.875 = 256 short side
+
+
+def test_mixup_gives_soft_targets_and_needs_even_batches(copies: dict[str, Path]) -> None:
+    class FakeTrainer:
+        training = True
+        world_size, global_rank = 1, 0
+
+    d = dm(copies["folders"], mixup=0.8, cutmix=1.0)
+    d.trainer = FakeTrainer()  # type: ignore[assignment]
+    d.setup("fit")
+    batch = d.on_after_batch_transfer(next(iter(d.train_dataloader())), 0)
+    assert batch["target"].shape == (4, 1000)
+    assert torch.allclose(batch["target"].sum(1), torch.ones(4))
+    FakeTrainer.training = False
+    plain = d.on_after_batch_transfer(next(iter(d.val_dataloader())), 0)
+    assert "target" not in plain
+    with pytest.raises(ConfigError, match="even"):
+        dm(copies["folders"], mixup=0.8, batch_size=3).setup("fit")
+
+
+def test_matfile_roundtrip_struct_strings_and_numbers(tmp_path: Path) -> None:
+    recs = [
+        {"ID": 1, "WNID": "n02119789", "words": "kit fox, Vulpes macrotis", "children": np.zeros((1, 0)), "x": 2.5},
+        {"ID": 1500, "WNID": "n01440764", "words": "", "children": np.array([[3, 4, 700]]), "x": -1.0},
+    ]
+    write_mat(tmp_path / "m.mat", {"synsets": recs, "note": "ab"})
+    out = read_mat(tmp_path / "m.mat")
+    assert out["note"] == "ab"
+    got = out["synsets"]
+    assert [r["WNID"] for r in got] == ["n02119789", "n01440764"]
+    assert got[0]["words"] == "kit fox, Vulpes macrotis" and got[1]["words"] == ""
+    assert got[1]["ID"].item() == 1500 and got[0]["x"].item() == 2.5 and got[1]["x"].item() == -1.0
+    assert got[1]["children"].tolist() == [[3.0, 4.0, 700.0]] and got[0]["children"].size == 0
+    (tmp_path / "bad.mat").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 200)
+    with pytest.raises(MatFileError, match="v7.3"):
+        read_mat(tmp_path / "bad.mat")
+
+
+def test_randaugment_posterize_at_max_magnitude_does_not_crash() -> None:
+    # rand-m9-mstd0.5-inc1 reaches magnitude 10 -> "keep 0 bits", which Pillow 13 rejects
+    from lw_lightning.data.transforms import imagenet_train_transform
+
+    t = imagenet_train_transform(28)
+    ra = next(x for x in t.transforms if hasattr(x, "ops"))
+    op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+    img = Image.fromarray(np.full((20, 30, 3), 200, dtype=np.uint8))
+    out = op(img)
+    assert out.size == (30, 20) and np.asarray(out).max() == 0  # 0 bits kept: black, as in old Pillow / TF
+    op.magnitude = 5  # 2 bits: 200 -> 192
+    assert np.asarray(op(img)).max() == 192
