@@ -38,9 +38,10 @@ def _links(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     target = locate(str(cfg.module["_target_"]))
     params = inspect.signature(target.__init__).parameters
     links: dict[str, Any] = {}
-    for name in ("num_classes",):
-        if name in params and cfg.module.get(name) is None and hasattr(datamodule, name):
-            links[name] = getattr(datamodule, name)
+    for name in ("num_classes", "class_weights"):
+        if name in params and cfg.module.get(name) is None and getattr(datamodule, name, None) is not None:
+            value = getattr(datamodule, name)
+            links[name] = [float(v) for v in value] if name == "class_weights" else value
     return links
 
 
@@ -63,8 +64,12 @@ def build(cfg: DictConfig, command: str) -> tuple[pl.Trainer, pl.LightningModule
     if command != "fit":
         # evaluation must not write checkpoints
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ModelCheckpoint)]
+    trainer_kw: dict[str, Any] = {}
+    if cfg.trainer.get("default_root_dir") is None and cfg.get("output_dir"):
+        # fast_dev_run drops the logger: keep its checkpoints under output_dir, not the cwd
+        trainer_kw["default_root_dir"] = str(cfg.output_dir)
     try:
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **trainer_kw)
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
@@ -93,6 +98,9 @@ def run(cfg: DictConfig, command: str) -> RunResult:
         # a user mistake found while setting up (e.g. a missing data root): leave nothing behind
         if log_dir is not None and not existed and trainer.is_global_zero:
             shutil.rmtree(log_dir, ignore_errors=True)
+            parent = Path(log_dir).parent  # runs/<name>/ if this run created it
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
         raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     return RunResult(metrics, trainer, module, datamodule, log_dir)

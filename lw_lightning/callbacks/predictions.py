@@ -40,7 +40,7 @@ class PredictionWriter(BasePredictionWriter):
                     "selected": " ".join(str(int(j)) for j in out["selected"][i].tolist()) if "selected" in out else "",
                 }
                 names = self.class_names
-                row["pred_name"] = names[row["pred"]] if names and row["pred"] < len(names) else ""
+                row["pred_name"] = names[row["pred"]] if names and 0 <= row["pred"] < len(names) else ""
                 rows.append(row)
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             gathered: list[Any] = [None] * trainer.world_size

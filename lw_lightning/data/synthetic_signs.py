@@ -120,7 +120,7 @@ class SyntheticSigns(Dataset):
 
     def __init__(
         self, num_samples: int, image_size: tuple[int, int], split: str = "train", seed: int = 0,
-        sign_fraction: float = 0.01, segmentation: bool = False, distractor_prob: float = 0.5,
+        sign_fraction: float = 0.01, segmentation: bool = False, distractor_prob: float = 0.5, cache: bool = False,
     ) -> None:
         self.num_samples = num_samples
         self.image_size = image_size
@@ -129,6 +129,8 @@ class SyntheticSigns(Dataset):
         self.sign_fraction = sign_fraction
         self.segmentation = segmentation
         self.distractor_prob = distractor_prob
+        # rendered samples kept per process (uint8 PIL images: 150 KB each at 224 px)
+        self.cache: dict[int, tuple] | None = {} if cache else None
         self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __len__(self) -> int:
@@ -137,9 +139,14 @@ class SyntheticSigns(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        img, label, box, mask = render_sample(
-            self.seed, self.split, index, self.image_size, self.sign_fraction, distractor_prob=self.distractor_prob
-        )
+        if self.cache is not None and index in self.cache:
+            img, label, box, mask = self.cache[index]
+        else:
+            img, label, box, mask = render_sample(
+                self.seed, self.split, index, self.image_size, self.sign_fraction, distractor_prob=self.distractor_prob
+            )
+            if self.cache is not None:
+                self.cache[index] = (img, label, box, mask)
         sample = {
             "image": self.to_tensor(img),
             "label": torch.tensor(label),
@@ -160,6 +167,8 @@ class SyntheticSignsDataModule(BaseDataModule):
         num_train / num_val / num_test: split sizes (the predict split is the test split).
         sign_fraction: sign area / image area.
         distractor_prob: chance of a distractor sign (red ring, bar instead of digits) per image.
+        cache: keep rendered samples in memory (per worker process) instead of re-rendering them
+            every epoch; worth it for small images and many epochs.
         task: "classification" or "segmentation" (adds ``mask``: 0 background, 1..3 sign class).
     """
 
@@ -171,6 +180,7 @@ class SyntheticSignsDataModule(BaseDataModule):
         num_test: int = 300,
         sign_fraction: float = 0.01,
         distractor_prob: float = 0.5,
+        cache: bool = False,
         task: str = "classification",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -186,6 +196,7 @@ class SyntheticSignsDataModule(BaseDataModule):
         self.sizes = {"train": num_train, "val": num_val, "test": num_test, "predict": num_test}
         self.sign_fraction = sign_fraction
         self.distractor_prob = distractor_prob
+        self.cache = cache
         self.task = task
         self.class_names = list(CLASS_NAMES)
         self.num_classes = len(CLASS_NAMES)
@@ -193,5 +204,5 @@ class SyntheticSignsDataModule(BaseDataModule):
     def build_dataset(self, split: str) -> Dataset:
         return SyntheticSigns(
             self.sizes[split], self.image_size, split, self.seed, self.sign_fraction, self.task == "segmentation",
-            self.distractor_prob,
+            self.distractor_prob, self.cache,
         )

@@ -23,7 +23,8 @@ class Segmenter(pl.LightningModule):
     (``MulticlassJaccardIndex``, macro over classes, accumulated confusion matrix) and pixel acc.
 
     Batches carry ``mask`` (B,H,W) long, or ``masks``: a list of per-image (H_i,W_i) labels at
-    their original sizes (evaluation of variable-size images: logits are resized per image).
+    their original sizes (evaluation of variable-size images: logits are resized per image, after
+    cropping them to ``image_size[i]``, the valid region of a bottom/right-padded input).
 
     Args mirror :class:`~lw_lightning.modules.classification.ImageClassifier`; ``freeze_backbone``
     trains the head only (linear probe).
@@ -77,8 +78,14 @@ class Segmenter(pl.LightningModule):
         ignore = self.hparams.ignore_index
         if "masks" in batch:
             pairs, total, count = [], logits.new_zeros((), dtype=torch.float32), 0
+            padded = batch["image"].shape[-2:]
             for i, mask in enumerate(batch["masks"]):
-                up = F.interpolate(logits[i : i + 1].float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
+                li = logits[i : i + 1].float()
+                if "image_size" in batch and tuple(batch["image_size"][i].tolist()) != tuple(padded):
+                    # image padded bottom/right inside the batch: drop the padding before resizing
+                    h, w = (int(v) for v in batch["image_size"][i])
+                    li = F.interpolate(li, size=padded, mode="bilinear", align_corners=False)[..., :h, :w]
+                up = F.interpolate(li, size=mask.shape[-2:], mode="bilinear", align_corners=False)
                 valid = int((mask != ignore).sum())
                 if valid:
                     total = total + F.cross_entropy(up, mask.unsqueeze(0), ignore_index=ignore, reduction="sum")
