@@ -1,7 +1,9 @@
 """Command line: ``python -m lw_lightning {fit,validate,test,predict} --config FILE [key=value ...]``.
 
 Tests call :func:`main` in-process with an argv list. User mistakes (unknown key, wrong type,
-missing file, unresolvable interpolation) print one line on stderr and return exit status 2.
+missing file, unresolvable interpolation) print one line on stderr and return exit status 2; a
+training run stopped by a non-finite loss prints one line and returns 3. Under DDP only global
+rank 0 prints (errors and the final one-line summary).
 """
 
 from __future__ import annotations
@@ -53,13 +55,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from .callbacks.nonfinite import NonFiniteLossError
     from .tasks import run  # heavy imports only when running
 
     try:
         result = run(cfg, args.command)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        if getattr(rank_zero_only, "rank", 0) == 0:  # every rank raises it together: report once
+            print(f"error: {err}", file=sys.stderr)
+        return 3
     if result.trainer.is_global_zero:
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or args.command == "fit")
         where = f"  [run dir: {result.log_dir}]" if result.log_dir else ""

@@ -5,8 +5,10 @@ or ``mask``) so modules and callbacks read fields by name.
 
 Evaluation under DDP: Lightning's default ``DistributedSampler`` pads the last shard by repeating
 samples, which biases reported metrics. Evaluation loaders here shard without padding
-(:class:`UnpaddedDistributedSampler`); training loaders use a seeded ``DistributedSampler``.
-Configs therefore set ``trainer.use_distributed_sampler: false``.
+(:class:`UnpaddedDistributedSampler`). Training loaders are
+:class:`~lw_lightning.data.resumable.ResumableDataLoader`: a seeded per-epoch order sharded like
+``DistributedSampler`` (also on one device), whose position inside the epoch is saved in
+checkpoints for exact mid-epoch resume. Configs therefore set ``trainer.use_distributed_sampler: false``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import ConfigError
+from .resumable import EpochShardSampler, ResumableDataLoader
 
 
 class UnpaddedDistributedSampler(Sampler[int]):
@@ -90,24 +93,21 @@ class BaseDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.datasets[split]
         world, rank = self._world()
-        sampler: Sampler[int] | None = None
-        if world > 1:
-            if train:
-                sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True)
-            else:
-                sampler = UnpaddedDistributedSampler(len(ds), world, rank)  # type: ignore[arg-type]
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size_per_device if train else self.eval_batch_size_per_device,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train,
+        common = dict(
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=self.collate_fn,
-            generator=generator if train and sampler is None else None,
+        )
+        if train:
+            # order = f(seed, epoch), position saved in checkpoints: exact mid-epoch resume
+            sampler = EpochShardSampler(len(ds), world, rank, seed=self.seed)  # type: ignore[arg-type]
+            return ResumableDataLoader(ds, batch_size=self.batch_size_per_device, sampler=sampler, drop_last=True, seed=self.seed, **common)
+        eval_sampler = UnpaddedDistributedSampler(len(ds), world, rank) if world > 1 else None  # type: ignore[arg-type]
+        # an own generator: creating the iterator then draws no number from the global RNG
+        return DataLoader(
+            ds, batch_size=self.eval_batch_size_per_device, shuffle=False, sampler=eval_sampler, drop_last=False,
+            generator=torch.Generator().manual_seed(self.seed), **common,
         )
 
     def train_dataloader(self) -> DataLoader:
