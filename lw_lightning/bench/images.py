@@ -104,8 +104,10 @@ def run_group(suite: ImageSuite, group: ImageGroup, env: Env, log: Callable[[str
     for b in group.batch_sizes:
         x = torch.randn(b, 3, size, size, device=env.device)
         for v in variants:
-            modes = [None] + ([group.compile] if group.compile else [])
-            for mode in modes:
+            # compiled rows at the latency batch only: that is where launch overhead (which CUDA
+            # graphs remove) matters, and each extra shape costs another compilation
+            compile_here = group.compile and b == group.batch_sizes[0] and v["gather"]
+            for mode in [None] + ([group.compile] if compile_here else []):
                 fwd = _forward(models[v["arch"]], v["k"], v["gather"])
                 fwd = maybe_compile(fwd, mode)
                 compiled[(v["name"], b, mode)] = fwd
@@ -132,10 +134,10 @@ def run_group(suite: ImageSuite, group: ImageGroup, env: Env, log: Callable[[str
     rows = []
     for v in variants:
         row: dict[str, Any] = dict(size=size, model=v["name"], arch=v["arch"], k=v["k"], tokens=v["tokens"], flops=v["flops"])
-        for mode in [None] + ([group.compile] if group.compile else []):
+        for mode in [None] + ([group.compile] if group.compile and v["gather"] else []):
             tag = f" [compiled {mode}]" if mode else ""
             key = "" if mode is None else "compiled_"
-            for b in group.batch_sizes:
+            for b in group.batch_sizes if mode is None else group.batch_sizes[:1]:
                 c = by_name[f"{v['name']}{tag} | infer b={b}"]
                 row[f"{key}infer_b{b}_s"] = c.median
                 row[f"{key}infer_b{b}_spread"] = c.spread

@@ -27,7 +27,7 @@ def vivit_flops(preset: str, num_frames: int, num_tokens: int = 0, loc: int | No
 
 
 def _name(preset: str, num_tokens: int, loc: int) -> str:
-    base = f"ViViT-{preset[0].upper()}/16x2"
+    base = f"ViViT-{preset[0].upper()}"
     return base if num_tokens == 0 else f"{base} + TokenLearner {num_tokens} at {loc}"
 
 
@@ -52,7 +52,7 @@ def run_preset(suite: VideoSuite, preset: str, env: Env, log: Callable[[str], No
     for b in suite.batch_sizes:
         x = torch.randn(b, *shape, device=env.device)
         for v in variants:
-            for mode in modes:
+            for mode in modes if b == suite.batch_sizes[0] else [None]:  # compiled: latency batch only
                 fwd = maybe_compile(v["model"], mode)
 
                 def call(fwd=fwd, x=x, m=v["model"]) -> None:
@@ -74,11 +74,12 @@ def run_preset(suite: VideoSuite, preset: str, env: Env, log: Callable[[str], No
     rows = []
     for v in variants:
         row = {k: v[k] for k in ("name", "preset", "num_tokens", "tokens_in", "tokens_out", "flops")}
+        row.update(num_frames=suite.num_frames, img_size=shape[-1], tubelet=list(v["model"].cfg.tubelet))
         row["loc"] = loc if v["num_tokens"] else None
         for mode in modes:
             tag = f" [compiled {mode}]" if mode else ""
             key = "" if mode is None else "compiled_"
-            for b in suite.batch_sizes:
+            for b in suite.batch_sizes if mode is None else suite.batch_sizes[:1]:
                 c = by_name[f"{v['name']}{tag} | infer b={b}"]
                 row[f"{key}infer_b{b}_s"] = c.median
                 row[f"{key}infer_b{b}_spread"] = c.spread
