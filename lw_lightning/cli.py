@@ -1,4 +1,4 @@
-"""Command line: ``python -m lw_lightning {fit,validate,test,predict} --config FILE [key=value ...]``.
+"""Command line: ``python -m lw_lightning {fit,validate,test,predict,bench} --config FILE [key=value ...]``.
 
 Tests call :func:`main` in-process with an argv list. User mistakes (unknown key, wrong type,
 missing file, unresolvable interpolation) print one line on stderr and return exit status 2; a
@@ -14,12 +14,13 @@ from collections.abc import Sequence
 
 from .config import ConfigError, load_config, to_yaml
 
-COMMANDS = ("fit", "validate", "test", "predict")
+COMMANDS = ("fit", "validate", "test", "predict", "bench")
 
 EPILOG = """examples:
   python -m lw_lightning fit --config conf/experiment/demo_vit.yaml trainer.max_epochs=2
   python -m lw_lightning test --config conf/experiment/demo_vit.yaml ckpt_path=runs/demo_vit/version_0/checkpoints/last.ckpt
   python -m lw_lightning fit --config conf/experiment/demo_vit.yaml --print-config
+  python -m lw_lightning bench --config conf/bench/cpu.yaml output_dir=runs/bench/cpu
 """
 
 
@@ -54,6 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.print_config:
         print(to_yaml(cfg), end="")
+        return 0
+    if args.command == "bench":
+        from .bench import run_bench
+
+        try:
+            run_bench(cfg, argv)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 

@@ -1,0 +1,101 @@
+"""Benchmarks: ``python -m lw_lightning bench --config conf/bench/<name>.yaml [key=value ...]``.
+
+Runs the suites listed in ``bench.suites`` (images, video, data, overhead, accuracy) and writes
+under ``output_dir``: ``benchmarks.md`` (all tables plus the machine and the command),
+``results.json`` (every measured value), ``speedup_vs_resolution.png`` and, when a checkpoint is
+given, ``accuracy_vs_flops.png``. Each suite's markdown is also written as it finishes
+(``<suite>.md``), so a run that is cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .common import load_average, machine_info, make_env
+from .config import BenchConfig, parse_bench_config
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_bench(cfg: DictConfig, argv: list[str] | None = None) -> Path:
+    """Run the configured suites; returns the output directory."""
+    from . import report
+
+    bench: BenchConfig = parse_bench_config(OmegaConf.to_container(cfg.get("bench"), resolve=True) if cfg.get("bench") else None)
+    out = Path(str(cfg.get("output_dir") or "runs/bench"))
+    out.mkdir(parents=True, exist_ok=True)
+    env = make_env(bench.device, bench.precision, bench.threads, bench.warmup, bench.repeats)
+    info = machine_info(env)
+    command = "python -m lw_lightning " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    started = time.perf_counter()
+    _log(f"bench on {env.device} ({info['precision']}), writing to {out}")
+    results: dict[str, Any] = {"machine": info, "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    sections: list[tuple[str, str]] = []
+    render = {
+        "images": ("LookWhere vs full-resolution ViT", report.images_md),
+        "video": ("ViViT with vs without TokenLearner", report.video_md),
+        "data": ("Kinetics data loading vs the video model's training rate", report.data_md),
+        "overhead": ("Lightning vs a plain PyTorch loop", report.overhead_md),
+        "accuracy": ("Accuracy vs FLOPs", report.accuracy_md),
+    }
+    for suite in bench.suites:
+        t0 = time.perf_counter()
+        rows = _run_suite(suite, bench, env, out)
+        results[suite] = rows
+        results.setdefault("suite_seconds", {})[suite] = round(time.perf_counter() - t0, 1)
+        if rows:
+            title, fn = render[suite]
+            md = fn(rows, bench)
+            sections.append((title, md))
+            (out / f"{suite}.md").write_text(f"### {title}\n\n{md}\n")
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    info["load average at end (1/5/15 min)"] = load_average()
+    plots = []
+    if results.get("images"):
+        p = report.plot_speedup(results["images"], bench, out / "speedup_vs_resolution.png")
+        plots += [p] if p else []
+    if results.get("accuracy"):
+        p = report.plot_accuracy(results["accuracy"], out / "accuracy_vs_flops.png")
+        plots += [p] if p else []
+    lines = [f"## Benchmarks on {info.get('gpu', info['cpu'])}", "", f"`{command}` — {results['date']}, "
+             f"{time.perf_counter() - started:.0f} s, median of {bench.repeats} repeats after {bench.warmup} warm-up calls.", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
+    for title, md in sections:
+        lines += [f"### {title}", "", md, ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    _log(f"bench done in {time.perf_counter() - started:.0f} s: {out / 'benchmarks.md'}")
+    return out
+
+
+def _run_suite(name: str, bench: BenchConfig, env, out: Path) -> list[dict[str, Any]]:
+    if name == "images":
+        from .images import run_images
+
+        return run_images(bench.images, env, _log)
+    if name == "video":
+        from .video import run_video
+
+        return run_video(bench.video, env, _log)
+    if name == "data":
+        from .data import run_data
+
+        return run_data(bench.data, env, _log, out)
+    if name == "overhead":
+        from .overhead import run_overhead
+
+        return run_overhead(bench.overhead, env, _log)
+    from .accuracy import run_accuracy
+
+    return run_accuracy(bench.accuracy, env, _log)

@@ -1,0 +1,207 @@
+"""Markdown tables and PNG plots from the suites' result rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .common import fmt_bytes, fmt_time
+from .config import BenchConfig
+
+NAN = float("nan")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _x(v: float) -> str:
+    return "—" if v != v else f"{v:.1f}×"
+
+
+def _g(flops: int) -> str:
+    """GMACs with three significant digits at least."""
+    g = flops / 2e9
+    return f"{g:,.1f}" if g >= 100 else f"{g:.3g}"
+
+
+def _rate(items: int, seconds: float) -> str:
+    return "—" if seconds != seconds else f"{items / seconds:,.1f}"
+
+
+def images_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
+    out = []
+    for group in cfg.images.groups:
+        grp = [r for r in rows if r["size"] == group.size]
+        if not grp:
+            continue
+        prefixes = [""] + (["compiled_"] if group.compile else [])
+        for prefix in prefixes:
+            full = grp[0]
+            b1, bt = group.batch_sizes[0], group.batch_sizes[-1] if not prefix else group.batch_sizes[0]
+            if prefix:
+                grp = [r for r in grp if f"{prefix}infer_b{b1}_s" in r]
+            header = ["model", "tokens", "GMACs", "FLOP ratio", f"latency b={b1}", "speedup"]
+            if bt != b1:
+                header += [f"img/s b={bt}", "speedup"]
+            train = group.train_batch and not prefix
+            if train:
+                header += [f"train img/s b={group.train_batch}", "speedup"]
+            mem = group.memory and train
+            if mem:
+                header += ["activations (train)", "ratio"]
+            table = []
+            for r in grp:
+                lat = r.get(f"{prefix}infer_b{b1}_s", NAN)
+                line = [r["model"], str(r["tokens"]), _g(r['flops']), _x(full["flops"] / r["flops"]),
+                        fmt_time(lat), _x(full.get(f"{prefix}infer_b{b1}_s", NAN) / lat)]
+                if bt != b1:
+                    t = r.get(f"{prefix}infer_b{bt}_s", NAN)
+                    line += [_rate(bt, t), _x(full.get(f"{prefix}infer_b{bt}_s", NAN) / t)]
+                if train:
+                    t = r.get("train_s", NAN)
+                    line += ([_rate(group.train_batch, t), _x(full.get("train_s", NAN) / t)] if "train_s" in r else ["—", "—"])
+                if mem:
+                    a = r.get("act_bytes")
+                    line += [fmt_bytes(a), _x(full["act_bytes"] / a) if a and full.get("act_bytes") else "—"]
+                table.append(line)
+            title = f"#### {group.size}×{group.size}" + (f" — torch.compile ({group.compile})" if prefix else "")
+            out.append(f"{title}\n\n{_table(header, table)}")
+            if any(r.get("train_peak_bytes") for r in grp) and not prefix:
+                peaks = [[r["model"], fmt_bytes(r.get("train_peak_bytes")), fmt_bytes(r.get("infer_peak_bytes"))] for r in grp if "act_bytes" in r]
+                out.append(_table(["model", f"CUDA peak, train step b={group.train_batch}", f"CUDA peak, inference b={bt}"], peaks))
+            errors = [f"- {r['model']}: {k} {v}" for r in grp for k, v in r.items() if k.endswith("_error")]
+            if errors:
+                out.append("Failures:\n" + "\n".join(errors))
+    return "\n\n".join(out)
+
+
+def video_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
+    suite = cfg.video
+    b1, bt = suite.batch_sizes[0], suite.batch_sizes[-1]
+    out = []
+    for preset in suite.presets:
+        grp = [r for r in rows if r["preset"] == preset]
+        if len(grp) != 2:
+            continue
+        base, tl = grp
+        prefixes = [""] + (["compiled_"] if suite.compile else [])
+        for prefix in prefixes:
+            header = ["model", "tokens (first / last block)", "GMACs", "FLOP ratio", f"clips/s b={b1}", "ratio", "ratio / FLOP ratio"]
+            if bt != b1 and not prefix:
+                header += [f"clips/s b={bt}", "ratio", "ratio / FLOP ratio"]
+            train = "train_s" in base and not prefix
+            if train:
+                header += [f"train clips/s b={suite.train_batch}", "ratio", "ratio / FLOP ratio", "activations (train)"]
+            table = []
+            for r in grp:
+                fr = base["flops"] / r["flops"]
+                line = [r["name"], f"{r['tokens_in']} / {r['tokens_out']}", _g(r['flops']), _x(fr)]
+                for b in ([b1] if bt == b1 or prefix else [b1, bt]):
+                    t, t0 = r.get(f"{prefix}infer_b{b}_s", NAN), base.get(f"{prefix}infer_b{b}_s", NAN)
+                    line += [_rate(b, t), _x(t0 / t), f"{t0 / t / fr:.2f}"]
+                if train:
+                    t, t0 = r.get("train_s", NAN), base["train_s"]
+                    line += [_rate(suite.train_batch, t), _x(t0 / t), f"{t0 / t / fr:.2f}", fmt_bytes(r.get("act_bytes"))]
+                table.append(line)
+            t, h, w = base["tubelet"]
+            title = f"#### ViViT-{preset}, {base['num_frames']}×{base['img_size']}², tubelet {t}×{h}×{w}" + (f" — torch.compile ({suite.compile})" if prefix else "")
+            out.append(f"{title}\n\n{_table(header, table)}")
+    return "\n\n".join(out)
+
+
+def data_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
+    suite = cfg.data
+    header = ["clip"] + [f"{r} {w} worker{'s' if w > 1 else ''}" for r in suite.readers for w in suite.workers]
+    if suite.model_preset:
+        header += ["model training clips/s", "loader / model (best)"]
+    table = []
+    for r in rows:
+        line = [r["clip"]] + [f"{r[f'{rd}_w{w}']:.2f}" for rd in suite.readers for w in suite.workers]
+        if suite.model_preset:
+            best = max(r[f"{rd}_w{w}"] for rd in suite.readers for w in suite.workers)
+            line += [f"{r['model_clips_s']:.3f} ({r['model']}, b={suite.model_batch})", f"{best / r['model_clips_s']:.1f}×"]
+        table.append(line)
+    note = (f"Clips/s of the Kinetics training loader (decode + scale-jitter crop + flip + normalise, batch {suite.batch_size}); "
+            f"{suite.videos} generated {suite.seconds:g}-s videos, {suite.width}×{suite.height} at {suite.fps} fps, H.264, keyframe every {suite.gop} frames. "
+            "A loader/model ratio above 1 means loading keeps up with training on this machine.")
+    return note + "\n\n" + _table(header, table)
+
+
+def overhead_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
+    table = [[r["model"], str(r["k"]), str(r["batch_size"]), f"{r['lightning_steps_s']:.2f}", f"{r['plain_steps_s']:.2f}",
+              f"{r['slowdown'] * 100:+.1f}%", ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["lightning_all"], r["plain_all"]))] for r in rows]
+    return _table(["model", "k", "batch", "Lightning steps/s", "plain loop steps/s", "Lightning slower by", "rounds (L/plain)"], table)
+
+
+def accuracy_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
+    table = [[r["model"], r["size"], str(r["k"]), str(r["tokens"]), f"{r['flops'] / 2e9:.2f}", f"{r['acc1'] * 100:.2f}", str(r["samples"])] for r in rows]
+    return _table(["model", "input", "k", "tokens", "GMACs", "top-1 %", "samples"], table)
+
+
+def plot_speedup(rows: list[dict[str, Any]], cfg: BenchConfig, path: Path) -> Path | None:
+    """Speedup of LookWhere over the full-res ViT vs resolution (latency, throughput, FLOPs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for group in cfg.images.groups:
+        grp = [r for r in rows if r["size"] == group.size]
+        if not grp:
+            continue
+        full = grp[0]
+        b1, bt = group.batch_sizes[0], group.batch_sizes[-1]
+        for r in grp[1:]:
+            if "embed all" in r["model"]:
+                continue
+            k = r["k"]
+            label = f"k={k:.0%}" if isinstance(k, float) else f"k={k}"
+            s = series.setdefault(label, {})
+            s.setdefault("FLOPs", []).append((group.size, full["flops"] / r["flops"]))
+            s.setdefault(f"time b={b1}", []).append((group.size, full.get(f"infer_b{b1}_s", NAN) / r.get(f"infer_b{b1}_s", NAN)))
+            if bt != b1:
+                s.setdefault("time, throughput batch", []).append((group.size, full.get(f"infer_b{bt}_s", NAN) / r.get(f"infer_b{bt}_s", NAN)))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = {"FLOPs": ":", "time b=1": "-", "time, throughput batch": "--"}
+    for i, (label, s) in enumerate(sorted(series.items())):
+        colour = f"C{i}"
+        for kind, pts in s.items():
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], styles.get(kind, "-."), marker="o", color=colour, label=f"{label}: {kind}")
+    ax.set_xlabel("input resolution (px)")
+    ax.set_ylabel("speedup over full-res ViT (×)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title(f"LookWhere-{cfg.images.preset} vs ViT-{cfg.images.preset}/14")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["flops"] / 2e9 for r in rows], [r["acc1"] * 100 for r in rows], marker="o")
+    for r in rows:
+        ax.annotate(f"k={r['tokens']}", (r["flops"] / 2e9, r["acc1"] * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("GMACs per image")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
