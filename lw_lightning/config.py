@@ -114,7 +114,8 @@ def _check_override_containers(parts: list[DictConfig], over: DictConfig) -> Non
                 node = None
                 break
             node = node._get_node(piece)
-        if isinstance(node, DictConfig) and TARGET_KEY in node:
+        if isinstance(node, DictConfig) and TARGET_KEY in node and OmegaConf.select(over, key) is not None:
+            # (null is allowed: it disables a node, e.g. callbacks.images=null)
             raise ConfigError(
                 f"'{key}' is a config node (_target_ {node[TARGET_KEY]}); set one of its keys, "
                 f"e.g. {key}.{next(iter(k for k in node if k != TARGET_KEY), '...')}=..."

@@ -63,6 +63,8 @@ class BaseDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.batch_size_per_device = batch_size
         self.eval_batch_size_per_device = self.eval_batch_size
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_state: dict[str, Any] | None = None  # from a checkpoint, for the next train loader
 
     # -- to implement -------------------------------------------------------------------------
     def build_dataset(self, split: str) -> Dataset:
@@ -102,13 +104,27 @@ class BaseDataModule(pl.LightningDataModule):
         if train:
             # order = f(seed, epoch), position saved in checkpoints: exact mid-epoch resume
             sampler = EpochShardSampler(len(ds), world, rank, seed=self.seed)  # type: ignore[arg-type]
-            return ResumableDataLoader(ds, batch_size=self.batch_size_per_device, sampler=sampler, drop_last=True, seed=self.seed, **common)
+            loader = ResumableDataLoader(ds, batch_size=self.batch_size_per_device, sampler=sampler, drop_last=True, seed=self.seed, **common)
+            if self._train_state is not None:
+                loader.load_state_dict(self._train_state)
+                self._train_state = None
+            self._train_loader = loader
+            return loader
         eval_sampler = UnpaddedDistributedSampler(len(ds), world, rank) if world > 1 else None  # type: ignore[arg-type]
         # an own generator: creating the iterator then draws no number from the global RNG
         return DataLoader(
             ds, batch_size=self.eval_batch_size_per_device, shuffle=False, sampler=eval_sampler, drop_last=False,
             generator=torch.Generator().manual_seed(self.seed), **common,
         )
+
+    # The loader position also travels through the DataModule's checkpoint state: Lightning restores
+    # DataModules before it first builds the training loader, whereas its own loader-state restore
+    # is skipped when configure_optimizers has already built the loader (estimated_stepping_batches).
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_state = state_dict.get("train_loader")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

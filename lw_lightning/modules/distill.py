@@ -126,6 +126,7 @@ class LookWhereDistill(pl.LightningModule):
         images = batch["image"]
         n = self.student.grid(images)
         k = self.sample_k(n[0] * n[1], self.global_step)
+        self.last_k = k  # read by callbacks and tests (e.g. that every DDP rank drew the same k)
         parts, _ = self.losses(images, k)
         self.log_dict({f"train/loss_{p}": parts[p] for p in PARTS}, on_step=True, on_epoch=False)
         self.log("train/loss", parts["total"], on_step=True, on_epoch=False, prog_bar=True)
