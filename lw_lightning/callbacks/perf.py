@@ -63,11 +63,9 @@ class Throughput(pl.Callback):
         if trainer.sanity_checking:
             return
         elapsed = time.perf_counter() - self._eval_t0
-        # evaluation shards may differ in size: add them up (every rank reaches this hook)
-        total = torch.tensor(float(self._eval_samples), device=pl_module.device)
-        if trainer.world_size > 1:
-            total = trainer.strategy.reduce(total, reduce_op="sum")
-        pl_module.log(f"perf/{stage}_samples_per_sec", float(total) / max(elapsed, 1e-9), on_step=False, on_epoch=True)
+        # evaluation shards may differ in size: each rank's rate, summed over ranks
+        rate = torch.tensor(self._eval_samples / max(elapsed, 1e-9), device=pl_module.device)
+        pl_module.log(f"perf/{stage}_samples_per_sec", rate, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="sum")
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._eval_start()

@@ -82,7 +82,9 @@ class Selector(nn.Module):
         # 'b (h w) (i j) -> b 1 (h i) (w j)'
         sub = sub.reshape(b, lo_grid[0], lo_grid[1], r, r).permute(0, 1, 3, 2, 4)
         sub = sub.reshape(b, 1, lo_grid[0] * r, lo_grid[1] * r)
-        smap = F.interpolate(sub, size=grid, mode="bilinear", align_corners=False, antialias=self.cfg.antialias)
+        # fp32 map under mixed precision: stable top-k and map loss, and the antialiased resize has
+        # no bf16 backward on CPU
+        smap = F.interpolate(sub.float(), size=grid, mode="bilinear", align_corners=False, antialias=self.cfg.antialias)
         return {"map": smap.flatten(1), "prefix": prefix, "tokens": tokens}
 
 

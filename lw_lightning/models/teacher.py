@@ -67,7 +67,8 @@ def attention_target(block: Block, x: Tensor, num_prefix: int, query: str = "pat
         q_bar = q[:, :, 0]
     else:
         raise ValueError(f"attn_query must be 'patch' or 'cls', got {query!r}")
-    logits = torch.einsum("bhd,bhnd->bhn", q_bar.float(), k[:, :, num_prefix:].float()) * attn.scale
+    with torch.autocast(x.device.type, enabled=False):  # the "where" target stays fp32 under mixed precision
+        logits = torch.einsum("bhd,bhnd->bhn", q_bar.float(), k[:, :, num_prefix:].float()) * attn.scale
     return logits.mean(1)
 
 

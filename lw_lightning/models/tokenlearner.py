@@ -93,7 +93,9 @@ class TokenLearnerV10(nn.Module):
             raise ValueError(f"grid {grid} does not match {x.shape[1]} tokens")
         maps = self.attention_maps(x, grid)
         self.last_maps = maps.detach()
-        out = torch.einsum("nsl,nlc->nsc", maps, x)  # pools the raw, un-normalised x (P4)
+        # sum pooling over H·W positions of the raw x can exceed fp16's range: pool in fp32
+        with torch.autocast(x.device.type, enabled=False):
+            out = torch.einsum("nsl,nlc->nsc", maps.float(), x.float())  # pools the raw, un-normalised x (P4)
         if not self.use_sum_pooling:
             out = out / x.shape[1]
         return out
@@ -121,7 +123,8 @@ class TokenLearnerV11(nn.Module):
             x = x.flatten(1, 2)
         maps = self.attention_maps(x)
         self.last_maps = maps.detach()
-        return maps @ x
+        with torch.autocast(x.device.type, enabled=False):  # pooling in fp32 under mixed precision
+            return maps.float() @ x.float()
 
 
 class TokenFuser(nn.Module):

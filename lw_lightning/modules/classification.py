@@ -129,7 +129,10 @@ class ImageClassifier(pl.LightningModule):
                 self.k_metrics[f"{stage}_{i}"].update(self.head(extra["cls"]), batch["label"])
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         mean_loss = self.val_loss if stage == "val" else self.test_loss
-        mean_loss(loss, weight=batch["label"].shape[0])
+        # cross_entropy averages with the class weights of the targets as sample weights: weighting
+        # each batch mean by the same total makes the epoch loss exact, whatever the batching/sharding
+        labels = batch["label"]
+        mean_loss(loss, weight=self.class_weights[labels].sum() if self.class_weights is not None else labels.shape[0])
         metrics(logits, batch["label"])
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")

@@ -157,7 +157,10 @@ class LookWhereDistill(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_end(self) -> None:
-        if self.hparams.export and self.trainer.is_global_zero and self.trainer.log_dir and not self.trainer.fast_dev_run:
-            path = save_official(self.student, Path(self.trainer.log_dir) / self.hparams.export)
+        if not self.hparams.export or self.trainer.fast_dev_run:
+            return
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: read it on every rank
+        if self.trainer.is_global_zero and log_dir:
+            path = save_official(self.student, Path(log_dir) / self.hparams.export)
             rank_zero_info(f"exported LookWhere weights (official layout): {path}")
 

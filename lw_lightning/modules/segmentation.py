@@ -112,7 +112,12 @@ class Segmenter(pl.LightningModule):
         for pred, target in pairs:
             miou.update(pred, target)
             pixacc.update(pred, target)
-        mean_loss.update(loss, weight=batch["image"].shape[0])
+        # the loss is a mean over labelled pixels: weight it by their count, so the epoch value is
+        # the dataset's per-pixel mean whatever the batching or DDP sharding
+        masks = batch["masks"] if "masks" in batch else [batch["mask"]]
+        labelled = sum(int((m != self.hparams.ignore_index).sum()) for m in masks)
+        if labelled:
+            mean_loss.update(loss, weight=labelled)
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True)
         self.log(f"{stage}/miou", miou, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/pixel_acc", pixacc, on_step=False, on_epoch=True)
