@@ -40,43 +40,44 @@ def run_bench(cfg: DictConfig, argv: list[str] | None = None) -> Path:
     started = time.perf_counter()
     _log(f"bench on {env.device} ({info['precision']}), writing to {out}")
     results: dict[str, Any] = {"machine": info, "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    sections: list[tuple[str, str]] = []
-    render = {
-        "images": ("LookWhere vs full-resolution ViT", report.images_md),
-        "video": ("ViViT with vs without TokenLearner", report.video_md),
-        "data": ("Kinetics data loading vs the video model's training rate", report.data_md),
-        "overhead": ("Lightning vs a plain PyTorch loop", report.overhead_md),
-        "accuracy": ("Accuracy vs FLOPs", report.accuracy_md),
-    }
     for suite in bench.suites:
         t0 = time.perf_counter()
         rows = _run_suite(suite, bench, env, out)
         results[suite] = rows
         results.setdefault("suite_seconds", {})[suite] = round(time.perf_counter() - t0, 1)
         if rows:
-            title, fn = render[suite]
-            md = fn(rows, bench)
-            sections.append((title, md))
-            (out / f"{suite}.md").write_text(f"### {title}\n\n{md}\n")
+            title, fn = report.SECTIONS[suite]
+            (out / f"{suite}.md").write_text(f"### {title}\n\n{fn(rows, bench)}\n")
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     info["load average at end (1/5/15 min)"] = load_average()
-    plots = []
-    if results.get("images"):
-        p = report.plot_speedup(results["images"], bench, out / "speedup_vs_resolution.png")
-        plots += [p] if p else []
-    if results.get("accuracy"):
-        p = report.plot_accuracy(results["accuracy"], out / "accuracy_vs_flops.png")
-        plots += [p] if p else []
-    lines = [f"## Benchmarks on {info.get('gpu', info['cpu'])}", "", f"`{command}` — {results['date']}, "
-             f"{time.perf_counter() - started:.0f} s, median of {bench.repeats} repeats after {bench.warmup} warm-up calls.", ""]
-    lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
-    for title, md in sections:
-        lines += [f"### {title}", "", md, ""]
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
-    (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    results["seconds"] = round(time.perf_counter() - started)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_report(out, results, bench)
     _log(f"bench done in {time.perf_counter() - started:.0f} s: {out / 'benchmarks.md'}")
     return out
+
+
+def write_report(out: Path, results: dict[str, Any], bench: BenchConfig) -> Path:
+    """``benchmarks.md`` and the plots from a results dict (also for re-rendering a results.json)."""
+    from . import report
+
+    plots = []
+    if results.get("images"):
+        plots.append(report.plot_speedup(results["images"], bench, out / "speedup_vs_resolution.png"))
+    if results.get("accuracy"):
+        plots.append(report.plot_accuracy(results["accuracy"], out / "accuracy_vs_flops.png"))
+    info = results["machine"]
+    lines = [f"## Benchmarks on {info.get('gpu', info['cpu'])}", "", f"`{results['command']}` — {results['date']}, "
+             f"{results.get('seconds', '?')} s, median of {bench.repeats} repeats after {bench.warmup} warm-up calls.", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
+    for suite in bench.suites:
+        if results.get(suite):
+            title, fn = report.SECTIONS[suite]
+            lines += [f"### {title}", "", fn(results[suite], bench), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots if p]
+    path = out / "benchmarks.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _run_suite(name: str, bench: BenchConfig, env, out: Path) -> list[dict[str, Any]]:

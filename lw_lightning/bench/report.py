@@ -28,7 +28,10 @@ def _g(flops: int) -> str:
 
 
 def _rate(items: int, seconds: float) -> str:
-    return "—" if seconds != seconds else f"{items / seconds:,.1f}"
+    if seconds != seconds:
+        return "—"
+    r = items / seconds
+    return f"{r:,.1f}" if r >= 100 else f"{r:.3g}"
 
 
 def images_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
@@ -205,3 +208,12 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+SECTIONS = {
+    "images": ("LookWhere vs full-resolution ViT", images_md),
+    "video": ("ViViT with vs without TokenLearner", video_md),
+    "data": ("Kinetics data loading vs the video model's training rate", data_md),
+    "overhead": ("Lightning vs a plain PyTorch loop", overhead_md),
+    "accuracy": ("Accuracy vs FLOPs", accuracy_md),
+}
