@@ -38,7 +38,8 @@ def _cli(args: list[str], launcher: list[str] | None = None, timeout: int = 400)
 
 
 def _eval_overrides(tmp_path: Path, task: str) -> list[str]:
-    common = [*tiny_overrides(tmp_path, "lookwhere"), "data.num_val=7", "data.eval_batch_size=4", "module.eval_k=8"]
+    common = [*tiny_overrides(tmp_path, "lookwhere"), "data.num_val=7", "data.eval_batch_size=4", "module.eval_k=8",
+              "callbacks.images=null", "callbacks.flops=null"]  # pictures and FLOPs are tested elsewhere
     if task == "segmentation":
         return ["--config", "conf/experiment/demo_seg.yaml", *common]
     return ["--config", DEMO, *common, "module.class_weights=[1.0,2.0,3.0,0.5]"]
