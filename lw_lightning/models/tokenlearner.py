@@ -15,6 +15,8 @@ temporal slice gets its own S tokens (P8), giving ``[B, T·S, C]``.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -23,6 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager:
+    """Disable autocast around fp32 pooling; meta tensors (FLOP counting) have no autocast."""
+    if x.device.type in ("cpu", "cuda", "xpu"):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 LN_EPS = 1e-6
 LayerNorm = partial(nn.LayerNorm, eps=LN_EPS)
@@ -94,7 +103,7 @@ class TokenLearnerV10(nn.Module):
         maps = self.attention_maps(x, grid)
         self.last_maps = maps.detach()
         # sum pooling over H·W positions of the raw x can exceed fp16's range: pool in fp32
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x):
             out = torch.einsum("nsl,nlc->nsc", maps.float(), x.float())  # pools the raw, un-normalised x (P4)
         if not self.use_sum_pooling:
             out = out / x.shape[1]
@@ -123,7 +132,7 @@ class TokenLearnerV11(nn.Module):
             x = x.flatten(1, 2)
         maps = self.attention_maps(x)
         self.last_maps = maps.detach()
-        with torch.autocast(x.device.type, enabled=False):  # pooling in fp32 under mixed precision
+        with _no_autocast(x):  # pooling in fp32 under mixed precision
             return maps.float() @ x.float()
 
 
