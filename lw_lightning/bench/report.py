@@ -136,7 +136,7 @@ def data_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
 def overhead_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
     table = [[r["model"], str(r["k"]), str(r["batch_size"]), f"{r['lightning_steps_s']:.2f}", f"{r['plain_steps_s']:.2f}",
               f"{r['slowdown'] * 100:+.1f}%", ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["lightning_all"], r["plain_all"]))] for r in rows]
-    return _table(["model", "k", "batch", "Lightning steps/s", "plain loop steps/s", "Lightning slower by", "rounds (L/plain)"], table)
+    return _table(["model", "k", "batch", "Lightning steps/s", "plain loop steps/s", "Lightning step-time overhead", "rounds (L/plain)"], table)
 
 
 def accuracy_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
