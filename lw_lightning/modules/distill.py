@@ -20,7 +20,7 @@ from ..models.knn_upsample import knn_upsample
 from ..models.lookwhere import LookWhere
 from ..models.teacher import Teacher, TeacherConfig, build_teacher
 from ..models.vit import gather_tokens
-from .optim import param_groups, resolve_warmup, warmup_cosine
+from .optim import adamw_warmup_cosine
 
 PARTS = ("cls", "patch", "map")
 
@@ -149,12 +149,9 @@ class LookWhereDistill(pl.LightningModule):
             self.log(key, metric, on_step=False, on_epoch=True, prog_bar=name in ("total", "map_recall"))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            param_groups(self.student.named_parameters(), self.hparams.weight_decay), lr=self.hparams.lr, betas=(0.9, 0.999)
-        )
+        hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_cosine(optimizer, resolve_warmup(self.hparams.warmup, total), total, self.hparams.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self.student.named_parameters(), hp.lr, hp.weight_decay, total, hp.warmup, hp.min_lr_ratio)
 
     def on_fit_end(self) -> None:
         if not self.hparams.export or self.trainer.fast_dev_run:

@@ -49,3 +49,17 @@ def resolve_warmup(warmup: int | float, total_steps: int) -> int:
     if isinstance(warmup, float) and warmup < 1.0:
         return int(round(warmup * total_steps))
     return int(warmup)
+
+
+def scheduled(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int | float, min_lr_ratio: float) -> dict:
+    """Lightning's ``configure_optimizers`` dict: ``optimizer`` with the per-step warmup + cosine."""
+    scheduler = warmup_cosine(optimizer, resolve_warmup(warmup, total_steps), total_steps, min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def adamw_warmup_cosine(
+    named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, total_steps: int, warmup: int | float, min_lr_ratio: float
+) -> dict:
+    """AdamW (0.9, 0.999) over :func:`param_groups`, stepped by :func:`scheduled`."""
+    optimizer = torch.optim.AdamW(param_groups(named, weight_decay), lr=lr, betas=(0.9, 0.999))
+    return scheduled(optimizer, total_steps, warmup, min_lr_ratio)

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from ..models.checkpoint import load_pretrained
 from ..models.config import ModelConfig, model_config
 from ..models.lookwhere import LookWhere, build_model
-from .optim import param_groups, resolve_warmup, warmup_cosine
+from .optim import adamw_warmup_cosine
 
 
 class Segmenter(pl.LightningModule):
@@ -129,9 +129,6 @@ class Segmenter(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            param_groups(self.named_parameters(), self.hparams.weight_decay), lr=self.hparams.lr, betas=(0.9, 0.999)
-        )
+        hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_cosine(optimizer, resolve_warmup(self.hparams.warmup, total), total, self.hparams.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self.named_parameters(), hp.lr, hp.weight_decay, total, hp.warmup, hp.min_lr_ratio)

@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric, SumMetric
 
 from ..models.vivit import ViViT, ViViTConfig, vivit_config
 from .classification import accuracy_metrics
-from .optim import param_groups, resolve_warmup, warmup_cosine
+from .optim import param_groups, scheduled
 
 STAGES = ("train", "val", "test")
 
@@ -129,6 +129,4 @@ class VideoClassifier(pl.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=self.hparams.lr, momentum=self.hparams.momentum)
         else:
             optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=(0.9, 0.999))
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_cosine(optimizer, resolve_warmup(self.hparams.warmup, total), total, self.hparams.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled(optimizer, int(self.trainer.estimated_stepping_batches), self.hparams.warmup, self.hparams.min_lr_ratio)
