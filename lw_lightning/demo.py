@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .bench.report import plot_accuracy
 from .config import load_config
 from .flops import image_model_flops
 from .models.config import resolve_k
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, kk, acc, flops in rows:
         print(f"{name:<20} {kk:>8} {100 * kk / n:>6.1f}% {100 * acc:>8.1f}% {flops / 1e6:>11.1f} {full_flops / flops:>7.1f}x")
 
+    curve = [dict(label=name.split(" k=")[0], model=name, k=None if kk == n else kk, tokens=kk, flops=flops, acc1=acc) for name, kk, acc, flops in rows]
+    plot = plot_accuracy(curve, Path(args.output_dir) / "demo_accuracy_vs_flops.png", title="make demo: test split, synthetic sparse signs")
+    print(f"\naccuracy vs FLOPs: {plot}")
     png = Path(args.output_dir) / "demo_selection_maps.png"
     _save_selection_png(lw_module, lw_test.datamodule, png)
     print(f"\nselection maps (heat = selector map, yellow = selected patches, green = sign box): {png}")

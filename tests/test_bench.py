@@ -23,6 +23,8 @@ def test_bench_config_rejects_unknown_keys_with_a_suggestion():
         parse_bench_config({"images": {"grops": []}})
     with pytest.raises(ConfigError, match="unknown suite"):
         parse_bench_config({"suites": ["imagez"]})
+    with pytest.raises(ConfigError, match=r"did you mean 'bench.accuracy.runs\[0\].ckpt_path'"):
+        parse_bench_config({"accuracy": {"runs": [{"config": "a.yaml", "ckpt": "b.ckpt"}]}})
     cfg = parse_bench_config({"images": {"groups": [{"size": 994, "ks": [0.05]}]}})
     assert cfg.images.groups[0].size == 994 and cfg.images.groups[0].batch_sizes == [1, 8]
 
@@ -69,3 +71,45 @@ def test_bench_smoke_writes_tables_and_plot(root, tmp_path):
     assert full["arch"] == "vit" and lw["arch"] == "lookwhere" and lw["flops"] < full["flops"]
     assert lw["act_bytes"] < full["act_bytes"]
     assert all(r["infer_b1_s"] > 0 for r in results["images"])
+
+
+def test_accuracy_suite_matches_the_test_command_and_plots(tmp_path, root, monkeypatch):
+    """Accuracy vs FLOPs of a ViT and a LookWhere checkpoint equals what `test` reports for them."""
+    from lw_lightning.config import load_config
+    from lw_lightning.tasks import run
+
+    from .conftest import tiny_overrides  # noqa: I001
+
+    monkeypatch.chdir(root)
+    vit_rec, lw_rec = root / "conf/experiment/demo_vit.yaml", root / "conf/experiment/demo_finetune.yaml"
+    vit_o = [*tiny_overrides(tmp_path), "trainer.max_steps=2", "trainer.limit_val_batches=1"]
+    lw_o = [*tiny_overrides(tmp_path, "lookwhere"), "trainer.max_steps=2", "trainer.limit_val_batches=1", "module.model.pretrained=null",
+            "module.train_k=16", "module.eval_k=16", "module.eval_ks=[8,16]"]
+    ckpts = {}
+    for name, rec, o in (("v", vit_rec, vit_o), ("l", lw_rec, lw_o)):
+        assert main(["fit", "--config", str(rec), *o, f"name={name}"]) == 0
+        ckpts[name] = str(next((tmp_path / "runs" / name).glob("version_*/checkpoints/last.ckpt")))
+    reported = {name: run(load_config([rec], [*o, f"name={name}_test", f"ckpt_path={ckpts[name]}"]), "test").metrics
+                for name, rec, o in (("v", vit_rec, vit_o), ("l", lw_rec, lw_o))}
+
+    out = tmp_path / "bench"
+    runs = (f"[{{config: {vit_rec}, ckpt_path: '{ckpts['v']}', overrides: {json.dumps(vit_o)}, label: full-res}},"
+            f" {{config: {lw_rec}, ckpt_path: '{ckpts['l']}', overrides: {json.dumps(lw_o)}, ks: [8, 16]}}]")
+    assert main(["bench", "--config", str(root / "conf/bench/smoke.yaml"), f"output_dir={out}", "bench.suites=[accuracy]",
+                 "bench.accuracy.split=test", f"bench.accuracy.runs={runs}"]) == 0
+    rows = json.loads((out / "results.json").read_text())["accuracy"]
+    assert [(r["label"], r["k"]) for r in rows] == [("full-res", None), ("LookWhere-tiny", 8), ("LookWhere-tiny", 16)]
+    assert rows[0]["acc1"] == pytest.approx(reported["v"]["test/acc1"])
+    assert rows[1]["acc1"] == pytest.approx(reported["l"]["test/acc1_k/8"])
+    assert rows[2]["acc1"] == pytest.approx(reported["l"]["test/acc1_k/16"])
+    assert rows[0]["flops"] > rows[2]["flops"] > rows[1]["flops"] > 0
+    assert all(r["samples"] == 8 for r in rows)
+    assert (out / "accuracy_vs_flops.png").stat().st_size > 0
+    assert "full-res" in (out / "benchmarks.md").read_text()
+
+
+def test_accuracy_suite_names_a_missing_checkpoint(tmp_path, root, capsys):
+    runs = f"[{{config: {root / 'conf/experiment/demo_vit.yaml'}, ckpt_path: {tmp_path / 'nope.ckpt'}}}]"
+    assert main(["bench", "--config", str(root / "conf/bench/smoke.yaml"), f"output_dir={tmp_path}", "bench.suites=[accuracy]",
+                 f"bench.accuracy.runs={runs}"]) == 2
+    assert "nope.ckpt" in capsys.readouterr().err

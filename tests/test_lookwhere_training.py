@@ -243,3 +243,19 @@ def test_distill_requires_teacher_checkpoint(tmp_path, root, monkeypatch, capsys
     assert main(["fit", "--config", "conf/experiment/demo_distill.yaml", *tiny_overrides(tmp_path, "lookwhere"),
                  f"module.teacher.checkpoint={tmp_path / 'no.ckpt'}"]) == 2
     assert "teacher checkpoint not found" in capsys.readouterr().err
+
+
+def test_make_demo_quick_prints_the_table_and_writes_the_figures(tmp_path, root, monkeypatch, capsys):
+    """`make demo` end to end (stages a-d) on a few samples: table rows, FLOP ratios and PNGs."""
+    from lw_lightning import demo
+
+    monkeypatch.chdir(root)
+    assert demo.main(["--quick", "--no-progress", "--output-dir", str(tmp_path), "--set", "trainer.enable_model_summary=false"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("model ") :].splitlines()
+    rows = {line.split("  ")[0]: line.split() for line in table[1:5]}
+    assert set(rows) == {"full-res ViT", "LookWhere k=13", "LookWhere k=25", "LookWhere k=51"}
+    assert rows["full-res ViT"][-1] == "1.0x"
+    assert 5.0 <= float(rows["LookWhere k=25"][-1].rstrip("x")) < float(rows["LookWhere k=13"][-1].rstrip("x"))
+    for png in ("demo_selection_maps.png", "demo_accuracy_vs_flops.png"):
+        assert (tmp_path / png).stat().st_size > 1000

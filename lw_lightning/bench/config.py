@@ -100,14 +100,28 @@ class OverheadSuite:
 
 
 @dataclass
-class AccuracySuite:
-    """Accuracy vs FLOPs of a trained LookWhere classifier at several k (skipped without ckpt)."""
+class AccuracyRun:
+    """One trained classifier: the recipe it was trained with (so data and model are built the
+    same way) and its checkpoint. LookWhere runs are evaluated at every k, the full-res ViT once."""
 
-    config: str | None = None
-    ckpt_path: str | None = None
-    ks: list[Any] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    config: str
+    ckpt_path: str
+    #: LookWhere k values (counts or fractions); null: the suite's ``ks``.
+    ks: list[Any] | None = None
     overrides: list[str] = field(default_factory=list)
-    #: evaluate at most this many validation batches (null: all).
+    #: legend entry; null: model name and preset.
+    label: str | None = None
+
+
+@dataclass
+class AccuracySuite:
+    """Accuracy vs FLOPs of trained classifiers (skipped when ``runs`` is empty)."""
+
+    runs: list[AccuracyRun] = field(default_factory=list)
+    ks: list[Any] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    #: evaluation split of the recipe's DataModule: "val" or "test".
+    split: str = "val"
+    #: evaluate at most this many batches (null: all).
     max_batches: int | None = None
 
 
@@ -140,6 +154,10 @@ def _build(cls: type, values: Any, path: str) -> Any:
         sub = {"images": ImageSuite, "video": VideoSuite, "data": DataSuite, "overhead": OverheadSuite, "accuracy": AccuracySuite}
         if cls is BenchConfig and key in sub:
             kwargs[key] = _build(sub[key], value, f"{path}.{key}")
+        elif cls is AccuracySuite and key == "runs":
+            if not isinstance(value, list):
+                raise ConfigError(f"{path}.runs must be a list of {{config, ckpt_path, ...}} mappings")
+            kwargs[key] = [_build(AccuracyRun, r, f"{path}.runs[{i}]") for i, r in enumerate(value)]
         elif cls is ImageSuite and key == "groups":
             if not isinstance(value, list) or not value:
                 raise ConfigError(f"{path}.groups must be a non-empty list")
@@ -163,4 +181,6 @@ def parse_bench_config(values: dict | None) -> BenchConfig:
     for r in cfg.data.readers:
         if r not in ("decord", "pyav"):
             raise ConfigError(f"bench.data.readers: unknown reader {r!r} (decord or pyav)")
+    if cfg.accuracy.split not in ("val", "test"):
+        raise ConfigError(f"bench.accuracy.split must be 'val' or 'test', got {cfg.accuracy.split!r}")
     return cfg

@@ -139,8 +139,9 @@ def overhead_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
     return _table(["model", "k", "batch", "Lightning steps/s", "plain loop steps/s", "Lightning step-time overhead", "rounds (L/plain)"], table)
 
 
-def accuracy_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
-    table = [[r["model"], r["size"], str(r["k"]), str(r["tokens"]), f"{r['flops'] / 2e9:.2f}", f"{r['acc1'] * 100:.2f}", str(r["samples"])] for r in rows]
+def accuracy_md(rows: list[dict[str, Any]], cfg: BenchConfig | None = None) -> str:
+    table = [[r.get("label", r["model"]), r["size"], str(r["k"]), str(r["tokens"]), f"{r['flops'] / 2e9:.3f}", f"{r['acc1'] * 100:.2f}",
+              f"{r['samples']} ({r.get('split', 'val')})"] for r in rows]
     return _table(["model", "input", "k", "tokens", "GMACs", "top-1 %", "samples"], table)
 
 
@@ -189,7 +190,8 @@ def plot_speedup(rows: list[dict[str, Any]], cfg: BenchConfig, path: Path) -> Pa
     return path
 
 
-def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path | None:
+def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str | None = None) -> Path | None:
+    """Top-1 vs GMACs per image: one line per run (LookWhere over k), one marker per full-res ViT."""
     if not rows:
         return None
     import matplotlib
@@ -197,13 +199,25 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([r["flops"] / 2e9 for r in rows], [r["acc1"] * 100 for r in rows], marker="o")
+    runs: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        ax.annotate(f"k={r['tokens']}", (r["flops"] / 2e9, r["acc1"] * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("GMACs per image")
+        runs.setdefault(r.get("label", r["model"]), []).append(r)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (label, pts) in enumerate(runs.items()):
+        pts = sorted(pts, key=lambda r: r["flops"])
+        x, y = [r["flops"] / 2e9 for r in pts], [r["acc1"] * 100 for r in pts]
+        full = all(r["k"] is None for r in pts)
+        ax.plot(x, y, marker="*" if full else "o", markersize=11 if full else 5, linestyle="none" if full else "-", color=f"C{i}", label=label)
+        for r in pts:
+            if r["k"] is not None:
+                ax.annotate(f"k={r['tokens']}", (r["flops"] / 2e9, r["acc1"] * 100), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("GMACs per image (log)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
