@@ -93,11 +93,39 @@ def main(argv: list[str] | None = None) -> int:
     curve = [dict(label=name.split(" k=")[0], model=name, k=None if kk == n else kk, tokens=kk, flops=flops, acc1=acc) for name, kk, acc, flops in rows]
     plot = plot_accuracy(curve, Path(args.output_dir) / "demo_accuracy_vs_flops.png", title="make demo: test split, synthetic sparse signs")
     print(f"\naccuracy vs FLOPs: {plot}")
+    recall, hit = sign_patch_recall(lw_module, lw_test.datamodule.datasets["test"], lw_module.hparams.eval_k)
+    print(f"selector at k={resolve_k(lw_module.hparams.eval_k, n)}: {100 * recall:.0f}% of the sign's patches selected, "
+          f"at least one in {100 * hit:.0f}% of the test images with a sign")
     png = Path(args.output_dir) / "demo_selection_maps.png"
     _save_selection_png(lw_module, lw_test.datamodule, png)
     print(f"\nselection maps (heat = selector map, yellow = selected patches, green = sign box): {png}")
     print(f"stage times: teacher {t_a:.0f}s, distillation {t_b:.0f}s, fine-tuning {t_c:.0f}s; total {time.perf_counter() - t_start:.0f}s")
     return 0
+
+
+@torch.no_grad()
+def sign_patch_recall(module: ImageClassifier, ds, k: int | float, batch_size: int = 64) -> tuple[float, float]:
+    """Where-quality of the selector on images with a sign: the mean fraction of sign patches
+    (centre inside the sign's disc) among the top-k, and the fraction of images with at least one."""
+    p = module.model_cfg.patch_size
+    idx = [i for i in range(len(ds)) if ds[i]["label"] > 0]
+    fractions, hits = [], []
+    for start in range(0, len(idx), batch_size):
+        samples = [ds[i] for i in idx[start : start + batch_size]]
+        images = torch.stack([s["image"] for s in samples])
+        gh, gw = images.shape[-2] // p, images.shape[-1] // p
+        _, out = module(images, k=k)
+        cy, cx = torch.meshgrid((torch.arange(gh) + 0.5) * p, (torch.arange(gw) + 0.5) * p, indexing="ij")
+        for s, selected in zip(samples, out["selected"]):
+            x0, y0, x1, y1 = s["box"].tolist()
+            r = (x1 - x0) / 2
+            sign = (((cx - (x0 + r)) ** 2 + (cy - (y0 + r)) ** 2) <= r * r).flatten()
+            chosen = torch.zeros_like(sign)
+            chosen[selected] = True
+            if sign.any():
+                fractions.append(float((chosen & sign).sum() / sign.sum()))
+                hits.append(float((chosen & sign).any()))
+    return (sum(fractions) / len(fractions), sum(hits) / len(hits)) if fractions else (float("nan"), float("nan"))
 
 
 @torch.no_grad()

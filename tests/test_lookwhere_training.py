@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -257,5 +258,6 @@ def test_make_demo_quick_prints_the_table_and_writes_the_figures(tmp_path, root,
     assert set(rows) == {"full-res ViT", "LookWhere k=13", "LookWhere k=25", "LookWhere k=51"}
     assert rows["full-res ViT"][-1] == "1.0x"
     assert 5.0 <= float(rows["LookWhere k=25"][-1].rstrip("x")) < float(rows["LookWhere k=13"][-1].rstrip("x"))
+    assert re.search(r"selector at k=25: \d+% of the sign's patches selected, at least one in \d+%", out)
     for png in ("demo_selection_maps.png", "demo_accuracy_vs_flops.png"):
         assert (tmp_path / png).stat().st_size > 1000

@@ -211,7 +211,12 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str | None = No
         for r in pts:
             if r["k"] is not None:
                 ax.annotate(f"k={r['tokens']}", (r["flops"] / 2e9, r["acc1"] * 100), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("GMACs per image (log)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3, which="both")
