@@ -187,3 +187,46 @@ def test_worker_processes_read_videos(kinetics_root):
     data.setup("fit")
     labels = torch.cat([b["label"] for b in data.train_dataloader()])
     assert len(labels) == 8
+
+
+def _clip_transform(**kw):
+    from lw_lightning.data.kinetics import ClipTransform
+
+    return ClipTransform(16, [16, 16], 16, "scale_jitter", False, [0.0] * 3, [1.0] * 3, **kw)
+
+
+def test_colour_jitter_is_one_change_per_clip():
+    # a static clip: every frame identical, so a per-frame jitter would make the frames differ
+    frame = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    frames = np.repeat(frame[None], 6, axis=0)
+    plain = _clip_transform()
+    assert torch.equal(plain.train(frames), torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255)
+    jitter = _clip_transform(color_jitter=[0.8, 0.8, 0.8, 0.2], color_jitter_prob=1.0)
+    torch.manual_seed(0)
+    changed = 0
+    for _ in range(8):
+        x = jitter.train(frames)  # [C, T, H, W]
+        assert torch.equal(x, x[:, :1].expand_as(x)), "frames of one clip were jittered differently"
+        changed += int(not torch.allclose(x, plain.train(frames)))
+    assert changed >= 7
+
+
+def test_colour_drop_makes_the_whole_clip_grey():
+    frames = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    x = _clip_transform(grayscale_prob=1.0).train(frames)
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    assert not torch.equal(x[:, 0], x[:, 1])  # frames still differ: only colour was dropped
+
+
+def test_colour_jitter_settings_are_checked(kinetics_root):
+    with pytest.raises(ConfigError, match="data.color_jitter_prob must be in"):
+        dm(kinetics_root, color_jitter_prob=1.5)
+    with pytest.raises(ConfigError, match=r"data.color_jitter must be \[brightness"):
+        dm(kinetics_root, color_jitter=[0.4, 0.4])
+    batch = next(iter(_setup(dm(kinetics_root, color_jitter_prob=0.8, grayscale_prob=0.1)).train_dataloader()))
+    assert batch["video"].shape == (2, 3, 4, 32, 32)
+
+
+def _setup(data: KineticsDataModule) -> KineticsDataModule:
+    data.setup("fit")
+    return data

@@ -160,12 +160,20 @@ def three_crop_offsets(h: int, w: int, size: int, num_crops: int) -> list[tuple[
 
 
 class ClipTransform:
-    """Train: short-side scale jitter + random crop, or random-resized crop; flip. Eval: short-side
-    resize + 1 or 3 crops. Output float ``[C, T, H, W]`` normalised with ``mean``/``std``."""
+    """Train: short-side scale jitter + random crop, or random-resized crop; flip; colour jitter and
+    colour drop. Eval: short-side resize + 1 or 3 crops. Output float ``[C, T, H, W]`` normalised
+    with ``mean``/``std``.
+
+    Colour jitter (``color_jitter`` = brightness, contrast, saturation, hue as in
+    ``v2.ColorJitter``, applied with probability ``color_jitter_prob``) and colour drop (grayscale
+    with probability ``grayscale_prob``) draw one set of parameters per clip: every frame gets the
+    same change, as in ViViT's DMVR pipeline, so the augmentation adds no flicker.
+    """
 
     def __init__(
         self, img_size: int, train_short_side: Sequence[int], eval_short_side: int, train_crop: str,
         flip: bool, mean: Sequence[float], std: Sequence[float], rrc_scale: Sequence[float] = (0.25, 1.0),
+        color_jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1), color_jitter_prob: float = 0.0, grayscale_prob: float = 0.0,
     ) -> None:
         if train_crop not in ("scale_jitter", "random_resized"):
             raise ValueError(f"train_crop must be 'scale_jitter' or 'random_resized', got {train_crop!r}")
@@ -177,6 +185,18 @@ class ClipTransform:
         self.rrc_scale = tuple(rrc_scale)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
+        if len(color_jitter) != 4:
+            raise ValueError(f"color_jitter must be [brightness, contrast, saturation, hue], got {list(color_jitter)}")
+        for name, prob in (("color_jitter_prob", color_jitter_prob), ("grayscale_prob", grayscale_prob)):
+            if not 0.0 <= prob <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {prob}")
+        from torchvision.transforms import v2
+
+        # v2 transforms on a [T, C, H, W] tensor draw their parameters once for all T frames
+        self.color = v2.Compose([
+            v2.RandomApply([v2.ColorJitter(*color_jitter)], p=color_jitter_prob),
+            v2.RandomGrayscale(p=grayscale_prob),
+        ]) if color_jitter_prob > 0 or grayscale_prob > 0 else None
 
     def normalize(self, x: Tensor) -> Tensor:
         """``[T, C, H, W]`` uint8 -> ``[C, T, H, W]`` float."""
@@ -200,6 +220,8 @@ class ClipTransform:
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
+        if self.color is not None:
+            x = self.color(x.contiguous())
         return self.normalize(x)
 
     def eval(self, clips: np.ndarray, num_crops: int) -> Tensor:
@@ -295,6 +317,8 @@ class KineticsDataModule(BaseDataModule):
         img_size: crop side. train_short_side: [lo, hi] short-side jitter range (scale_jitter crop).
         eval_short_side: short side before eval crops (default ``img_size·256/224``).
         train_crop: ``scale_jitter`` or ``random_resized``.
+        color_jitter: [brightness, contrast, saturation, hue] (``v2.ColorJitter``), applied to a whole
+            clip with probability ``color_jitter_prob``; ``grayscale_prob``: colour drop per clip.
         mean / std: per-channel normalisation on [0, 1] (0.5/0.5 = ViViT's [-1, 1] zero-centering).
         val_clips × val_crops, test_clips × test_crops: evaluation views per video.
         test_split: annotation split evaluated by ``test`` (``val`` when test labels are withheld).
@@ -315,6 +339,9 @@ class KineticsDataModule(BaseDataModule):
         eval_short_side: int | None = None,
         train_crop: Literal["scale_jitter", "random_resized"] = "scale_jitter",
         flip: bool = True,
+        color_jitter: list[float] | None = None,
+        color_jitter_prob: float = 0.0,
+        grayscale_prob: float = 0.0,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         val_clips: int = 1,
@@ -345,7 +372,13 @@ class KineticsDataModule(BaseDataModule):
         jitter = train_short_side or [eval_short, round(eval_short * 1.25)]
         if min(jitter) < img_size or eval_short < img_size:
             raise ConfigError(f"data.train_short_side {jitter} / eval_short_side {eval_short} must be >= img_size {img_size}")
-        self.transform = ClipTransform(img_size, jitter, eval_short, train_crop, flip, mean or [0.5] * 3, std or [0.5] * 3)
+        try:
+            self.transform = ClipTransform(
+                img_size, jitter, eval_short, train_crop, flip, mean or [0.5] * 3, std or [0.5] * 3,
+                color_jitter=color_jitter or (0.4, 0.4, 0.4, 0.1), color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob,
+            )
+        except ValueError as err:
+            raise ConfigError(f"data.{err}") from None
         self._layout: str | None = None
         self._classes: list[str] | None = None
         self._clip_index: dict[tuple[str, int, int], Path] | None = None
