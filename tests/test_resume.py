@@ -42,6 +42,38 @@ def test_shard_sampler_matches_distributed_sampler(world):
             assert list(ours) == list(ref) and len(ours) == len(ref)
 
 
+def test_repeated_augmentation_deals_copies_to_different_ranks():
+    """DeiT's RASampler order: each image 3 times in a row, dealt round-robin, epoch length kept."""
+    n, world, reps = 24, 3, 3
+    shards = [EpochShardSampler(n, world, rank, seed=5, repeats=reps) for rank in range(world)]
+    for s in shards:
+        s.set_epoch(1)
+    orders = [list(s) for s in shards]
+    assert all(len(o) == len(s) == n // world for o, s in zip(orders, shards))
+    # with world == repeats every rank sees the same images, in the same order (each augments its own)
+    assert orders[0] == orders[1] == orders[2]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(5 + 1)).tolist()
+    assert orders[0] == perm[: n // reps]  # 1/reps of the dataset per epoch, in the seeded order
+    single = EpochShardSampler(n, 1, 0, seed=5, repeats=reps)
+    single.set_epoch(1)
+    assert list(single) == [i for i in perm[: n // reps] for _ in range(reps)]
+    with pytest.raises(ValueError, match="repeats"):
+        EpochShardSampler(n, 1, 0, repeats=0)
+
+
+def test_repeated_augmentation_reaches_the_imagenet_loader(tmp_path):
+    from lw_lightning.config import ConfigError
+    from lw_lightning.data.imagenet import ImageNetDataModule, make_tiny
+
+    root = make_tiny(tmp_path / "in", per_class=4, val_per_class=1)
+    dm = ImageNetDataModule(str(root), image_size=28, auto_augment=None, re_prob=0.0, repeated_aug=2, batch_size=4, num_workers=0, pin_memory=False)
+    dm.setup("fit")
+    order = torch.cat([b["index"] for b in dm.train_dataloader()])
+    assert torch.equal(order[0::2], order[1::2])  # each image twice in a row
+    with pytest.raises(ConfigError, match="repeated_aug"):
+        ImageNetDataModule(str(root), repeated_aug=0)
+
+
 def _loader(seed: int = 1) -> ResumableDataLoader:
     return ResumableDataLoader(list(range(23)), batch_size=4, sampler=EpochShardSampler(23, 1, 0, seed=seed), drop_last=True, seed=seed)
 

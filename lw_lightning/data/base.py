@@ -65,6 +65,8 @@ class BaseDataModule(pl.LightningDataModule):
         self.eval_batch_size_per_device = self.eval_batch_size
         self._train_loader: ResumableDataLoader | None = None
         self._train_state: dict[str, Any] | None = None  # from a checkpoint, for the next train loader
+        #: repeated augmentation of the training order (1: off); DataModules that offer it set it
+        self.repeated_aug = 1
 
     # -- to implement -------------------------------------------------------------------------
     def build_dataset(self, split: str) -> Dataset:
@@ -103,7 +105,7 @@ class BaseDataModule(pl.LightningDataModule):
         )
         if train:
             # order = f(seed, epoch), position saved in checkpoints: exact mid-epoch resume
-            sampler = EpochShardSampler(len(ds), world, rank, seed=self.seed)  # type: ignore[arg-type]
+            sampler = EpochShardSampler(len(ds), world, rank, seed=self.seed, repeats=self.repeated_aug)  # type: ignore[arg-type]
             loader = ResumableDataLoader(ds, batch_size=self.batch_size_per_device, sampler=sampler, drop_last=True, seed=self.seed, **common)
             if self._train_state is not None:
                 loader.load_state_dict(self._train_state)

@@ -242,6 +242,9 @@ class ImageNetDataModule(BaseDataModule):
         mixup / cutmix: Beta alphas; either > 0 turns on timm Mixup on training batches (adds a
             soft ``target`` (B, 1000); the per-device batch must be even).
         label_smoothing: folded into the Mixup soft targets.
+        repeated_aug: repeated augmentation (DeiT's RASampler uses 3): each image of the epoch's
+            order is drawn this many times in a row, on different ranks, with its own augmentation;
+            an epoch keeps its length and so sees 1/repeated_aug of the images. 1: off.
         max_retries: unreadable training images replaced in a row before giving up.
     """
 
@@ -259,6 +262,7 @@ class ImageNetDataModule(BaseDataModule):
         mixup_prob: float = 1.0,
         mixup_switch_prob: float = 0.5,
         label_smoothing: float = 0.1,
+        repeated_aug: int = 1,
         max_retries: int = 10,
         batch_size: int = 256,
         eval_batch_size: int | None = None,
@@ -276,6 +280,9 @@ class ImageNetDataModule(BaseDataModule):
         self.re_prob = re_prob
         self.scale = tuple(scale) if scale is not None else (0.08, 1.0)
         self.max_retries = max_retries
+        if repeated_aug < 1:
+            raise ConfigError(f"data.repeated_aug must be >= 1, got {repeated_aug}")
+        self.repeated_aug = repeated_aug
         self.mixup_fn: Mixup | None = None
         if mixup > 0 or cutmix > 0:
             self.mixup_fn = Mixup(

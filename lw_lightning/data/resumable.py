@@ -33,11 +33,20 @@ class EpochShardSampler(Sampler[int]):
     Identical to ``DistributedSampler(shuffle=True, drop_last=True)`` for the same seed and epoch,
     and usable without a process group (``num_replicas=1``). ``start`` skips the first ``start``
     samples of the global order (the part of the epoch already consumed by all ranks together).
+
+    ``repeats > 1`` is repeated augmentation (DeiT's ``RASampler``): each index of the permutation
+    appears ``repeats`` times in a row, so round-robin dealing sends the copies to different ranks
+    (each augments its own), and the epoch keeps its length: it covers ``1/repeats`` of the dataset.
     """
 
-    def __init__(self, dataset_len: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, dataset_len: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True, repeats: int = 1
+    ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.repeats = repeats
         self.dataset_len = dataset_len
         self.num_replicas = num_replicas
         self.rank = rank
@@ -58,6 +67,8 @@ class EpochShardSampler(Sampler[int]):
             order = torch.randperm(self.dataset_len, generator=g).tolist()
         else:
             order = list(range(self.dataset_len))
+        if self.repeats > 1:
+            order = [i for i in order for _ in range(self.repeats)]
         return order[: self.total]
 
     def __iter__(self) -> Iterator[int]:
