@@ -45,6 +45,7 @@ class ImageClassifier(pl.LightningModule):
         freeze_selector: keep the selector fixed (the LookWhere fine-tuning protocol).
         selector_gate: with a trainable selector, pass the classification loss to the selector map
             through a straight-through top-k gate.
+        selector_lr_scale: learning-rate multiplier of a trainable selector.
 
     ``model.pretrained`` (a local file) is loaded at construction: official LookWhere layout for
     LookWhere, a timm state dict for the full-res ViT.
@@ -65,6 +66,7 @@ class ImageClassifier(pl.LightningModule):
         eval_ks: list[int | float] | None = None,
         freeze_selector: bool = True,
         selector_gate: bool = False,
+        selector_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -194,4 +196,6 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
-        return adamw_warmup_cosine(self.named_parameters(), hp.lr, hp.weight_decay, total, hp.warmup, hp.min_lr_ratio)
+        # a trainable selector may learn slower than the rest (its distilled map is easy to wreck)
+        scales = {"net.selector.": hp.selector_lr_scale} if hp.selector_lr_scale != 1.0 else None
+        return adamw_warmup_cosine(self.named_parameters(), hp.lr, hp.weight_decay, total, hp.warmup, hp.min_lr_ratio, scales)
