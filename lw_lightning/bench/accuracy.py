@@ -2,12 +2,13 @@
 
 Each entry of ``bench.accuracy.runs`` names the experiment recipe a checkpoint was trained with
 (so data and model are built the same way) and the checkpoint. A LookWhere run is evaluated at
-every k with one selector pass per batch; a full-resolution ViT run once. FLOPs are counted on
-the meta device with the same counter as the ``images`` suite.
+every k with one selector pass per batch (``ImageClassifier``'s ``eval_ks``); a full-resolution
+ViT run once. FLOPs are counted on the meta device with the same counter as the ``images`` suite.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, load_config
-from ..flops import count_flops
+from ..flops import image_model_flops
 from ..models.config import resolve_k
-from ..models.lookwhere import LookWhere, build_model
+from ..models.lookwhere import build_model
 from .common import Env
 from .config import AccuracyRun, AccuracySuite
 
@@ -38,50 +39,41 @@ def run_accuracy(suite: AccuracySuite, env: Env, log: Callable[[str], None] = pr
 
 
 def evaluate_run(run: AccuracyRun, suite: AccuracySuite, env: Env, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Top-1 of one checkpoint on ``suite.split`` (at each k for LookWhere) and its FLOPs per image."""
-    from ..tasks import build  # Lightning and data imports only when used
+    """Top-1 of one checkpoint on ``suite.split`` (at each k for LookWhere) and its FLOPs per image.
 
-    cfg = load_config([run.config], list(run.overrides))
-    _, module, datamodule = build(cfg, "validate")
-    # weights_only=False: Lightning checkpoints hold hyper-parameters and loop state, not only
-    # tensors; these are files this project wrote
-    state = torch.load(run.ckpt_path, map_location="cpu", weights_only=False)
-    module.load_state_dict(state.get("state_dict", state))
-    module.to(env.device).eval()
-    datamodule.setup("validate" if suite.split == "val" else "test")
-    loader = datamodule.val_dataloader() if suite.split == "val" else datamodule.test_dataloader()
-    net = module.net
-    lookwhere = isinstance(net, LookWhere)
-    ks = list(run.ks if run.ks is not None else suite.ks) if lookwhere else [None]
-    correct = [0] * len(ks)
-    seen = 0
-    size: tuple[int, int] | None = None
-    with torch.inference_mode(), env.autocast():
-        for i, batch in enumerate(loader):
-            if suite.max_batches is not None and i >= suite.max_batches:
-                break
-            images, labels = batch["image"].to(env.device), batch["label"].to(env.device)
-            size = (images.shape[-2], images.shape[-1])
-            if lookwhere:
-                grid = net.grid(images)
-                sel = net.selector(images, grid)  # once for every k
-                feats = [net.extract(images, sel, grid, k=k)["cls"] for k in ks]
-            else:
-                feats = [net(images)["cls"]]
-            for j, f in enumerate(feats):
-                correct[j] += int((module.head(f).argmax(-1) == labels).sum())
-            seen += labels.shape[0]
-    if not seen or size is None:
-        raise ConfigError(f"bench.accuracy: the {suite.split} loader of {run.config} yielded no batches")
+    Evaluation is the recipe's own ``validate``/``test`` run with ``module.eval_ks`` set to the
+    suite's k values, so the numbers are exactly what that command reports (one selector pass per
+    batch for all k); no logger, callbacks or run directory.
+    """
+    from ..tasks import run as run_command  # Lightning and data imports only when used
+
+    lookwhere = load_config([run.config], list(run.overrides)).module.model.get("arch", "lookwhere") == "lookwhere"
+    ks = list(run.ks if run.ks is not None else suite.ks) if lookwhere else []
+    limit = "limit_val_batches" if suite.split == "val" else "limit_test_batches"
+    overrides = [
+        *run.overrides, f"ckpt_path={run.ckpt_path}", "logger=null", "callbacks=null",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.devices=1",
+        f"trainer.accelerator={env.device.type if env.device.type == 'cpu' else 'gpu'}",
+        f"trainer.precision={'32-true' if env.dtype == torch.float32 else 'bf16-mixed'}",
+        *([f"module.eval_ks={ks}"] if lookwhere else []),
+        *([f"trainer.{limit}={suite.max_batches}"] if suite.max_batches is not None else []),
+    ]
+    with tempfile.TemporaryDirectory(prefix="lw_bench_acc_") as scratch:  # the run's summary file, nothing kept
+        cfg = load_config([run.config], [*overrides, f"output_dir={scratch}", f"trainer.default_root_dir={scratch}"])
+        result = run_command(cfg, "validate" if suite.split == "val" else "test")
+    module, datamodule = result.module, result.datamodule
+    dataset = datamodule.datasets[suite.split]
+    samples = len(dataset) if suite.max_batches is None else min(len(dataset), suite.max_batches * datamodule.eval_batch_size_per_device)
+    size = tuple(dataset[0]["image"].shape[-2:])
     with torch.device("meta"):
-        meta = build_model(module.model_cfg).eval()
-        x = torch.zeros(1, 3, *size)
+        meta = build_model(module.model_cfg)
     n = (size[0] // module.model_cfg.patch_size) * (size[1] // module.model_cfg.patch_size)
     name = ("LookWhere" if lookwhere else "ViT") + f"-{module.model_cfg.preset}"
     rows = []
-    for k, c in zip(ks, correct):
-        flops = count_flops(lambda: meta(x, k=k) if lookwhere else meta(x))
+    for k in ks or [None]:
+        acc = result.metrics[f"{suite.split}/acc1" if k is None else f"{suite.split}/acc1_k/{k}"]
+        flops = image_model_flops(meta, size, k=k, device="meta")
         rows.append(dict(model=name, label=run.label or name, size=f"{size[0]}x{size[1]}", k=k,
-                         tokens=n if k is None else resolve_k(k, n), flops=flops, acc1=c / seen, samples=seen, split=suite.split))
-        log(f"accuracy {run.label or name} k={k}: top-1 {c / seen:.4f} at {flops / 2e9:.3f} GMACs")
+                         tokens=n if k is None else resolve_k(k, n), flops=flops, acc1=acc, samples=samples, split=suite.split))
+        log(f"accuracy {run.label or name} k={k}: top-1 {acc:.4f} at {flops / 2e9:.3f} GMACs")
     return rows
