@@ -113,6 +113,14 @@ def time_interleaved(cases: list[Case], env: Env, log: Callable[[str], None] = p
     return cases
 
 
+def timing_fields(case: Case, key: str) -> dict[str, Any]:
+    """``{key}_s`` (median), ``{key}_spread`` and, for a failed case, ``{key}_error``: a result row's view of a case."""
+    fields: dict[str, Any] = {f"{key}_s": case.median, f"{key}_spread": case.spread}
+    if case.error:
+        fields[f"{key}_error"] = case.error
+    return fields
+
+
 # ------------------------------------------------------------------------------------------------
 # memory
 # ------------------------------------------------------------------------------------------------

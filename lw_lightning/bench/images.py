@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..flops import count_flops
 from ..models.config import model_config, resolve_k
 from ..models.lookwhere import LookWhere, build_model
-from .common import Case, CudaPeak, Env, maybe_compile, saved_activation_bytes, time_interleaved
+from .common import Case, CudaPeak, Env, maybe_compile, saved_activation_bytes, time_interleaved, timing_fields
 from .config import ImageGroup, ImageSuite
 
 NUM_CLASSES = 1000
@@ -138,17 +138,9 @@ def run_group(suite: ImageSuite, group: ImageGroup, env: Env, log: Callable[[str
             tag = f" [compiled {mode}]" if mode else ""
             key = "" if mode is None else "compiled_"
             for b in group.batch_sizes if mode is None else group.batch_sizes[:1]:
-                c = by_name[f"{v['name']}{tag} | infer b={b}"]
-                row[f"{key}infer_b{b}_s"] = c.median
-                row[f"{key}infer_b{b}_spread"] = c.spread
-                if c.error:
-                    row[f"{key}infer_b{b}_error"] = c.error
+                row.update(timing_fields(by_name[f"{v['name']}{tag} | infer b={b}"], f"{key}infer_b{b}"))
         if group.train_batch and v["gather"]:
-            c = by_name[f"{v['name']} | train b={group.train_batch}"]
-            row["train_s"] = c.median
-            row["train_spread"] = c.spread
-            if c.error:
-                row["train_error"] = c.error
+            row.update(timing_fields(by_name[f"{v['name']} | train b={group.train_batch}"], "train"))
         rows.append(row)
     if group.memory and group.train_batch:
         _measure_memory(models, heads, variants, rows, group, env, log)

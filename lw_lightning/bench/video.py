@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..flops import count_flops
 from ..models.vivit import ViViT, vivit_config
-from .common import Case, CudaPeak, Env, maybe_compile, saved_activation_bytes, time_interleaved
+from .common import Case, CudaPeak, Env, maybe_compile, saved_activation_bytes, time_interleaved, timing_fields
 from .config import VideoSuite
 
 NUM_CLASSES = 400
@@ -80,16 +80,9 @@ def run_preset(suite: VideoSuite, preset: str, env: Env, log: Callable[[str], No
             tag = f" [compiled {mode}]" if mode else ""
             key = "" if mode is None else "compiled_"
             for b in suite.batch_sizes if mode is None else suite.batch_sizes[:1]:
-                c = by_name[f"{v['name']}{tag} | infer b={b}"]
-                row[f"{key}infer_b{b}_s"] = c.median
-                row[f"{key}infer_b{b}_spread"] = c.spread
-                if c.error:
-                    row[f"{key}infer_b{b}_error"] = c.error
+                row.update(timing_fields(by_name[f"{v['name']}{tag} | infer b={b}"], f"{key}infer_b{b}"))
         if train:
-            c = by_name[f"{v['name']} | train b={suite.train_batch}"]
-            row["train_s"], row["train_spread"] = c.median, c.spread
-            if c.error:
-                row["train_error"] = c.error
+            row.update(timing_fields(by_name[f"{v['name']} | train b={suite.train_batch}"], "train"))
             if suite.memory:
                 _memory(v["model"], row, suite.train_batch, shape, env, log)
         rows.append(row)
