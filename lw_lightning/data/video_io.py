@@ -52,9 +52,7 @@ def read_clip_frames(path: str | os.PathLike, choose: Callable[[int], np.ndarray
         unique, inverse = np.unique(flat, return_inverse=True)
         batch = reader.get_batch(unique.tolist())
         frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)  # decord2 returns torch
-    except VideoReadError:
-        raise
-    except ValueError:
+    except (VideoReadError, ValueError):  # ours, and out-of-range indices (a caller bug): as they are
         raise
     except Exception as err:
         raise VideoReadError(f"cannot decode video {path}: {_first_line(err)}") from None
