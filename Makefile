@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo demo-check test test-all clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m lw_lightning.demo
+
+# the full demo as a test: teacher >= 60%, LookWhere at 10% of the patches within 5 points, recall >= 40%
+demo-check: $(STAMP)
+	$(PY) -m pytest -m demo -q -s tests/test_demo_full.py
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" -q

@@ -12,6 +12,8 @@ Each stage is the same run as the printed ``python -m lw_lightning ...`` command
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,17 +44,45 @@ def _best(result) -> str:
     return cb.best_model_path or cb.last_model_path
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lw_lightning.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs", help="root of the run directories")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke version (tests)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--seed", type=int, default=None, help="training seed of every stage (default: the recipes' seed, 0)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, metavar="N",
+        help="run the whole demo once per seed (into OUTPUT_DIR/seed_N) and print mean and range over seeds",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every stage")
     for stage, what in (("a", "teacher"), ("b", "distillation"), ("c", "fine-tuning")):
         parser.add_argument(f"--set-{stage}", nargs="*", default=[], metavar="key=value", help=f"overrides for stage {stage} ({what})")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_float32_matmul_precision("high")
-    common = [f"output_dir={args.output_dir}"]
+    if args.seeds:
+        summaries = []
+        for seed in args.seeds:
+            out = Path(args.output_dir) / f"seed_{seed}"
+            print(f"\n##### seed {seed} -> {out}", flush=True)
+            summaries.append(run_demo(args, seed=seed, output_dir=out))
+        table = seeds_table(summaries)
+        path = Path(args.output_dir) / "demo_seeds.md"
+        path.write_text(table + "\n")
+        print(f"\n{table}\n\nwritten: {path}")
+        return 0
+    run_demo(args, seed=args.seed, output_dir=Path(args.output_dir))
+    return 0
+
+
+def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> dict:
+    """Stages a-d into ``output_dir``; returns the summary also written to ``demo_summary.json``."""
+    common = [f"output_dir={output_dir}"]
+    if seed is not None:
+        common.append(f"seed={seed}")
     if args.no_progress:
         common.append("trainer.enable_progress_bar=false")
     if args.quick:
@@ -90,17 +120,59 @@ def main(argv: list[str] | None = None) -> int:
     for name, kk, acc, flops in rows:
         print(f"{name:<20} {kk:>8} {100 * kk / n:>6.1f}% {100 * acc:>8.1f}% {flops / 1e6:>11.1f} {full_flops / flops:>7.1f}x")
 
+    num_classes = int(lw_test.datamodule.num_classes)
     curve = [dict(label=name.split(" k=")[0], model=name, k=None if kk == n else kk, tokens=kk, flops=flops, acc1=acc) for name, kk, acc, flops in rows]
-    plot = plot_accuracy(curve, Path(args.output_dir) / "demo_accuracy_vs_flops.png", title="make demo: test split, synthetic sparse signs")
+    plot = plot_accuracy(curve, output_dir / "demo_accuracy_vs_flops.png", title="make demo: test split, synthetic sparse signs")
     print(f"\naccuracy vs FLOPs: {plot}")
+    eval_k = resolve_k(lw_module.hparams.eval_k, n)
     recall, hit = sign_patch_recall(lw_module, lw_test.datamodule.datasets["test"], lw_module.hparams.eval_k)
-    print(f"selector at k={resolve_k(lw_module.hparams.eval_k, n)}: {100 * recall:.0f}% of the sign's patches selected, "
+    print(f"selector at k={eval_k}: {100 * recall:.0f}% of the sign's patches selected, "
           f"at least one in {100 * hit:.0f}% of the test images with a sign")
-    png = Path(args.output_dir) / "demo_selection_maps.png"
+    png = output_dir / "demo_selection_maps.png"
     _save_selection_png(lw_module, lw_test.datamodule, png)
     print(f"\nselection maps (heat = selector map, yellow = selected patches, green = sign box): {png}")
-    print(f"stage times: teacher {t_a:.0f}s, distillation {t_b:.0f}s, fine-tuning {t_c:.0f}s; total {time.perf_counter() - t_start:.0f}s")
-    return 0
+    total = time.perf_counter() - t_start
+    print(f"stage times: teacher {t_a:.0f}s, distillation {t_b:.0f}s, fine-tuning {t_c:.0f}s; total {total:.0f}s")
+    summary = {
+        "seed": seed if seed is not None else 0,
+        "num_classes": num_classes,
+        "patches": n,
+        "eval_k": eval_k,
+        "rows": [dict(model=name, patches=kk, acc1=float(acc), flops=int(flops)) for name, kk, acc, flops in rows],
+        "selector_recall": recall,
+        "selector_hit": hit,
+        "seconds": {"teacher": round(t_a, 1), "distill": round(t_b, 1), "finetune": round(t_c, 1), "total": round(total, 1)},
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def seeds_table(summaries: list[dict]) -> str:
+    """Markdown: test accuracy per model as mean and range over the runs' seeds, plus FLOPs."""
+    seeds = ", ".join(str(s["seed"]) for s in summaries)
+    first = summaries[0]
+    full_flops = first["rows"][0]["flops"]
+    lines = [
+        f"| model | patches | test acc, mean (min–max) over seeds {seeds} | MFLOPs/img | fewer FLOPs |",
+        "|---|---|---|---|---|",
+    ]
+    for i, row in enumerate(first["rows"]):
+        accs = [100 * s["rows"][i]["acc1"] for s in summaries]
+        lines.append(
+            f"| {row['model']} | {row['patches']} | {statistics.mean(accs):.1f}% ({min(accs):.1f}–{max(accs):.1f}) "
+            f"| {row['flops'] / 1e6:.1f} | {full_flops / row['flops']:.1f}× |"
+        )
+    rec = [100 * s["selector_recall"] for s in summaries]
+    hit = [100 * s["selector_hit"] for s in summaries]
+    secs = [s["seconds"]["total"] for s in summaries]
+    lines += [
+        "",
+        f"Selector at k={first['eval_k']}: {statistics.mean(rec):.0f}% ({min(rec):.0f}–{max(rec):.0f}) of a sign's patches selected, "
+        f"at least one in {statistics.mean(hit):.0f}% ({min(hit):.0f}–{max(hit):.0f}) of the test images with a sign. "
+        f"Demo time per seed: {min(secs):.0f}–{max(secs):.0f} s (stages a–d).",
+    ]
+    return "\n".join(lines)
 
 
 @torch.no_grad()
