@@ -127,6 +127,7 @@ def test_test_command_from_checkpoint_and_predict_csv(tmp_path, capsys):
     assert len(files) == 1
     rows = list(csv.DictReader(files[0].open()))
     assert [int(r["index"]) for r in rows] == list(range(8))
+    assert [r["source"] for r in rows] == [f"predict/{i}" for i in range(8)]  # synthetic: split/index
     for r in rows:
         assert r["pred_name"] in ("EMPTY", "50_SIGN", "70_SIGN", "80_SIGN")
         assert 0.0 <= float(r["score"]) <= 1.0

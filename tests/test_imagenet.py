@@ -246,6 +246,35 @@ def test_16bit_png_decodes_scaled_to_8bit(tmp_path: Path, copies: dict[str, Path
     assert torch.allclose(pixel, torch.full((3,), 100 / 255), atol=1e-3)
 
 
+def test_predictions_csv_names_the_image_file(tmp_path: Path, copies: dict[str, Path]) -> None:
+    import csv
+
+    from pytorch_lightning import Trainer
+
+    from lw_lightning.callbacks.predictions import PredictionWriter
+    from lw_lightning.modules.classification import ImageClassifier
+
+    root = tmp_path / "c"
+    shutil.copytree(copies["kaggle"], root)
+    bad = root / "ILSVRC" / "Data" / "CLS-LOC" / "val" / "ILSVRC2012_val_00000003.JPEG"
+    truncate(bad)
+    module = ImageClassifier({"arch": "vit", "preset": "tiny", "img_size": [28, 28], "patch_size": 14}, num_classes=1000)
+    writer = PredictionWriter(output_dir=str(tmp_path / "out"))
+    trainer = Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False, enable_model_summary=False)
+    data = dm(root, image_size=28, eval_batch_size=3)
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    samples = data.datasets["predict"].samples
+    assert len(rows) == len(samples) == 8
+    for row, (path, label) in zip(rows, samples):
+        assert row["source"] == path.relative_to(root).as_posix()
+        assert row["source"].startswith("ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_") and (root / row["source"]).is_file()
+        assert int(row["label"]) == label
+    flagged = next(r for r in rows if r["source"].endswith(bad.name))
+    assert int(flagged["pred"]) == -1 and float(flagged["score"]) == 0.0
+    assert all(int(r["pred"]) >= 0 for r in rows if r is not flagged)
+
+
 def test_train_gives_up_after_bounded_retries(tmp_path: Path, copies: dict[str, Path]) -> None:
     root = tmp_path / "c"
     shutil.copytree(copies["folders"], root)

@@ -290,3 +290,13 @@ def test_colour_jitter_settings_are_checked(kinetics_root):
 def _setup(data: KineticsDataModule) -> KineticsDataModule:
     data.setup("fit")
     return data
+
+
+def test_source_is_the_clip_file_relative_to_the_root(kinetics_root):
+    from lw_lightning.callbacks.predictions import sample_source
+
+    ds = dm(kinetics_root).build_dataset("test")
+    for i, rec in enumerate(ds.records):
+        src = sample_source(ds, i)
+        assert not src.startswith("/") and (kinetics_root / src).resolve() == Path(rec.path).resolve()
+        assert Path(src).stem == rec.name  # <youtube_id>_<start>_<end>: the clip id

@@ -235,6 +235,13 @@ def test_unreadable_image_train_skips_eval_counts(tmp_path: Path, root: Path) ->
     assert batch["valid"].tolist() == [False, False, True, True]
 
 
+def test_predictions_name_files_relative_to_the_root(root: Path) -> None:
+    d = dm(root)
+    d.setup("predict")
+    ds = d.datasets["predict"]
+    assert ds.source(0) == "Set2/Set2Part0/1277320000Image000000.jpg" and (root / ds.source(0)).is_file()
+
+
 def test_train_transform_deterministic_under_seed(root: Path) -> None:
     d = dm(root, image_size=56)
     d.setup("fit")
