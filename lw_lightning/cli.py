@@ -1,14 +1,16 @@
 """Command line: ``python -m lw_lightning {fit,validate,test,predict,bench} --config FILE [key=value ...]``.
 
 Tests call :func:`main` in-process with an argv list. User mistakes (unknown key, wrong type,
-missing file, unresolvable interpolation) print one line on stderr and return exit status 2; a
-training run stopped by a non-finite loss prints one line and returns 3. Under DDP only global
-rank 0 prints (errors and the final one-line summary).
+missing file, unresolvable interpolation, a broken dataset file) print one line on stderr and
+return exit status 2, also when a DataLoader worker raised them; a training run stopped by a
+non-finite loss prints one line and returns 3. Under DDP only global rank 0 prints (errors and
+the final one-line summary).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# torch re-raises an error from a DataLoader worker as the same type, with the message
+# "Caught <Type> in DataLoader worker process <n>.\nOriginal Traceback ...": the worker's whole traceback
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def one_line(err: BaseException) -> str:
+    """The error's own message on one line; for an error re-raised from a DataLoader worker, the
+    original message (the last line of the worker's traceback) instead of the traceback."""
+    text = str(err)
+    wrapped = _WORKER_ERROR.match(text)
+    if wrapped:
+        # the traceback ends with '<module>.<Type>: <message>' (after any chained causes)
+        lines = re.findall(rf"^(?:[\w.]+\.)?{re.escape(wrapped.group(1))}: (.*)$", text, re.M)
+        if lines:
+            text = lines[-1]
+    text = text.strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, allow_missing=args.print_config)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     if args.print_config:
         print(to_yaml(cfg), end="")
@@ -62,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             run_bench(cfg, argv)
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             return 2
         return 0
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -74,11 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(cfg, args.command)
     except ConfigError as err:
         if getattr(rank_zero_only, "rank", 0) == 0:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:
         if getattr(rank_zero_only, "rank", 0) == 0:  # every rank raises it together: report once
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
         return 3
     if result.trainer.is_global_zero:
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or args.command == "fit")

@@ -207,17 +207,60 @@ def test_unpaired_files_and_rgb_annotations_are_errors(tmp_path: Path, root: Pat
         d.datasets["train"][2]
 
 
-def test_unreadable_image_eval_fails_train_skips(tmp_path: Path, root: Path) -> None:
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a truncated JPEG: header intact, scan data cut
+
+
+def test_truncated_jpeg_eval_counted_and_excluded_train_skips(tmp_path: Path, root: Path) -> None:
+    from lw_lightning.modules.segmentation import Segmenter
+
     copy = tmp_path / "c"
     shutil.copytree(root, copy)
-    (copy / FOLDER / "images" / "validation" / "ADE_val_00000002.jpg").write_bytes(b"\xff\xd8 truncated")
-    (copy / FOLDER / "images" / "training" / "ADE_train_00000001.jpg").write_bytes(b"")
-    d = dm(copy)
+    truncate(copy / FOLDER / "images" / "validation" / "ADE_val_00000002.jpg")
+    truncate(copy / FOLDER / "images" / "training" / "ADE_train_00000001.jpg")
+    d = dm(copy, eval_batch_size=3)
     d.setup("fit")
-    with pytest.raises(UnreadableImageError, match="ADE_val_00000002.jpg"):
-        d.datasets["val"][1]
     item = d.datasets["train"][0]
     assert item["index"].item() != 0 and d.datasets["train"].skipped.value == 1
+    val = d.datasets["val"]
+    flagged = val[1]
+    assert not flagged["valid"] and val[0]["valid"] and val.skipped.value == 1
+    # the header survived: the placeholder has the original size, and no label pixel counts
+    assert tuple(flagged["label_size"].tolist()) == (453, 683) and bool((flagged["mask"] == 255).all())
+    batch = next(iter(d.val_dataloader()))
+    assert batch["valid"].tolist() == [True, False, True] and len(batch["masks"]) == 3
+
+    torch.manual_seed(0)
+    module = Segmenter({"arch": "vit", "preset": "tiny", "img_size": [56, 56], "patch_size": 14}, num_classes=150).eval()
+    module._eval_step(batch, "val")
+    assert module.val_corrupt.compute().item() == 1
+    # mIoU/pixel accuracy saw exactly the two readable images
+    labelled = sum(int((m != 255).sum()) for m, ok in zip(batch["masks"], batch["valid"]) if ok)
+    assert int(module.val_pixacc.tp.sum() + module.val_pixacc.fn.sum()) == labelled
+
+
+def test_wrong_size_mask_in_a_worker_is_one_line_exit_2(tmp_path: Path, root: Path, capsys, monkeypatch) -> None:
+    from lw_lightning.cli import main
+
+    copy = tmp_path / "c"
+    shutil.copytree(root, copy)
+    ann = copy / FOLDER / "annotations" / "training" / "ADE_train_00000001.png"
+    Image.fromarray(np.ones((10, 12), dtype=np.uint8)).save(ann)  # the image is 300x200
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    argv = [
+        "fit", "--config", "conf/experiment/vit_ade20k_518.yaml", f"data.root={copy}", f"output_dir={tmp_path / 'runs'}",
+        f"trainer.default_root_dir={tmp_path / 'runs'}", "data.num_workers=1", "data.pin_memory=false",
+        "data.batch_size=4", "data.eval_batch_size=2", "data.crop_size=56", "data.scale=[224,56]",
+        "module.model.preset=tiny", "module.model.img_size=[56,56]", "trainer.accelerator=cpu",
+        "trainer.precision=32-true", "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0] == f"error: {ann}: size (10, 12) differs from its image (300, 200)"
 
 
 def test_train_sample_deterministic_under_seed(root: Path) -> None:

@@ -127,6 +127,7 @@ def test_test_command_from_checkpoint_and_predict_csv(tmp_path, capsys):
     assert len(files) == 1
     rows = list(csv.DictReader(files[0].open()))
     assert [int(r["index"]) for r in rows] == list(range(8))
+    assert [r["source"] for r in rows] == [f"predict/{i}" for i in range(8)]  # synthetic: split/index
     for r in rows:
         assert r["pred_name"] in ("EMPTY", "50_SIGN", "70_SIGN", "80_SIGN")
         assert 0.0 <= float(r["score"]) <= 1.0
@@ -142,3 +143,23 @@ def test_missing_checkpoint_is_a_config_error(tmp_path, capsys):
 def test_config_error_is_value_error_subclass():
     with pytest.raises(ConfigError):
         load_config([DEMO], ["nope=1"])
+
+
+def test_worker_wrapped_config_error_prints_its_own_line():
+    # torch re-raises a worker's error as the same type carrying the worker's whole traceback
+    from torch._utils import ExceptionWrapper
+
+    from lw_lightning.cli import one_line
+
+    try:
+        try:
+            raise OSError("disk said no")
+        except OSError as cause:
+            raise ConfigError("data/x.png: size (1, 2) differs from its image (3, 4)") from cause
+    except ConfigError:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 3")
+    with pytest.raises(ConfigError) as caught:
+        wrapper.reraise()
+    assert str(caught.value).startswith("Caught ConfigError in DataLoader worker process 3.")
+    assert one_line(caught.value) == "data/x.png: size (1, 2) differs from its image (3, 4)"
+    assert one_line(ConfigError("plain\nsecond line")) == "plain"

@@ -149,13 +149,19 @@ def test_unknown_wnid_folder_is_an_error(tmp_path: Path, copies: dict[str, Path]
         dm(root).setup("fit")
 
 
-def test_unreadable_image_train_skips_eval_fails(tmp_path: Path, copies: dict[str, Path]) -> None:
+def truncate(path: Path) -> None:
+    """Cut a real JPEG in half: the header (and so its size) survives, the scan data does not."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_unreadable_image_train_skips_eval_counts(tmp_path: Path, copies: dict[str, Path]) -> None:
     root = tmp_path / "c"
     shutil.copytree(copies["folders"], root)
     bad = root / "train" / TINY_WNIDS[1] / f"{TINY_WNIDS[1]}_1000.JPEG"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     badval = next((root / "val" / TINY_WNIDS[2]).iterdir())
-    badval.write_bytes(b"")
+    badval.write_bytes(b"")  # not even a header: the placeholder takes another file's size
     d = dm(root, max_retries=3)
     d.setup("fit")
     train = d.datasets["train"]
@@ -163,8 +169,110 @@ def test_unreadable_image_train_skips_eval_fails(tmp_path: Path, copies: dict[st
     item = train[i]
     assert item["index"].item() != i and train.skipped.value == 1
     assert train[i]["index"].item() == item["index"].item()  # seeded replacement
-    with pytest.raises(UnreadableImageError, match=badval.name):
-        d.datasets["val"][[p for p, _ in d.datasets["val"].samples].index(badval)]
+    val = d.datasets["val"]
+    j = [p for p, _ in val.samples].index(badval)
+    flagged = val[j]
+    assert not flagged["valid"] and flagged["index"].item() == j and val.skipped.value == 1
+    assert flagged["image"].shape == val[0]["image"].shape and val[0]["valid"]
+
+
+def test_truncated_jpeg_train_replaced_val_counted_and_excluded(tmp_path: Path, copies: dict[str, Path], caplog) -> None:
+    from pytorch_lightning import Trainer
+
+    from lw_lightning.modules.classification import ImageClassifier
+
+    root = tmp_path / "c"
+    shutil.copytree(copies["folders"], root)
+    bad_train = root / "train" / TINY_WNIDS[3] / f"{TINY_WNIDS[3]}_1001.JPEG"
+    bad_val = root / "val" / TINY_WNIDS[0] / "ILSVRC2012_val_00000005.JPEG"
+    truncate(bad_train)
+    truncate(bad_val)
+    with pytest.raises(UnreadableImageError, match="truncated"):
+        load_rgb(bad_val)
+    d = dm(root, image_size=28, eval_batch_size=8)
+    d.setup("fit")
+    train, val = d.datasets["train"], d.datasets["val"]
+    i = [p for p, _ in train.samples].index(bad_train)
+    assert train[i]["index"].item() != i and train.skipped.value == 1
+    j = [p for p, _ in val.samples].index(bad_val)
+    assert not val[j]["valid"] and all(val[k]["valid"] for k in range(len(val)) if k != j)
+    assert val.skipped.value == 1
+
+    torch.manual_seed(0)
+    module = ImageClassifier({"arch": "vit", "preset": "tiny", "img_size": [28, 28], "patch_size": 14}, num_classes=1000).eval()
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with caplog.at_level("WARNING"):
+        metrics = trainer.validate(module, datamodule=ImageNetDataModule(root=str(root), image_size=28, batch_size=4, eval_batch_size=8, num_workers=0, pin_memory=False), verbose=False)[0]
+    assert metrics["val/corrupt_images"] == 1.0
+    assert "unreadable evaluation image" in caplog.text and bad_val.name in caplog.text
+    # accuracy over exactly the 7 readable images (top-5 of 1000 classes: compare with our own count)
+    good = [val[k] for k in range(len(val)) if k != j]
+    with torch.no_grad():
+        logits = module(torch.stack([g["image"] for g in good]))[0]
+    labels = torch.stack([g["label"] for g in good])
+    expected = (logits.topk(5, -1).indices == labels[:, None]).any(-1).float().mean().item()
+    assert metrics["val/acc5"] == pytest.approx(expected)
+
+
+def test_16bit_png_decodes_scaled_to_8bit(tmp_path: Path, copies: dict[str, Path]) -> None:
+    # a horizontal gradient over the whole 16-bit range: column k holds 257 * k, i.e. k in 8 bits
+    gradient = (np.arange(256, dtype=np.uint16) * 257)[None, :].repeat(6, axis=0)
+    path = tmp_path / "g16.png"
+    Image.fromarray(gradient).save(path)
+    assert path.read_bytes()[24] == 16  # the PNG header's bit depth: really a 16-bit file
+    with Image.open(path) as im:
+        assert im.mode == "I;16" and (np.array(im.convert("RGB"))[:, 1:] == 255).all()  # plain convert clips: white
+    rgb = np.asarray(load_rgb(path))
+    assert rgb.dtype == np.uint8 and rgb.shape == (6, 256, 3)
+    assert np.array_equal(rgb[..., 0], np.arange(256, dtype=np.uint8)[None, :].repeat(6, axis=0))
+    assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])  # grayscale -> RGB
+    # mode "I" (how older Pillow opens 16-bit PNGs) is scaled the same way, with rounding
+    wide = Image.fromarray(np.array([[0, 128, 32768, 65535, 70000]], dtype=np.int32))
+    assert wide.mode == "I"
+    from lw_lightning.data.images import to_rgb
+
+    assert np.asarray(to_rgb(wide))[0, :, 0].tolist() == [0, 0, 128, 255, 255]
+    # through the dataset: a 16-bit PNG named .JPEG in a class folder (ImageNet hides PNGs that way)
+    root = tmp_path / "c"
+    shutil.copytree(copies["folders"], root)
+    target = root / "val" / TINY_WNIDS[1] / "ILSVRC2012_val_00000002.JPEG"
+    Image.fromarray(np.full((40, 40), 100 * 257, dtype=np.uint16)).save(target, format="PNG")
+    d = dm(root, image_size=28)
+    d.setup("validate")
+    val = d.datasets["val"]
+    item = val[[p for p, _ in val.samples].index(target)]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    pixel = item["image"][:, 14, 14] * std + mean  # undo the normalisation: 100/255 in every channel
+    assert torch.allclose(pixel, torch.full((3,), 100 / 255), atol=1e-3)
+
+
+def test_predictions_csv_names_the_image_file(tmp_path: Path, copies: dict[str, Path]) -> None:
+    import csv
+
+    from pytorch_lightning import Trainer
+
+    from lw_lightning.callbacks.predictions import PredictionWriter
+    from lw_lightning.modules.classification import ImageClassifier
+
+    root = tmp_path / "c"
+    shutil.copytree(copies["kaggle"], root)
+    bad = root / "ILSVRC" / "Data" / "CLS-LOC" / "val" / "ILSVRC2012_val_00000003.JPEG"
+    truncate(bad)
+    module = ImageClassifier({"arch": "vit", "preset": "tiny", "img_size": [28, 28], "patch_size": 14}, num_classes=1000)
+    writer = PredictionWriter(output_dir=str(tmp_path / "out"))
+    trainer = Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False, enable_model_summary=False)
+    data = dm(root, image_size=28, eval_batch_size=3)
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    samples = data.datasets["predict"].samples
+    assert len(rows) == len(samples) == 8
+    for row, (path, label) in zip(rows, samples):
+        assert row["source"] == path.relative_to(root).as_posix()
+        assert row["source"].startswith("ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_") and (root / row["source"]).is_file()
+        assert int(row["label"]) == label
+    flagged = next(r for r in rows if r["source"].endswith(bad.name))
+    assert int(flagged["pred"]) == -1 and float(flagged["score"]) == 0.0
+    assert all(int(r["pred"]) >= 0 for r in rows if r is not flagged)
 
 
 def test_train_gives_up_after_bounded_retries(tmp_path: Path, copies: dict[str, Path]) -> None:

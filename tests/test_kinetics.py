@@ -14,7 +14,7 @@ import torch
 from lw_lightning.config import ConfigError
 from lw_lightning.data.kinetics import KineticsDataModule, parse_clip_filename, read_annotation_csv, read_list_file
 from lw_lightning.data.synthetic_kinetics import CLASS_NAMES, SyntheticKineticsSpec, make_synthetic_kinetics, write_video
-from lw_lightning.data.video_io import VideoReadError, read_frames
+from lw_lightning.data.video_io import VideoReadError, _decord_clip, count_frames, display_rotation, read_frames
 
 TINY = SyntheticKineticsSpec(train_per_class=2, val_per_class=1, test_per_class=1, num_frames=12, lossless=True)
 
@@ -43,6 +43,66 @@ def test_decord_reads_exactly_what_a_lossless_writer_wrote(tmp_path, size):
     write_video(tmp_path / "v.mp4", frames, lossless=True)
     idx = [7, 0, 3, 3, 9]  # unsorted, repeated
     assert np.array_equal(read_frames(tmp_path / "v.mp4", idx), frames[idx])
+
+
+@pytest.mark.parametrize("width, height", [(24, 20), (48, 36)])
+def test_tiny_video_decord_rejects_is_decoded_by_pyav(tmp_path, width, height):
+    frames = np.random.default_rng(width).integers(0, 256, (9, height, width, 3), dtype=np.uint8)
+    path = tmp_path / "tiny.mp4"
+    write_video(path, frames, lossless=True)
+    with pytest.raises(VideoReadError):  # decord 0.6.0 alone fails on these valid files
+        _decord_clip(path, lambda n: np.arange(n))
+    idx = [8, 0, 4, 4]
+    assert np.array_equal(read_frames(path, idx), frames[idx])  # exact: the PyAV fallback
+    assert count_frames(path) == 9
+
+
+def test_truly_corrupt_video_still_fails_with_both_decoders(tmp_path):
+    path = tmp_path / "bad.mp4"
+    write_video(path, np.zeros((4, 20, 24, 3), np.uint8), lossless=True)
+    corrupt(path)
+    with pytest.raises(VideoReadError, match="cannot open video .*bad.mp4.*PyAV"):
+        read_frames(path, [0])
+
+
+def _marked(num_frames: int = 5, height: int = 32, width: int = 64) -> np.ndarray:
+    """Frames with a white 4x4 marker in the top-left corner and a grey one top-right (as shown)."""
+    frames = np.zeros((num_frames, height, width, 3), np.uint8)
+    frames[:, :4, :4] = 255
+    frames[:, :4, -4:] = 128
+    return frames
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_video_is_decoded_upright(tmp_path, suffix, rotation):
+    upright = _marked()
+    # a phone stores the frames as captured (here: the upright picture turned clockwise by
+    # `rotation`) plus a display matrix saying "turn counter-clockwise by `rotation` to show"
+    stored = np.ascontiguousarray(np.rot90(upright, k=-rotation // 90, axes=(1, 2)))
+    path = tmp_path / f"rot{rotation}{suffix}"
+    write_video(path, stored, lossless=True, rotation=rotation)
+    assert display_rotation(path) == rotation
+    got = read_frames(path, [0, 3])
+    assert got.shape == (2, 32, 64, 3)
+    assert np.array_equal(got, upright[[0, 3]])
+    assert (got[:, :4, :4] == 255).all() and (got[:, :4, -4:] == 128).all()  # markers back in their corners
+
+
+def test_legacy_rotate_tag_is_clockwise(tmp_path):
+    upright = _marked()
+    stored = np.ascontiguousarray(np.rot90(upright, k=1, axes=(1, 2)))  # shown after turning 90 deg clockwise
+    path = tmp_path / "tagged.mkv"
+    write_video(path, stored, lossless=True, tags={"rotate": "90"})
+    assert display_rotation(path) == 270
+    assert np.array_equal(read_frames(path, [1]), upright[[1]])
+
+
+def test_unrotated_video_keeps_the_fast_path(tmp_path):
+    frames = _marked()
+    write_video(tmp_path / "v.mkv", frames, lossless=True)
+    assert display_rotation(tmp_path / "v.mkv") == 0
+    assert np.array_equal(read_frames(tmp_path / "v.mkv", [0, 4]), frames[[0, 4]])
 
 
 def test_filename_and_annotation_parsing(tmp_path):
@@ -230,3 +290,13 @@ def test_colour_jitter_settings_are_checked(kinetics_root):
 def _setup(data: KineticsDataModule) -> KineticsDataModule:
     data.setup("fit")
     return data
+
+
+def test_source_is_the_clip_file_relative_to_the_root(kinetics_root):
+    from lw_lightning.callbacks.predictions import sample_source
+
+    ds = dm(kinetics_root).build_dataset("test")
+    for i, rec in enumerate(ds.records):
+        src = sample_source(ds, i)
+        assert not src.startswith("/") and (kinetics_root / src).resolve() == Path(rec.path).resolve()
+        assert Path(src).stem == rec.name  # <youtube_id>_<start>_<end>: the clip id

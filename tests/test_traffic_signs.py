@@ -208,18 +208,38 @@ def test_missing_root_and_missing_images(tmp_path: Path, root: Path) -> None:
         dm(copy).setup("test")
 
 
-def test_unreadable_image_train_skips_eval_fails(tmp_path: Path, root: Path) -> None:
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a truncated JPEG: header intact, scan data cut
+
+
+def test_unreadable_image_train_skips_eval_counts(tmp_path: Path, root: Path) -> None:
     copy = tmp_path / "c"
     shutil.copytree(root, copy)
-    (copy / "Set1" / "1277310000Image000000.jpg").write_bytes(b"\x00" * 10)
-    (copy / "Set2" / "Set2Part0" / "1277320000Image000000.jpg").write_bytes(b"")
+    truncate(copy / "Set1" / "1277310000Image000000.jpg")
+    truncate(copy / "Set2" / "Set2Part0" / "1277320000Image000000.jpg")
+    (copy / "Set2" / "Set2Part0" / "1277320000Image000001.jpg").write_bytes(b"")  # no header either
     d = dm(copy, val_fraction=0.0)
     d.setup("fit")
     d.setup("test")
     train = d.datasets["train"]
     assert train[0]["index"].item() != 0 and train.skipped.value == 1
-    with pytest.raises(UnreadableImageError, match="1277320000Image000000.jpg"):
-        d.datasets["test"][0]
+    test = d.datasets["test"]
+    good = test[2]
+    for i in (0, 1):  # flagged, never replaced, and shaped like a readable sample (native: padded)
+        bad = test[i]
+        assert not bad["valid"] and bad["index"].item() == i and bad["label"].item() == test.samples[i].label
+        assert bad["image"].shape == good["image"].shape == (3, 126, 168)
+    assert good["valid"] and test.skipped.value == 2
+    batch = next(iter(d.test_dataloader()))
+    assert batch["valid"].tolist() == [False, False, True, True]
+
+
+def test_predictions_name_files_relative_to_the_root(root: Path) -> None:
+    d = dm(root)
+    d.setup("predict")
+    ds = d.datasets["predict"]
+    assert ds.source(0) == "Set2/Set2Part0/1277320000Image000000.jpg" and (root / ds.source(0)).is_file()
 
 
 def test_train_transform_deterministic_under_seed(root: Path) -> None:

@@ -12,9 +12,31 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 
+def sample_source(dataset: Any, index: int) -> str:
+    """Where sample ``index`` came from: ``dataset.source(index)`` (a file relative to the data
+    root, or a synthetic sample's ``split/index``), else ``predict/<index>``."""
+    source = getattr(dataset, "source", None)
+    return str(source(index)) if callable(source) else f"predict/{index}"
+
+
+def predict_dataset(trainer: pl.Trainer) -> Any:
+    """The dataset the predict loop read (from the DataModule, else from the loader)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    datasets = getattr(datamodule, "datasets", None)
+    if isinstance(datasets, dict) and "predict" in datasets:
+        return datasets["predict"]
+    loaders = trainer.predict_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    return getattr(loader, "dataset", None)
+
+
 class PredictionWriter(BasePredictionWriter):
-    """CSV columns: ``index, label, pred, pred_name, score, selected`` (selected patch indices,
-    space-separated, highest selector score first; empty for models without a selector).
+    """CSV columns: ``index, source, label, pred, pred_name, score, selected``.
+
+    ``source`` names the sample: its image or video file relative to the data root, or
+    ``<split>/<index>`` for synthetic data. ``selected``: patch indices, space-separated, highest
+    selector score first; empty for models without a selector. ``pred`` is -1 (score 0) for a
+    file that could not be decoded.
 
     Under DDP every rank's predictions are gathered and rank 0 writes one file sorted by index.
     """
@@ -29,11 +51,14 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any) -> None:
         rows = []
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        dataset = predict_dataset(trainer)
         for out in batches:
             n = out["index"].shape[0]
             for i in range(n):
+                index = int(out["index"][i])
                 row = {
-                    "index": int(out["index"][i]),
+                    "index": index,
+                    "source": sample_source(dataset, index),
                     "label": int(out["label"][i]) if "label" in out else "",
                     "pred": int(out["pred"][i]),
                     "score": f"{float(out['score'][i]):.6f}",
@@ -53,6 +78,6 @@ class PredictionWriter(BasePredictionWriter):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / self.filename
         with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["index", "label", "pred", "pred_name", "score", "selected"])
+            writer = csv.DictWriter(f, fieldnames=["index", "source", "label", "pred", "pred_name", "score", "selected"])
             writer.writeheader()
             writer.writerows(rows)

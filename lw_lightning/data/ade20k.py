@@ -125,13 +125,19 @@ def load_label(path: Path) -> np.ndarray:
 class ADE20KDataset(SkippingDataset):
     """Image/annotation pairs; ``train`` applies the joint transform, eval keeps labels original."""
 
-    def __init__(self, pairs: list[tuple[Path, Path]], transform: Any, train: bool, seed: int = 0, max_retries: int = 10) -> None:
-        super().__init__(train, seed, max_retries)
+    def __init__(
+        self, pairs: list[tuple[Path, Path]], transform: Any, train: bool, seed: int = 0, max_retries: int = 10,
+        root: str | Path | None = None,
+    ) -> None:
+        super().__init__(train, seed, max_retries, root)
         self.pairs = pairs
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def image_path(self, index: int) -> Path:
+        return self.pairs[index][0]
 
     def load(self, index: int) -> dict[str, Any]:
         img_path, ann_path = self.pairs[index]
@@ -139,6 +145,14 @@ class ADE20KDataset(SkippingDataset):
         label = torch.from_numpy(load_label(ann_path))
         if label.shape != image.shape[-2:]:
             raise ConfigError(f"{ann_path}: size {tuple(label.shape)} differs from its image {tuple(image.shape[-2:])}")
+        return self._sample(index, image, label)
+
+    def placeholder(self, index: int, size: tuple[int, int]) -> dict[str, Any]:
+        # every label pixel is "ignore": even if a module scored it, it would add nothing
+        w, h = size
+        return self._sample(index, torch.zeros(3, h, w, dtype=torch.uint8), torch.full((h, w), IGNORE_INDEX, dtype=torch.uint8))
+
+    def _sample(self, index: int, image: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
         if self.train:
             out = self.transform({"image": tv_tensors.Image(image), "mask": tv_tensors.Mask(label)})
             image_t, mask = out["image"].as_subclass(torch.Tensor), out["mask"].as_subclass(torch.Tensor)
@@ -174,6 +188,8 @@ def pad_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not samples[0]["train"]:
         # evaluation: also the unpadded original-resolution labels, one (H_i, W_i) tensor each
         batch["masks"] = [s["mask"] for s in samples]
+    if "valid" in samples[0]:  # evaluation: False for an unreadable file (excluded from mIoU)
+        batch["valid"] = torch.stack([s["valid"] for s in samples])
     return batch
 
 
@@ -242,7 +258,9 @@ class ADE20KDataModule(BaseDataModule):
             transform = ade20k_train_transform(self.crop_size, self.scale, self.ratio_range, self.cat_max_ratio)
         else:
             transform = ade20k_eval_transform(self.crop_size, self.eval_resize, self.patch_size)
-        return ADE20KDataset(pairs, transform, train=split == "train", seed=self.seed, max_retries=self.max_retries)
+        return ADE20KDataset(
+            pairs, transform, train=split == "train", seed=self.seed, max_retries=self.max_retries, root=self.dataset_root()
+        )
 
     def teardown(self, stage: str | None = None) -> None:
         report_skipped(self.datasets.values())

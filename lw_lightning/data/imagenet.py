@@ -217,17 +217,28 @@ def list_samples(layout: ImageNetLayout, split: str, wnid_to_index: dict[str, in
 class ImageNetDataset(SkippingDataset):
     """(path, label) samples decoded with PIL ``convert('RGB')`` and a PIL-input transform."""
 
-    def __init__(self, samples: list[tuple[Path, int]], transform: Any, train: bool, seed: int = 0, max_retries: int = 10) -> None:
-        super().__init__(train, seed, max_retries)
+    def __init__(
+        self, samples: list[tuple[Path, int]], transform: Any, train: bool, seed: int = 0, max_retries: int = 10,
+        root: str | Path | None = None,
+    ) -> None:
+        super().__init__(train, seed, max_retries, root)
         self.samples = samples
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image_path(self, index: int) -> Path:
+        return self.samples[index][0]
+
+    def _sample(self, index: int, image: Image.Image) -> dict[str, Any]:
+        return {"image": self.transform(image), "label": torch.tensor(self.samples[index][1]), "index": torch.tensor(index)}
+
     def load(self, index: int) -> dict[str, Any]:
-        path, label = self.samples[index]
-        return {"image": self.transform(load_rgb(path)), "label": torch.tensor(label), "index": torch.tensor(index)}
+        return self._sample(index, load_rgb(self.image_path(index)))
+
+    def placeholder(self, index: int, size: tuple[int, int]) -> dict[str, Any]:
+        return self._sample(index, Image.new("RGB", size))
 
 
 class ImageNetDataModule(BaseDataModule):
@@ -318,7 +329,9 @@ class ImageNetDataModule(BaseDataModule):
             )
         else:
             transform = imagenet_eval_transform(self.image_size, self.crop_pct, self.interpolation)
-        return ImageNetDataset(samples, transform, train=split == "train", seed=self.seed, max_retries=self.max_retries)
+        return ImageNetDataset(
+            samples, transform, train=split == "train", seed=self.seed, max_retries=self.max_retries, root=self.layout().root
+        )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Mixup acts on whole training batches, on the device; evaluation is never mixed

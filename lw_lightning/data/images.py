@@ -1,12 +1,14 @@
 """Shared image-file plumbing: decoding, the unreadable-file policy, and root-layout errors.
 
-Policy for files that cannot be decoded (truncated, not an image, missing):
+Policy for files that cannot be decoded (truncated, not an image, missing), the same as for
+corrupt videos (``docs/bad_inputs.md``):
 
 * training skips them: the sample is replaced by another index drawn from an RNG seeded by
   ``(seed, index, attempt)`` (so a run is reproducible), at most ``max_retries`` times in a row;
   every skip is counted in a counter shared with the DataLoader workers and logged;
-* evaluation never substitutes: it raises :class:`UnreadableImageError` naming the file, because a
-  silently replaced validation image changes the reported metric.
+* evaluation never substitutes another image: the sample comes back as a black placeholder of
+  the right shape with ``valid=False``; the modules exclude it from every metric and count it in
+  ``{stage}/corrupt_images`` (part of the printed summary), and each one is logged by name.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -28,18 +32,50 @@ class UnreadableImageError(RuntimeError):
     """An image file that PIL cannot decode (the message names the file)."""
 
 
+#: PIL modes of 16-bit grayscale data; "I" (32-bit) is how older Pillow opened 16-bit PNGs
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a decoded image to 8-bit RGB, scaling 16-bit grayscale to the 8-bit range.
+
+    ``convert('RGB')`` clips 16-bit values at 255 instead of scaling them, so a 16-bit PNG would
+    come out (nearly) all white; 0..65535 is mapped to 0..255 by ``round(v / 257)`` instead.
+    """
+    if img.mode in SIXTEEN_BIT_MODES:
+        wide = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)
+        gray = np.rint(wide / 257.0).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode any image PIL understands as 8-bit RGB.
 
     The decoder is chosen from the file's bytes, not its extension: ImageNet holds a PNG named
-    ``.JPEG``, CMYK JPEGs and grayscale files, all of which ``convert('RGB')`` handles.
+    ``.JPEG``, CMYK JPEGs and grayscale files, all of which ``convert('RGB')`` handles; 16-bit
+    grayscale is scaled by :func:`to_rgb`.
     """
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # FileNotFoundError and PIL's UnidentifiedImageError are OSErrors too
-        raise UnreadableImageError(f"cannot decode image {path}: {err}") from err
+        raise UnreadableImageError(f"cannot decode image {path}: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header without decoding it, or None when unreadable."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # any failure means "no usable header": the caller falls back
+        return None
 
 
 class SkipCounter:
@@ -59,26 +95,71 @@ class SkipCounter:
 
 
 class SkippingDataset(Dataset):
-    """Base for file-backed datasets: subclasses implement :meth:`load` for one index.
+    """Base for file-backed datasets.
+
+    Subclasses implement :meth:`load` (one sample), :meth:`image_path` (its image file) and
+    :meth:`placeholder` (a sample of the same shapes built from a black image, for evaluation).
 
     Args:
-        train: True applies the skip-and-retry policy; False raises on the first bad file.
+        train: True applies the skip-and-retry policy; False flags bad files ``valid=False``.
         seed: seed of the replacement-index RNG.
         max_retries: bad files tolerated in a row for one sample before giving up.
+        root: data root; :meth:`source` names files relative to it.
     """
 
-    def __init__(self, train: bool, seed: int = 0, max_retries: int = 10) -> None:
+    def __init__(self, train: bool, seed: int = 0, max_retries: int = 10, root: str | Path | None = None) -> None:
         self.train = train
         self.seed = seed
         self.max_retries = max_retries
+        self.root = Path(root) if root is not None else None
         self.skipped = SkipCounter()
 
     def load(self, index: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """The sample at ``index``; raises :class:`UnreadableImageError` for a bad file."""
+        raise NotImplementedError(f"{type(self).__name__} must implement load()")
+
+    def image_path(self, index: int) -> Path:
+        """The image file of sample ``index``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement image_path()")
+
+    def placeholder(self, index: int, size: tuple[int, int]) -> dict[str, Any]:
+        """A sample of ``index`` built from a black ``size`` = (width, height) image (and, for
+        segmentation, an all-ignore label), so it batches with the others; it is never scored."""
+        raise NotImplementedError(f"{type(self).__name__} must implement placeholder()")
+
+    def source(self, index: int) -> str:
+        """The sample's file, relative to the data root when it lies below it (for predictions.csv)."""
+        path = self.image_path(index)
+        if self.root is not None:
+            try:
+                return path.relative_to(self.root).as_posix()
+            except ValueError:  # outside the root (e.g. a symlinked split): the full path
+                pass
+        return str(path)
+
+    def placeholder_size(self, index: int) -> tuple[int, int]:
+        """Size for the placeholder of a bad file: its own header when that survived (a truncated
+        JPEG keeps it), else the first readable header of the split, so the batch still stacks."""
+        own = header_size(self.image_path(index))
+        if own is not None:
+            return own
+        for other in range(len(self)):  # type: ignore[arg-type]
+            size = header_size(self.image_path(other)) if other != index else None
+            if size is not None:
+                return size
+        return (224, 224)  # no readable header at all: any size (every sample is excluded anyway)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not self.train:
-            return self.load(index)
+            try:
+                sample = self.load(index)
+                valid = True
+            except UnreadableImageError as err:
+                total = self.skipped.add()
+                log.warning("unreadable evaluation image (counted, excluded from the metrics; %d so far): %s", total, err)
+                sample, valid = self.placeholder(index, self.placeholder_size(index)), False
+            sample["valid"] = torch.tensor(valid)
+            return sample
         rng = random.Random(f"{self.seed}:{index}")
         current = index
         for attempt in range(self.max_retries + 1):
@@ -105,11 +186,16 @@ def skipped_total(datasets: Iterable[Dataset]) -> int:
 
 
 def report_skipped(datasets: Iterable[Dataset]) -> int:
-    """Log the number of skipped training images once (from ``teardown``); return it."""
-    total = skipped_total(datasets)
-    if total:
-        log.warning("%d unreadable training image(s) were skipped (see the warnings above for names)", total)
-    return total
+    """Log the number of skipped training / excluded evaluation images once (from ``teardown``);
+    return the total."""
+    datasets = [ds for ds in datasets if isinstance(ds, SkippingDataset)]
+    train = sum(ds.skipped.value for ds in datasets if ds.train)
+    evaluation = sum(ds.skipped.value for ds in datasets if not ds.train)
+    if train:
+        log.warning("%d unreadable training image(s) were skipped (see the warnings above for names)", train)
+    if evaluation:
+        log.warning("%d unreadable evaluation image(s) were excluded from the metrics (named above)", evaluation)
+    return train + evaluation
 
 
 def describe_dir(path: Path, limit: int = 6) -> str:

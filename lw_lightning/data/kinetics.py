@@ -1,4 +1,5 @@
-"""Kinetics-400/600/700 (and any video set in the same layouts) read with decord.
+"""Kinetics-400/600/700 (and any video set in the same layouts) read with decord (PyAV for
+rotated videos and for files decord fails on, see ``video_io.py``).
 
 Accepted on-disk layouts (``layout="auto"`` picks the first that matches under ``root``):
 
@@ -15,7 +16,7 @@ Accepted on-disk layouts (``layout="auto"`` picks the first that matches under `
 
 Class index: position in ``label_map`` (one name per line) when given, else in the sorted set of
 training labels. Missing files are dropped at setup with a logged count. A video that fails to
-decode is, in training, replaced by a seeded random other video (at most ``max_resample`` times;
+decode (with decord and then PyAV) is, in training, replaced by a seeded random other video (at most ``max_resample`` times;
 each replacement is counted in the batch as ``resampled`` and logged); in validation/test it is
 returned with ``valid=False`` and zero frames, and the module counts and excludes it.
 """
@@ -246,8 +247,10 @@ class KineticsDataset(Dataset):
     def __init__(
         self, records: list[VideoRecord], train: bool, transform: ClipTransform, num_frames: int, frame_stride: int,
         num_clips: int = 1, num_crops: int = 1, out_of_bounds: str = "loop", max_resample: int = 10,
+        root: str | Path | None = None,
     ) -> None:
         self.records = records
+        self.root = Path(root) if root is not None else None  # source() names files relative to it
         self.train = train
         self.transform = transform
         self.num_frames = num_frames
@@ -259,6 +262,16 @@ class KineticsDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def source(self, index: int) -> str:
+        """The clip's video file, relative to the data root when below it (its name is the clip id)."""
+        path = Path(self.records[index].path)
+        if self.root is not None:
+            try:
+                return path.relative_to(self.root).as_posix()
+            except ValueError:  # a list file may point outside the root
+                pass
+        return str(path)
 
     def _train_frames(self, rec: VideoRecord) -> np.ndarray:
         return read_clip_frames(rec.path, lambda n: sample_train_clip(n, self.num_frames, self.frame_stride, out_of_bounds=self.out_of_bounds))
@@ -538,7 +551,10 @@ class KineticsDataModule(BaseDataModule):
 
     def build_dataset(self, split: str) -> Dataset:
         records = self.records(split)
-        common = dict(transform=self.transform, num_frames=self.num_frames, frame_stride=self.frame_stride, out_of_bounds=self.out_of_bounds)
+        common = dict(
+            transform=self.transform, num_frames=self.num_frames, frame_stride=self.frame_stride,
+            out_of_bounds=self.out_of_bounds, root=self.root,
+        )
         if split == "train":
             return KineticsDataset(records, True, max_resample=self.max_resample, **common)  # type: ignore[arg-type]
         if split == "test" and any(r.label < 0 for r in records):

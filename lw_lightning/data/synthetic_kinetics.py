@@ -63,11 +63,16 @@ def render_clip(rng: np.random.Generator, shape: str, direction: str, num_frames
     return frames
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, lossless: bool = False) -> None:
-    """Write ``[T, H, W, 3]`` uint8 RGB frames as H.264 mp4 with PyAV.
+def write_video(
+    path: str | Path, frames: np.ndarray, fps: int = 12, lossless: bool = False, rotation: int = 0,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Write ``[T, H, W, 3]`` uint8 RGB frames as H.264 with PyAV (container from the suffix: mp4, mkv, ...).
 
     ``lossless`` uses ``libx264rgb`` at crf 0 (decodes bit-exactly: for tests); otherwise
-    ``libx264``/yuv420p, the format real Kinetics clips come in.
+    ``libx264``/yuv420p, the format real Kinetics clips come in. ``rotation`` (degrees
+    counter-clockwise) stores a display matrix as phones do: players show the frames turned by it.
+    ``tags`` are stream metadata (e.g. an old-style ``rotate`` tag).
     """
     import av
 
@@ -77,6 +82,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, lossless: b
         stream.width, stream.height = w, h
         stream.pix_fmt = "rgb24" if lossless else "yuv420p"
         stream.options = {"crf": "0"} if lossless else {"crf": "18"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for key, value in (tags or {}).items():
+            stream.metadata[key] = value
         for i, frame in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             vf.pts = i

@@ -136,6 +136,10 @@ class SyntheticSigns(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def source(self, index: int) -> str:
+        """A stable id of the sample: ``<split>/<index>`` (rendered from the seed, no file)."""
+        return f"{self.split}/{index}"
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)

@@ -184,17 +184,29 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[lis
 class TrafficSignsDataset(SkippingDataset):
     """Images with label and the deciding sign's box (-1s for EMPTY), transformed jointly."""
 
-    def __init__(self, samples: list[SignSample], transform: Any, train: bool, seed: int = 0, max_retries: int = 10) -> None:
-        super().__init__(train, seed, max_retries)
+    def __init__(
+        self, samples: list[SignSample], transform: Any, train: bool, seed: int = 0, max_retries: int = 10,
+        root: str | Path | None = None,
+    ) -> None:
+        super().__init__(train, seed, max_retries, root)
         self.samples = samples
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image_path(self, index: int) -> Path:
+        return self.samples[index].path
+
     def load(self, index: int) -> dict[str, Any]:
+        return self._sample(index, load_rgb(self.image_path(index)))
+
+    def placeholder(self, index: int, size: tuple[int, int]) -> dict[str, Any]:
+        return self._sample(index, Image.new("RGB", size))
+
+    def _sample(self, index: int, pil_image: Image.Image) -> dict[str, Any]:
         s = self.samples[index]
-        image = tv_tensors.Image(F.pil_to_tensor(load_rgb(s.path)))
+        image = tv_tensors.Image(F.pil_to_tensor(pil_image))
         sample: dict[str, Any] = {"image": image}
         if s.box is not None:
             sample["box"] = tv_tensors.BoundingBoxes([s.box], format="XYXY", canvas_size=tuple(image.shape[-2:]))
@@ -274,7 +286,8 @@ class TrafficSignsDataModule(BaseDataModule):
         transform = traffic_signs_transform(
             split == "train", self.image_size, self.pad_multiple, self.color_jitter, self.translate_px, NATIVE_SIZE
         )
-        return TrafficSignsDataset(self.split_samples(split), transform, split == "train", self.seed, self.max_retries)
+        root = Path(self.root).expanduser()
+        return TrafficSignsDataset(self.split_samples(split), transform, split == "train", self.seed, self.max_retries, root)
 
     def teardown(self, stage: str | None = None) -> None:
         report_skipped(self.datasets.values())

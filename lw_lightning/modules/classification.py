@@ -7,13 +7,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models.config import ModelConfig, model_config
 from ..models.checkpoint import load_pretrained
 from ..models.lookwhere import LookWhere, build_model
 from .optim import adamw_warmup_cosine
+from .valid import keep_valid
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -49,6 +50,9 @@ class ImageClassifier(pl.LightningModule):
 
     ``model.pretrained`` (a local file) is loaded at construction: official LookWhere layout for
     LookWhere, a timm state dict for the full-res ViT.
+
+    Evaluation samples the DataModule could not decode (``valid=False``) are excluded from every
+    metric and counted in ``{stage}/corrupt_images``; ``predict`` gives them ``pred=-1``.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class ImageClassifier(pl.LightningModule):
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_corrupt, self.test_corrupt = SumMetric(), SumMetric()
         ks = list(eval_ks or []) if self.is_lookwhere else []
         self.eval_ks = ks
         # one metric object per (stage, k): keys must be strings without dots
@@ -120,6 +125,13 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        if "valid" in batch:  # file-backed data: count and drop the unreadable samples
+            corrupt = self.val_corrupt if stage == "val" else self.test_corrupt
+            batch, dropped = keep_valid(batch)
+            corrupt(dropped)
+            self.log(f"{stage}/corrupt_images", corrupt, on_step=False, on_epoch=True, batch_size=1)
+            if batch["label"].numel() == 0:
+                return
         loss, logits, out = self.model_step(batch, self.hparams.eval_k)
         if self.eval_ks:
             # reuse the selector's output: only the extractor runs again for each extra k
@@ -186,6 +198,9 @@ class ImageClassifier(pl.LightningModule):
         logits, out = self(batch["image"], k=self.hparams.eval_k)
         probs = logits.float().softmax(-1)
         score, pred = probs.max(-1)
+        if "valid" in batch:  # an unreadable file gets no prediction (its input was a placeholder)
+            valid = batch["valid"]
+            pred, score = torch.where(valid, pred, torch.full_like(pred, -1)), score * valid
         result = {"index": batch["index"], "pred": pred, "score": score}
         if "label" in batch:
             result["label"] = batch["label"]

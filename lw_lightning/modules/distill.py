@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from ..models.checkpoint import init_from_teacher as copy_teacher_weights
 from ..models.checkpoint import save_official
@@ -21,6 +21,7 @@ from ..models.lookwhere import LookWhere
 from ..models.teacher import Teacher, TeacherConfig, build_teacher
 from ..models.vit import gather_tokens
 from .optim import adamw_warmup_cosine
+from .valid import keep_valid
 
 PARTS = ("cls", "patch", "map")
 
@@ -86,6 +87,7 @@ class LookWhereDistill(pl.LightningModule):
             copy_teacher_weights(self.student, t.vit)
         self.weights = LossWeights(**loss_weights) if isinstance(loss_weights, dict) else (loss_weights or LossWeights())
         self.val_parts = torch.nn.ModuleDict({p: MeanMetric() for p in (*PARTS, "total", "map_recall")})
+        self.val_corrupt = SumMetric()  # unreadable validation images, excluded (see modules/valid.py)
 
     @property
     def teacher(self) -> Teacher:
@@ -134,6 +136,12 @@ class LookWhereDistill(pl.LightningModule):
         return parts["total"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if "valid" in batch:  # file-backed data: count and drop the unreadable samples
+            batch, dropped = keep_valid(batch)
+            self.val_corrupt(dropped)
+            self.log("val/corrupt_images", self.val_corrupt, on_step=False, on_epoch=True, batch_size=1)
+            if batch["image"].shape[0] == 0:
+                return
         images = batch["image"]
         g = self.student.grid(images)
         k = resolve_k(self.hparams.val_k if self.hparams.val_k is not None else self.hparams.k_max, g[0] * g[1])

@@ -7,13 +7,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ..models.checkpoint import load_pretrained
 from ..models.config import ModelConfig, model_config
 from ..models.lookwhere import LookWhere, build_model
 from .optim import adamw_warmup_cosine
+from .valid import keep_valid
 
 
 class Segmenter(pl.LightningModule):
@@ -25,6 +26,9 @@ class Segmenter(pl.LightningModule):
     Batches carry ``mask`` (B,H,W) long, or ``masks``: a list of per-image (H_i,W_i) labels at
     their original sizes (evaluation of variable-size images: logits are resized per image, after
     cropping them to ``image_size[i]``, the valid region of a bottom/right-padded input).
+
+    Evaluation samples the DataModule could not decode (``valid=False``) are excluded from mIoU,
+    pixel accuracy and loss, and counted in ``{stage}/corrupt_images``.
 
     Args mirror :class:`~lw_lightning.modules.classification.ImageClassifier`; ``freeze_backbone``
     trains the head only (linear probe).
@@ -62,6 +66,7 @@ class Segmenter(pl.LightningModule):
         self.val_miou, self.test_miou = metric(), metric()
         self.val_pixacc, self.test_pixacc = pix(), pix()
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_corrupt, self.test_corrupt = SumMetric(), SumMetric()
 
     def forward(self, images: Tensor, k: int | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Patch-grid logits (B, C, gh, gw) and the backbone's outputs."""
@@ -104,6 +109,13 @@ class Segmenter(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
+        if "valid" in batch:  # file-backed data: count and drop the unreadable samples
+            corrupt = self.val_corrupt if stage == "val" else self.test_corrupt
+            batch, dropped = keep_valid(batch)
+            corrupt(dropped)
+            self.log(f"{stage}/corrupt_images", corrupt, on_step=False, on_epoch=True, batch_size=1)
+            if batch["image"].shape[0] == 0:
+                return
         logits, _ = self(batch["image"], k=self.hparams.eval_k)
         loss, pairs = self._loss_and_preds(logits, batch)
         miou, pixacc, mean_loss = (
