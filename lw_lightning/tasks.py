@@ -19,6 +19,7 @@ from .callbacks.perf import FlopsPerSample
 from .callbacks.predictions import PredictionWriter
 from .callbacks.save_config import SaveConfig
 from .config import ConfigError, instantiate, locate, to_yaml
+from .runtime import warn_if_gpu_recipe_on_cpu, warn_if_low_precision_on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,11 @@ def run(cfg: DictConfig, command: str) -> RunResult:
     if command not in COMMANDS:
         raise ConfigError(f"unknown command '{command}'")
     ckpt_path, cfg = _resolve_ckpt_path(cfg, command)
+    warn_if_gpu_recipe_on_cpu(cfg, command)  # before building: a ViT-B recipe takes a while to build
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer, module, datamodule = build(cfg, command)
+    warn_if_low_precision_on_cpu(trainer)
     log_dir = _planned_log_dir(trainer)
     existed = log_dir is not None and Path(log_dir).exists()
     started = time.time()
