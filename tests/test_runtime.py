@@ -1,14 +1,22 @@
-"""Runtime behaviour a user meets: GPU-sized recipes and low precision on a CPU warn once."""
+"""Runtime behaviour a user meets: GPU-sized recipes and low precision on a CPU warn once,
+SIGTERM stops a fit at a batch boundary with a resumable last.ckpt (status 143)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from lw_lightning.callbacks.sigterm import SIGTERM_EXIT_STATUS
 from lw_lightning.cli import main
 from lw_lightning.config import TOP_LEVEL_KEYS, load_config
-from lw_lightning.tasks import run
+from lw_lightning.tasks import find_last_checkpoint, run
 
 from .conftest import ROOT, tiny_overrides
 
@@ -69,3 +77,81 @@ def test_bf16_on_cpu_warns_exactly_once(tmp_path, capsys):
     lines = [line for line in err.splitlines() if PRECISION_WARNING in line]
     assert len(lines) == 1 and lines[0].startswith("warning: precision bf16-mixed on the CPU") and "trainer.precision=32-true" in lines[0]
     assert err.count("much slower than fp32") == 1
+
+
+# ---------------------------------------------------------------------------- SIGTERM
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (the fit and its loader workers), from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _sigterm_overrides(tmp_path: Path) -> list[str]:
+    return [
+        *tiny_overrides(tmp_path),
+        "data.num_train=64",
+        "data.batch_size=4",  # 16 steps per epoch
+        "trainer.max_epochs=1000",  # would run for hours
+        "trainer.limit_val_batches=1",
+        "callbacks.images=null",
+        "name=term",
+    ]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_fit_at_batch_boundary_with_resumable_last_ckpt(tmp_path):
+    marker = tmp_path / "step"
+    cmd = [
+        sys.executable, "-m", "lw_lightning", "fit", "--config", DEMO, *_sigterm_overrides(tmp_path),
+        "data.num_workers=2",  # loader workers must neither die from the signal nor outlive the run
+        "callbacks.marker._target_=tests.scale_helpers.StepMarker", f"callbacks.marker.path={marker}", "callbacks.marker.delay=0.1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # own session and process group: the signal goes to the whole group, as from a shell or `timeout`
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (marker.is_file() and int(marker.read_text() or 0) >= 2):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        sent_at = int(marker.read_text())
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == SIGTERM_EXIT_STATUS == 143, err[-2000:]
+    assert elapsed < 30
+    assert "fit done" not in out
+    report = [line for line in err.splitlines() if "stopped by SIGTERM" in line]
+    assert len(report) == 1 and report[0].startswith("fit stopped by SIGTERM at global step") and "resume with ckpt_path=last" in report[0]
+    assert "killed by signal" not in err  # the workers did not die from the group's SIGTERM
+    deadline = time.monotonic() + 10
+    while _session_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session_members(proc.pid) == []  # no worker left behind
+
+    cfg = load_config([DEMO], _sigterm_overrides(tmp_path))
+    last, version = find_last_checkpoint(cfg)
+    assert version == "version_0" and str(last) in report[0]
+    step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    # the batch running when the signal came was finished, no more; mid-epoch (step 16 ends the
+    # epoch), so this last.ckpt is the SIGTERM save, not an epoch-end or every-500-steps one
+    assert sent_at <= step <= sent_at + 1 < 16
+
+    resumed = run(load_config([DEMO], [*_sigterm_overrides(tmp_path), "ckpt_path=last", f"trainer.max_steps={step + 2}"]), "fit")
+    assert resumed.trainer.global_step == step + 2
+    assert resumed.log_dir == str(tmp_path / "runs" / "term" / "version_0")
