@@ -24,7 +24,7 @@ from .flops import image_model_flops
 from .models.config import resolve_k
 from .modules.classification import ImageClassifier
 from .tasks import run
-from .viz import selection_overlay, tile
+from .viz import SELECTION_LEGEND, selection_overlay, tile
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<20} {kk:>8} {100 * kk / n:>6.1f}% {100 * acc:>8.1f}% {flops / 1e6:>11.1f} {full_flops / flops:>7.1f}x")
 
     curve = [dict(label=name.split(" k=")[0], model=name, k=None if kk == n else kk, tokens=kk, flops=flops, acc1=acc) for name, kk, acc, flops in rows]
-    plot = plot_accuracy(curve, Path(args.output_dir) / "demo_accuracy_vs_flops.png", title="make demo: test split, synthetic sparse signs")
+    plot = plot_accuracy(curve, Path(args.output_dir) / "demo_accuracy_vs_flops.png", title="make demo: test split, synthetic sparse signs", chance=1 / lw_test.datamodule.num_classes)
     print(f"\naccuracy vs FLOPs: {plot}")
     recall, hit = sign_patch_recall(lw_module, lw_test.datamodule.datasets["test"], lw_module.hparams.eval_k)
     print(f"selector at k={resolve_k(lw_module.hparams.eval_k, n)}: {100 * recall:.0f}% of the sign's patches selected, "
@@ -140,7 +140,7 @@ def _save_selection_png(module: ImageClassifier, datamodule, path: Path, count: 
         _, out = module(sample["image"].unsqueeze(0), k=k)
         tiles.append(selection_overlay(sample["image"], out["selector_map"][0], out["selected"][0], module.model_cfg.patch_size, sample["box"].tolist()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tile(tiles, ncols=4).save(path)
+    tile(tiles, ncols=4, legend=SELECTION_LEGEND).save(path)
 
 
 if __name__ == "__main__":

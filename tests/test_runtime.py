@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,3 +156,54 @@ def test_sigterm_stops_fit_at_batch_boundary_with_resumable_last_ckpt(tmp_path):
     resumed = run(load_config([DEMO], [*_sigterm_overrides(tmp_path), "ckpt_path=last", f"trainer.max_steps={step + 2}"]), "fit")
     assert resumed.trainer.global_step == step + 2
     assert resumed.log_dir == str(tmp_path / "runs" / "term" / "version_0")
+
+
+# ---------------------------------------------------------------------------- pictures
+
+
+def _curve() -> list[dict]:
+    return [
+        dict(label="ViT", model="ViT", k=None, tokens=64, flops=4e8, acc1=0.6),
+        *(dict(label="LookWhere", model="LookWhere", k=k, tokens=k, flops=1e8 * k / 8, acc1=0.5 + k / 100) for k in (8, 16)),
+    ]
+
+
+def test_accuracy_plot_draws_a_labelled_chance_line(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from lw_lightning.bench.report import accuracy_chance, accuracy_figure, plot_accuracy
+
+    fig = accuracy_figure(_curve(), chance=0.25)
+    ax = fig.axes[0]
+    chance = [line for line in ax.get_lines() if line.get_label().startswith("chance")]
+    assert len(chance) == 1 and chance[0].get_label() == "chance (25%)"
+    assert list(chance[0].get_ydata()) == [25.0, 25.0] and chance[0].get_linestyle() == "--"
+    assert "chance (25%)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    plain = accuracy_figure(_curve())
+    assert not [line for line in plain.axes[0].get_lines() if line.get_label().startswith("chance")]
+    plt.close(plain)
+    assert plot_accuracy(_curve(), tmp_path / "acc.png", chance=0.001) == tmp_path / "acc.png" and (tmp_path / "acc.png").stat().st_size > 0
+    # the bench rows carry the class count: chance only when all runs agree on it
+    assert accuracy_chance([{**r, "num_classes": 4} for r in _curve()]) == 0.25
+    assert accuracy_chance(_curve()) is None
+    assert accuracy_chance([{**_curve()[0], "num_classes": 4}, {**_curve()[1], "num_classes": 10}]) is None
+
+
+def test_selection_picture_has_a_legend_strip():
+    from PIL import Image
+
+    from lw_lightning.viz import BOX_RGB, HEAT_RGB, SELECTED_RGB, SELECTION_LEGEND, legend_strip, tile
+
+    tiles = [Image.new("RGB", (112, 112), (128, 128, 128)) for _ in range(8)]
+    plain, captioned = tile(tiles, ncols=4), tile(tiles, ncols=4, legend=SELECTION_LEGEND)
+    assert captioned.width == plain.width and captioned.height > plain.height
+    assert captioned.crop((0, 0, plain.width, plain.height)).tobytes() == plain.tobytes()  # the grid is unchanged
+    strip = np.asarray(captioned.crop((0, plain.height, captioned.width, captioned.height)))
+    colours = {tuple(int(c) for c in px) for px in strip.reshape(-1, 3)}
+    assert {HEAT_RGB, SELECTED_RGB, BOX_RGB} <= colours  # one swatch per layer of selection_overlay
+    assert (strip.sum(-1) < 100).sum() > 200  # black caption text
+    assert [text.split(" = ")[0] for text, _, _ in SELECTION_LEGEND] == ["heat", "yellow", "green"]
+    assert "selector map" in SELECTION_LEGEND[0][0] and "selected patches" in SELECTION_LEGEND[1][0] and "sign box" in SELECTION_LEGEND[2][0]
+    # too narrow for one line: the entries wrap and the strip grows
+    assert legend_strip(150, SELECTION_LEGEND).height > legend_strip(1200, SELECTION_LEGEND).height
