@@ -9,9 +9,11 @@ since the last save. :class:`SigtermCheckpoint` builds on that flag:
 - at ``on_train_batch_end`` of the batch during which the signal came it writes ``last.ckpt``,
   the same point (and the same loop state) as the step checkpoints of ``ModelCheckpoint``, so
   ``ckpt_path=last`` resumes exactly where the run stopped;
-- when the signal came during validation or the sanity check, it writes ``last.ckpt`` from
-  ``on_exception`` instead (as Lightning's ``OnExceptionCheckpoint`` does), provided a training
-  batch ended in this process (otherwise there is nothing new to save).
+- when the signal came during validation or the sanity check, and under DDP (where Lightning
+  broadcasts rank 0's flag at the start of the next batch and every rank raises there), it
+  writes ``last.ckpt`` from ``on_exception`` instead (as Lightning's ``OnExceptionCheckpoint``
+  does), provided a training batch ended in this process (otherwise there is nothing new to
+  save). The DDP path is not covered by a test.
 
 :func:`lw_lightning.tasks.run` turns the exception into :class:`StoppedBySignal`, which the CLI
 prints as one line and exit status 143 (128 + SIGTERM).
@@ -68,7 +70,9 @@ class SigtermCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._trained = True
-        if trainer.received_sigterm:
+        # under DDP only the ranks that saw the flag would get here with it set, and saving is a
+        # collective (barrier): wait for Lightning's broadcast, which makes every rank raise together
+        if trainer.received_sigterm and trainer.world_size == 1:
             self._save(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
