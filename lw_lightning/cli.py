@@ -5,6 +5,12 @@ missing file, unresolvable interpolation, a broken dataset file) print one line 
 return exit status 2, also when a DataLoader worker raised them; a training run stopped by a
 non-finite loss prints one line and returns 3. Under DDP only global rank 0 prints (errors and
 the final one-line summary).
+
+SIGTERM (``kill PID``, a scheduler's pre-emption notice): ``fit`` finishes the current batch,
+writes ``last.ckpt`` (``ckpt_path=last`` resumes from it), prints one line and returns 143
+(128 + 15, the shell's status for SIGTERM); validate/test/predict stop with 143 too. SIGINT
+(Ctrl-C) is left to Lightning: it tears the run down and exits with status 1, without a new
+checkpoint (the step checkpoints in ``last.ckpt`` stay).
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from .callbacks.nonfinite import NonFiniteLossError
+    from .callbacks.sigterm import SIGTERM_EXIT_STATUS, StoppedBySignal
     from .tasks import run  # heavy imports only when running
 
     try:
@@ -99,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(rank_zero_only, "rank", 0) == 0:  # every rank raises it together: report once
             print(f"error: {one_line(err)}", file=sys.stderr)
         return 3
+    except StoppedBySignal as stop:
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            print(str(stop), file=sys.stderr, flush=True)
+        return SIGTERM_EXIT_STATUS
     if result.trainer.is_global_zero:
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or args.command == "fit")
         where = f"  [run dir: {result.log_dir}]" if result.log_dir else ""

@@ -46,7 +46,11 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "predict": "options of the predict command",
     "bench": "options of the bench command",
     "notes": "free text kept with the run",
+    "requires": "hardware the recipe is sized for: 'gpu' warns at start when no CUDA device is used",
 }
+
+#: values the top-level ``requires`` key may take (null: runs anywhere)
+REQUIREMENTS = ("gpu",)
 
 
 class ConfigError(ValueError):
@@ -171,6 +175,9 @@ def validate(cfg: DictConfig) -> None:
         node = cfg.get(key)
         if node is not None and not (isinstance(node, DictConfig) and TARGET_KEY in node):
             raise ConfigError(f"'{key}' must be a node with a _target_ key")
+    requires = cfg.get("requires")
+    if requires is not None and requires not in REQUIREMENTS:
+        raise ConfigError(f"unknown value requires={requires!r}: expected one of {', '.join(REQUIREMENTS)} or null")
     callbacks = cfg.get("callbacks")
     if callbacks is not None and not isinstance(callbacks, DictConfig):
         raise ConfigError("'callbacks' must be a mapping name -> callback node")

@@ -26,7 +26,7 @@ from .flops import image_model_flops
 from .models.config import resolve_k
 from .modules.classification import ImageClassifier
 from .tasks import run
-from .viz import selection_overlay, tile
+from .viz import SELECTION_LEGEND, selection_overlay, tile
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 
@@ -122,7 +122,7 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
 
     num_classes = int(lw_test.datamodule.num_classes)
     curve = [dict(label=name.split(" k=")[0], model=name, k=None if kk == n else kk, tokens=kk, flops=flops, acc1=acc) for name, kk, acc, flops in rows]
-    plot = plot_accuracy(curve, output_dir / "demo_accuracy_vs_flops.png", title="make demo: test split, synthetic sparse signs")
+    plot = plot_accuracy(curve, output_dir / "demo_accuracy_vs_flops.png", title="make demo: test split, synthetic sparse signs", chance=1 / num_classes)
     print(f"\naccuracy vs FLOPs: {plot}")
     eval_k = resolve_k(lw_module.hparams.eval_k, n)
     recall, hit = sign_patch_recall(lw_module, lw_test.datamodule.datasets["test"], lw_module.hparams.eval_k)
@@ -212,7 +212,7 @@ def _save_selection_png(module: ImageClassifier, datamodule, path: Path, count: 
         _, out = module(sample["image"].unsqueeze(0), k=k)
         tiles.append(selection_overlay(sample["image"], out["selector_map"][0], out["selected"][0], module.model_cfg.patch_size, sample["box"].tolist()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tile(tiles, ncols=4).save(path)
+    tile(tiles, ncols=4, legend=SELECTION_LEGEND).save(path)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from .callbacks.perf import FlopsPerSample
 from .callbacks.predictions import PredictionWriter
 from .callbacks.save_config import SaveConfig
+from .callbacks.sigterm import SigtermCheckpoint, StoppedBySignal
 from .config import ConfigError, instantiate, locate, to_yaml
+from .runtime import warn_if_gpu_recipe_on_cpu, warn_if_low_precision_on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ def build(cfg: DictConfig, command: str) -> tuple[pl.Trainer, pl.LightningModule
     callbacks.append(SaveConfig(to_yaml(cfg), command))
     if command == "predict":
         callbacks.append(PredictionWriter(class_names=getattr(datamodule, "class_names", None)))
+    if command == "fit":
+        callbacks.append(SigtermCheckpoint())  # SIGTERM: last.ckpt at the batch boundary, then stop
     if command != "fit":
         # evaluation must not write checkpoints
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ModelCheckpoint)]
@@ -133,13 +138,18 @@ def _resolve_ckpt_path(cfg: DictConfig, command: str) -> tuple[str | None, DictC
 
 
 def run(cfg: DictConfig, command: str) -> RunResult:
-    """Seed, build, and run ``command`` (fit / validate / test / predict)."""
+    """Seed, build, and run ``command`` (fit / validate / test / predict).
+
+    A ``fit`` stopped by SIGTERM raises :class:`~lw_lightning.callbacks.sigterm.StoppedBySignal`
+    after writing ``last.ckpt`` (see :mod:`lw_lightning.callbacks.sigterm`)."""
     if command not in COMMANDS:
         raise ConfigError(f"unknown command '{command}'")
     ckpt_path, cfg = _resolve_ckpt_path(cfg, command)
+    warn_if_gpu_recipe_on_cpu(cfg, command)  # before building: a ViT-B recipe takes a while to build
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer, module, datamodule = build(cfg, command)
+    warn_if_low_precision_on_cpu(trainer)
     log_dir = _planned_log_dir(trainer)
     existed = log_dir is not None and Path(log_dir).exists()
     started = time.time()
@@ -148,6 +158,11 @@ def run(cfg: DictConfig, command: str) -> RunResult:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         else:
             getattr(trainer, command)(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        stopper = next((c for c in trainer.callbacks if isinstance(c, SigtermCheckpoint)), None)  # type: ignore[attr-defined]
+        if stopper is None:  # validate / test / predict: nothing to save, but not a success either
+            raise StoppedBySignal(f"{command} stopped by SIGTERM before it finished; no results", None) from None
+        raise stopper.report(trainer) from None
     except ConfigError:
         # a user mistake found while setting up (e.g. a missing data root): leave nothing behind
         if log_dir is not None and not existed and trainer.is_global_zero:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,18 @@ class RankProbe(pl.Callback):
             **self.record,
         }
         (folder / f"rank_{trainer.global_rank}.json").write_text(json.dumps(info))
+
+
+class StepMarker(pl.Callback):
+    """Writes the global step into the file ``path`` after every training batch (atomically), then
+    sleeps ``delay`` seconds: a test can wait until training runs and signal it mid-epoch."""
+
+    def __init__(self, path: str, delay: float = 0.0) -> None:
+        self.path = Path(path)
+        self.delay = delay
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(str(trainer.global_step))
+        tmp.replace(self.path)
+        time.sleep(self.delay)

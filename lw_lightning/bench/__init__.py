@@ -65,7 +65,7 @@ def write_report(out: Path, results: dict[str, Any], bench: BenchConfig) -> Path
     if results.get("images"):
         plots.append(report.plot_speedup(results["images"], bench, out / "speedup_vs_resolution.png"))
     if results.get("accuracy"):
-        plots.append(report.plot_accuracy(results["accuracy"], out / "accuracy_vs_flops.png"))
+        plots.append(report.plot_accuracy(results["accuracy"], out / "accuracy_vs_flops.png", chance=report.accuracy_chance(results["accuracy"])))
     info = results["machine"]
     lines = [f"## Benchmarks on {info.get('gpu', info['cpu'])}", "", f"`{results['command']}` — {results['date']}, "
              f"{results.get('seconds', '?')} s, median of {bench.repeats} repeats after {bench.warmup} warm-up calls.", ""]

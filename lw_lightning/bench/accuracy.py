@@ -74,6 +74,7 @@ def evaluate_run(run: AccuracyRun, suite: AccuracySuite, env: Env, log: Callable
         acc = result.metrics[f"{suite.split}/acc1" if k is None else f"{suite.split}/acc1_k/{k}"]
         flops = image_model_flops(meta, size, k=k, device="meta")
         rows.append(dict(model=name, label=run.label or name, size=f"{size[0]}x{size[1]}", k=k,
-                         tokens=n if k is None else resolve_k(k, n), flops=flops, acc1=acc, samples=samples, split=suite.split))
+                         tokens=n if k is None else resolve_k(k, n), flops=flops, acc1=acc, samples=samples, split=suite.split,
+                         num_classes=getattr(datamodule, "num_classes", None)))
         log(f"accuracy {run.label or name} k={k}: top-1 {acc:.4f} at {flops / 2e9:.3f} GMACs")
     return rows

@@ -190,10 +190,28 @@ def plot_speedup(rows: list[dict[str, Any]], cfg: BenchConfig, path: Path) -> Pa
     return path
 
 
-def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str | None = None) -> Path | None:
-    """Top-1 vs GMACs per image: one line per run (LookWhere over k), one marker per full-res ViT."""
+def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str | None = None, chance: float | None = None) -> Path | None:
+    """Top-1 vs GMACs per image saved as a PNG (see :func:`accuracy_figure`); None without rows."""
     if not rows:
         return None
+    import matplotlib.pyplot as plt
+
+    fig = accuracy_figure(rows, title, chance)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def accuracy_chance(rows: list[dict[str, Any]]) -> float | None:
+    """``1 / num_classes`` when every row records the same class count (older results: None)."""
+    counts = {r.get("num_classes") for r in rows}
+    return 1.0 / counts.pop() if len(counts) == 1 and None not in counts else None
+
+
+def accuracy_figure(rows: list[dict[str, Any]], title: str | None = None, chance: float | None = None) -> Any:
+    """The matplotlib figure of :func:`plot_accuracy`: one line per run (LookWhere over k), one
+    marker per full-res ViT. ``chance`` (a fraction, e.g. ``1 / num_classes``) adds a labelled
+    dashed horizontal line, the accuracy of guessing that the curves are read against."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,6 +229,8 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str | None = No
         for r in pts:
             if r["k"] is not None:
                 ax.annotate(f"k={r['tokens']}", (r["flops"] / 2e9, r["acc1"] * 100), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    if chance is not None:
+        ax.axhline(chance * 100, color="0.4", linestyle="--", linewidth=1, label=f"chance ({chance * 100:.3g}%)")
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
@@ -224,9 +244,7 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str | None = No
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 SECTIONS = {

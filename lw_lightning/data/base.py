@@ -13,6 +13,7 @@ checkpoints for exact mid-epoch resume. Configs therefore set ``trainer.use_dist
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import ConfigError
 from .resumable import EpochShardSampler, ResumableDataLoader
+from .workers import loader_worker_init
 
 
 class UnpaddedDistributedSampler(Sampler[int]):
@@ -102,6 +104,7 @@ class BaseDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=self.collate_fn,
+            worker_init_fn=functools.partial(loader_worker_init, rank=rank) if self.num_workers > 0 else None,
         )
         if train:
             # order = f(seed, epoch), position saved in checkpoints: exact mid-epoch resume
