@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
     try:
-        cfg = load_config(args.config, args.overrides, allow_missing=args.print_config)
+        evaluation = args.command in ("validate", "test", "predict")
+        cfg = load_config(args.config, args.overrides, allow_missing=args.print_config, evaluation=evaluation)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

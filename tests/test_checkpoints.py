@@ -290,3 +290,20 @@ def test_evaluation_of_a_checkpoint_does_not_need_the_pretrained_file(trained, t
     # fit still needs it: the file is where its weights come from
     assert main(["fit", "--config", DEMO, *overrides, f"module.model.pretrained={gone}", "name=scratch"]) == 2
     assert "model.pretrained not found" in _one_error_line(capsys)
+
+
+def test_finetuned_checkpoint_evaluates_after_its_pretrained_file_is_gone(tmp_path, capsys):
+    """demo_finetune.yaml has ``pretrained: ???``: evaluating its checkpoint names no weights file."""
+    pretrained = tmp_path / "lookwhere.pt"
+    torch.save(export_official(LookWhere(model_config("tiny", img_size=[112, 112], selector_img_size=56))), pretrained)
+    common = [*tiny_overrides(tmp_path, "lookwhere"), "data.num_train=8", "data.batch_size=4", "trainer.max_epochs=1",
+              "trainer.limit_val_batches=1", "callbacks.images=null", "callbacks.flops=null"]
+    assert main(["fit", "--config", FINETUNE, *common, f"module.model.pretrained={pretrained}"]) == 0
+    pretrained.unlink()
+    capsys.readouterr()
+    assert main(["predict", "--config", FINETUNE, *common, "ckpt_path=last"]) == 0, capsys.readouterr().err
+    rows = (tmp_path / "runs" / "demo_finetune" / "version_0" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8  # header + the 8 predict samples
+    # without a checkpoint the value stays mandatory
+    assert main(["predict", "--config", FINETUNE, *common]) == 2
+    assert "missing mandatory value(s): module.model.pretrained" in _one_error_line(capsys)
