@@ -26,9 +26,13 @@ COMMANDS = ("fit", "validate", "test", "predict", "bench")
 
 EPILOG = """examples:
   python -m lw_lightning fit --config conf/experiment/demo_vit.yaml trainer.max_epochs=2
-  python -m lw_lightning test --config conf/experiment/demo_vit.yaml ckpt_path=runs/demo_vit/version_0/checkpoints/last.ckpt
+  python -m lw_lightning test --config conf/experiment/demo_vit.yaml ckpt_path=last
+  python -m lw_lightning predict --config conf/experiment/demo_vit.yaml ckpt_path=runs/demo_vit/version_3/checkpoints/last.ckpt
   python -m lw_lightning fit --config conf/experiment/demo_vit.yaml --print-config
   python -m lw_lightning bench --config conf/bench/cpu.yaml output_dir=runs/bench/cpu
+
+ckpt_path=last is the newest <output_dir>/<name>/version_*/checkpoints/last.ckpt of the recipe
+(fit resumes it; validate/test/predict evaluate it and log into that version_N folder).
 """
 
 
@@ -74,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
     try:
-        cfg = load_config(args.config, args.overrides, allow_missing=args.print_config)
+        evaluation = args.command in ("validate", "test", "predict")
+        cfg = load_config(args.config, args.overrides, allow_missing=args.print_config, evaluation=evaluation)
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
@@ -110,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(rank_zero_only, "rank", 0) == 0:
             print(str(stop), file=sys.stderr, flush=True)
         return SIGTERM_EXIT_STATUS
+    if result.extras.get("note"):  # e.g. resuming a run that already reached its limits
+        if result.trainer.is_global_zero:
+            print(f"{args.command}: {result.extras['note']}")
+        return 0
     if result.trainer.is_global_zero:
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or args.command == "fit")
         where = f"  [run dir: {result.log_dir}]" if result.log_dir else ""

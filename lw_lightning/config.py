@@ -138,12 +138,26 @@ def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = (), allow_missing: bool = False) -> DictConfig:
+#: Mandatory (``???``) values an evaluation of a checkpoint does not need: left unset, they are null.
+NOT_NEEDED_WITH_CKPT = ("module.model.pretrained",)
+
+
+def load_config(
+    paths: Sequence[str | Path], overrides: Sequence[str] = (), allow_missing: bool = False, evaluation: bool = False
+) -> DictConfig:
     """Compose, resolve and validate a run config. Raises :class:`ConfigError` on mistakes.
 
     Values written ``???`` in a recipe are mandatory: left unset they are an error unless
-    ``allow_missing`` (``--print-config``)."""
+    ``allow_missing`` (``--print-config``). With ``evaluation`` (validate/test/predict) and a
+    ``ckpt_path``, the keys of :data:`NOT_NEEDED_WITH_CKPT` left unset become null: the checkpoint
+    holds all weights, so a fine-tuning recipe evaluates without naming its pretrained file."""
     cfg = compose(paths, overrides)
+    if evaluation and cfg.get("ckpt_path") is not None:
+        for key in NOT_NEEDED_WITH_CKPT:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent)
+            if isinstance(node, DictConfig) and OmegaConf.is_missing(node, leaf):  # ("in" is False for ???)
+                node[leaf] = None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing and not allow_missing:
         raise ConfigError(f"missing mandatory value(s): {', '.join(missing)} (set e.g. {missing[0]}=...)")

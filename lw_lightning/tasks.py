@@ -22,6 +22,7 @@ from .callbacks.save_config import SaveConfig
 from .callbacks.sigterm import SigtermCheckpoint, StoppedBySignal
 from .config import ConfigError, instantiate, locate, to_yaml
 from .runtime import warn_if_gpu_recipe_on_cpu, warn_if_low_precision_on_cpu
+from .models.checkpoint import check_state_dict, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def build(cfg: DictConfig, command: str) -> tuple[pl.Trainer, pl.LightningModule
     if command != "fit":
         # evaluation must not write checkpoints
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ModelCheckpoint)]
+    else:
+        callbacks.append(RequireTrainingBatches())
     trainer_kw: dict[str, Any] = {}
     if cfg.trainer.get("default_root_dir") is None and cfg.get("output_dir"):
         # fast_dev_run drops the logger: keep its checkpoints under output_dir, not the cwd
@@ -94,7 +97,11 @@ def find_last_checkpoint(cfg: DictConfig) -> tuple[Path, str | None] | None:
     """
     logger = cfg.get("logger")
     if logger:
-        base = Path(str(logger.get("save_dir", cfg.get("output_dir", ".")))) / str(logger.get("name", cfg.get("name", "")))
+        base = _logger_base(cfg)
+        if logger.get("version") is not None:  # the user named the run: look there only
+            d = base / (str(logger.version) if isinstance(logger.version, str) else f"version_{logger.version}")
+            path = d / "checkpoints" / "last.ckpt"
+            return (path, d.name) if path.is_file() else None
         versions = []
         for d in base.glob("version_*"):
             m = re.fullmatch(r"version_(\d+)", d.name)
@@ -109,32 +116,154 @@ def find_last_checkpoint(cfg: DictConfig) -> tuple[Path, str | None] | None:
     return (path, None) if path.is_file() else None
 
 
+def _logger_base(cfg: DictConfig) -> Path:
+    """``<save_dir>/<name>`` of the configured logger: the parent of its ``version_N`` folders."""
+    logger = cfg.logger
+    return Path(str(logger.get("save_dir", cfg.get("output_dir", ".")))) / str(logger.get("name", cfg.get("name", "")))
+
+
+def _run_version_of(cfg: DictConfig, path: Path) -> str | None:
+    """``version_N`` when ``path`` is ``<save_dir>/<name>/version_N/checkpoints/<file>`` of the
+    configured logger (same save_dir and name), else None."""
+    if not cfg.get("logger"):
+        return None
+    folder = path.resolve().parent
+    if folder.name != "checkpoints" or not re.fullmatch(r"version_\d+", folder.parent.name):
+        return None
+    return folder.parent.name if folder.parent.parent == _logger_base(cfg).resolve() else None
+
+
+def _with_logger_version(cfg: DictConfig, version: str) -> DictConfig:
+    """``cfg`` logging into ``version`` unless the user set ``logger.version`` (or the logger has none)."""
+    params = inspect.signature(locate(str(cfg.logger["_target_"])).__init__).parameters
+    if "version" not in params or cfg.logger.get("version") is not None:
+        return cfg
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "logger.version", version, force_add=True)
+    return cfg
+
+
 def _resolve_ckpt_path(cfg: DictConfig, command: str) -> tuple[str | None, DictConfig]:
-    """``ckpt_path=last``: the run's newest last.ckpt (see :func:`find_last_checkpoint`). A resumed
-    ``fit`` keeps logging into the same version directory. Without a checkpoint ``fit`` starts
-    from scratch (so one job script serves the first start and every requeue), other commands
-    fail with a one-line error."""
+    """Resolve ``ckpt_path`` and adapt the config to it.
+
+    * ``last``: the run's newest last.ckpt (see :func:`find_last_checkpoint`). Without one ``fit``
+      starts from scratch (so one job script serves the first start and every requeue), other
+      commands fail with a one-line error. A resumed ``fit`` keeps logging into that version.
+    * ``best`` (evaluation): the best checkpoint recorded in the newest run's last.ckpt.
+    * Evaluating a checkpoint of ``<save_dir>/<name>/version_N/checkpoints/`` logs into that
+      version_N (summary, predictions, events next to the training run), unless the user set
+      ``logger.version`` or another ``name``.
+    * Evaluating any checkpoint skips ``module.model.pretrained``: the checkpoint's weights replace
+      it anyway, and a moved or deleted pretrained file must not stop the evaluation.
+    """
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path in (None, "best"):
-        return ckpt_path, cfg
-    if ckpt_path != "last":
-        if not Path(str(ckpt_path)).is_file():
-            raise ConfigError(f"ckpt_path not found: {ckpt_path}")
-        return str(ckpt_path), cfg
-    found = find_last_checkpoint(cfg)
-    if found is None:
-        where = f"{cfg.logger.get('save_dir')}/{cfg.logger.get('name')}/version_*/checkpoints" if cfg.get("logger") else "checkpoints/"
-        if command != "fit":
-            raise ConfigError(f"ckpt_path=last: no last.ckpt found under {where}")
-        log.warning("ckpt_path=last: no last.ckpt under %s yet, starting from scratch", where)
+    if ckpt_path is None:
         return None, cfg
-    path, version = found
-    if command == "fit" and version is not None and cfg.get("logger"):
-        params = inspect.signature(locate(str(cfg.logger["_target_"])).__init__).parameters
-        if "version" in params and cfg.logger.get("version") is None:
-            cfg = cfg.copy()
-            OmegaConf.update(cfg, "logger.version", version, force_add=True)
+    where = f"{_logger_base(cfg)}/version_*/checkpoints" if cfg.get("logger") else "checkpoints/"
+    if ckpt_path == "best":
+        if command == "fit":
+            raise ConfigError("ckpt_path=best is for validate/test/predict; fit resumes from ckpt_path=last or a file")
+        found = find_last_checkpoint(cfg)
+        if found is None:
+            raise ConfigError(f"ckpt_path=best: no last.ckpt found under {where} to read the best checkpoint from")
+        path = _best_recorded_in(found[0])
+    elif ckpt_path == "last":
+        found = find_last_checkpoint(cfg)
+        if found is None:
+            if command != "fit":
+                raise ConfigError(f"ckpt_path=last: no last.ckpt found under {where}")
+            log.warning("ckpt_path=last: no last.ckpt under %s yet, starting from scratch", where)
+            return None, cfg
+        path = found[0]
+    else:
+        path = Path(str(ckpt_path)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path not found: {ckpt_path}")
+    version = _run_version_of(cfg, path)
+    if version is not None and (command != "fit" or ckpt_path == "last"):
+        cfg = _with_logger_version(cfg, version)
+    if command != "fit" and OmegaConf.select(cfg, "module.model.pretrained") is not None:
+        cfg = cfg.copy()
+        OmegaConf.update(cfg, "module.model.pretrained", None)
+        log.info("evaluating %s: module.model.pretrained is not loaded (the checkpoint holds all weights)", path)
     return str(path), cfg
+
+
+def _best_recorded_in(last: Path) -> Path:
+    """The ``best_model_path`` a monitoring ModelCheckpoint stored in ``last``."""
+    ckpt = read_weights(last, "ckpt_path=best: checkpoint")
+    for key, state in (ckpt.get("callbacks") or {}).items() if isinstance(ckpt, dict) else ():
+        best = state.get("best_model_path") if isinstance(state, dict) else None
+        if str(key).startswith("ModelCheckpoint") and best and "'monitor': None" not in str(key):
+            if not Path(best).is_file():
+                raise ConfigError(f"ckpt_path=best: {last} names {best}, which no longer exists")
+            return Path(best)
+    raise ConfigError(f"ckpt_path=best: {last} records no best checkpoint (no monitoring ModelCheckpoint)")
+
+
+@dataclass
+class CheckpointInfo:
+    """What :func:`_inspect_checkpoint` keeps of a checkpoint (the file itself is released)."""
+
+    path: str
+    global_step: int
+    epochs_done: int  # Lightning's epoch_progress.current.processed: what FitLoop.done compares to max_epochs
+
+
+def _read_checkpoint(path: str) -> dict[str, Any]:
+    """Load ``ckpt_path`` (memory-mapped) with one-line errors for an unreadable file or one that
+    is not a Lightning checkpoint."""
+    ckpt = read_weights(path, "ckpt_path")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        hint = " (official LookWhere weights go to module.model.pretrained)" if isinstance(ckpt, dict) and "extractor" in ckpt else ""
+        raise ConfigError(f"ckpt_path {path} is not a Lightning checkpoint: it has no state_dict{hint}")
+    return ckpt
+
+
+def _inspect_checkpoint(path: str, ckpt: dict[str, Any], module: pl.LightningModule) -> CheckpointInfo:
+    """A one-line error when the checkpoint holds weights of another architecture than the
+    recipe's module (checked before anything is written for the run); its progress otherwise."""
+    if getattr(module, "strict_loading", True):
+        check_state_dict(module.state_dict(), ckpt["state_dict"], f"ckpt_path {path}")
+    progress = (((ckpt.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}).get("current") or {}
+    return CheckpointInfo(path, int(ckpt.get("global_step", 0)), int(progress.get("processed", ckpt.get("epoch", 0))))
+
+
+def _finished_note(info: CheckpointInfo, trainer: pl.Trainer) -> str | None:
+    """Why resuming ``info`` would train nothing (the limits FitLoop.done checks), or None."""
+    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    if max_steps is not None and max_steps != -1 and info.global_step >= max_steps:
+        reason = f"trainer.max_steps={max_steps}"
+    elif max_epochs is not None and max_epochs != -1 and info.epochs_done >= max_epochs:
+        reason = f"trainer.max_epochs={max_epochs}"
+    else:
+        return None
+    return (f"already finished: {info.path} is at global step {info.global_step} (epoch {info.epochs_done}), "
+            f"{reason} reached; nothing to train (raise the limit to continue)")
+
+
+class RequireTrainingBatches(pl.Callback):
+    """Fails ``fit`` when the training loader yields no batch (e.g. fewer samples per device than
+    one batch, with drop_last): Lightning would skip training and report success."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # estimated_stepping_batches (configure_optimizers) has set num_training_batches by now
+        check_training_batches(trainer)
+
+
+def check_training_batches(trainer: pl.Trainer) -> None:
+    """Raise a one-line ConfigError when the training loader was set up and holds no batch."""
+    if trainer.limit_train_batches == 0 or trainer.num_training_batches != 0:
+        return  # limit_train_batches=0: no training asked for; inf: loader not set up yet
+    loader = trainer.train_dataloader
+    dataset = getattr(loader, "dataset", None)
+    samples = f"{len(dataset)} training samples" if dataset is not None and hasattr(dataset, "__len__") else "the training set"
+    batch = getattr(loader, "batch_size", None)
+    devices = f" on each of {trainer.world_size} devices" if trainer.world_size > 1 else ""
+    drop = " with drop_last" if getattr(loader, "drop_last", False) else ""
+    raise ConfigError(
+        f"no training batches: {samples} give no full batch of {batch}{devices}{drop}; add samples or lower data.batch_size"
+    )
 
 
 def run(cfg: DictConfig, command: str) -> RunResult:
@@ -145,17 +274,27 @@ def run(cfg: DictConfig, command: str) -> RunResult:
     if command not in COMMANDS:
         raise ConfigError(f"unknown command '{command}'")
     ckpt_path, cfg = _resolve_ckpt_path(cfg, command)
+    # an unreadable checkpoint fails before anything is built; the run dir does not exist yet
+    ckpt = _read_checkpoint(ckpt_path) if ckpt_path is not None else None
     warn_if_gpu_recipe_on_cpu(cfg, command)  # before building: a ViT-B recipe takes a while to build
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer, module, datamodule = build(cfg, command)
     warn_if_low_precision_on_cpu(trainer)
+    info = _inspect_checkpoint(ckpt_path, ckpt, module) if ckpt_path is not None and ckpt is not None else None
+    del ckpt  # Lightning loads it again itself; release the mapping
     log_dir = _planned_log_dir(trainer)
+    if command == "fit" and info is not None and (note := _finished_note(info, trainer)) is not None:
+        # resuming a finished run: keep its summary (the real final metrics), write nothing new
+        log.info(note)
+        return RunResult(_summary_metrics(log_dir), trainer, module, datamodule, log_dir, {"note": note})
     existed = log_dir is not None and Path(log_dir).exists()
+    new_folders = _missing_folders(Path(log_dir)) if log_dir is not None else []
     started = time.time()
     try:
         if command == "fit":
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            check_training_batches(trainer)  # if on_fit_start could not tell yet
         else:
             getattr(trainer, command)(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
@@ -163,13 +302,14 @@ def run(cfg: DictConfig, command: str) -> RunResult:
         if stopper is None:  # validate / test / predict: nothing to save, but not a success either
             raise StoppedBySignal(f"{command} stopped by SIGTERM before it finished; no results", None) from None
         raise stopper.report(trainer) from None
-    except ConfigError:
-        # a user mistake found while setting up (e.g. a missing data root): leave nothing behind
-        if log_dir is not None and not existed and trainer.is_global_zero:
+    except BaseException:
+        if log_dir is not None and not existed and trainer.is_global_zero and _nothing_kept(Path(log_dir), trainer, command):
+            # a failed start (a user mistake found while setting up, a crash before the first step):
+            # leave no empty run folder behind
             shutil.rmtree(log_dir, ignore_errors=True)
-            parent = Path(log_dir).parent  # runs/<name>/ if this run created it
-            if parent.is_dir() and not any(parent.iterdir()):
-                parent.rmdir()
+            for folder in new_folders[1:]:  # runs/<name>/, runs/: those this run created, if empty
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
@@ -179,6 +319,36 @@ def run(cfg: DictConfig, command: str) -> RunResult:
     if trainer.is_global_zero and not trainer.fast_dev_run:
         _write_summary(cfg, command, result, ckpt_path, time.time() - started)
     return result
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, innermost first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _nothing_kept(log_dir: Path, trainer: pl.Trainer, command: str) -> bool:
+    """Whether a failed run's new folder holds nothing worth keeping: no checkpoint, no results,
+    and (fit) no optimizer step whose curves its events would show."""
+    if not log_dir.is_dir():
+        return True
+    if any(log_dir.rglob("*.ckpt")) or any(log_dir.glob("summary_*.json")) or any(log_dir.glob("predictions*.csv")):
+        return False
+    return command != "fit" or trainer.global_step == 0
+
+
+def _summary_metrics(log_dir: str | None) -> dict[str, float]:
+    """Metrics of the run's existing ``summary_fit.json`` (empty when there is none)."""
+    path = Path(log_dir) / "summary_fit.json" if log_dir else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return {str(k): float(v) for k, v in json.loads(path.read_text()).get("metrics", {}).items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 def _flat_params(cfg: DictConfig) -> dict[str, Any]:

@@ -68,6 +68,12 @@ def overrides(recipe: str, dataset: str, root: Path, out: Path) -> list[str]:
     else:
         size = [SMALL, SMALL]
         common += [f"data.image_size={SMALL}"]
+    n = (size[0] // 14) * (size[1] // 14)  # patches of the tiny input (tiny preset: patch 14)
+    for key in ("train_k", "eval_k"):
+        k = cfg.module.get(key)
+        if isinstance(k, int) and not isinstance(k, bool) and k > n:
+            # the paper's counts (128..1024) exceed the tiny input's patches: an error, not capped
+            common.append(f"module.{key}={n // 2}")
     return common + [f"module.model.img_size=[{size[0]},{size[1]}]"]
 
 

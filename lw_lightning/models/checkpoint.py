@@ -13,15 +13,94 @@ grid differs from the model's (e.g. a 518 px checkpoint into a 994 px extractor)
 from __future__ import annotations
 
 import math
+import pickle
+import struct
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
+from ..config import ConfigError
 from .lookwhere import LookWhere
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
+_LEGACY_MAGIC = b"\x80\x02"  # the older format starts with a protocol-2 pickle
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    # 8-byte little-endian header length, then the JSON header
+    return len(head) >= 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] < size
+
+
+def check_weights_file(path: str | Path, what: str) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``path`` is a readable torch or safetensors
+    file. Reads the header only (safetensors) or memory-maps the file (torch zip format)."""
+    read_weights(path, what, header_only=True)
+
+
+def read_weights(path: str | Path, what: str, weights_only: bool = True, header_only: bool = False) -> Any:
+    """``torch.load`` (or safetensors ``load_file``) a local weights file on the CPU.
+
+    Unreadable files are a one-line :class:`ConfigError` naming ``what`` and the file: an empty
+    or cut-off file is "truncated or corrupt", any other content "not a checkpoint". torch's zip
+    format is memory-mapped, so reading a large checkpoint only to check it costs little.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if size == 0:
+        raise ConfigError(f"{what} {path} is truncated or corrupt: the file is empty")
+    if path.suffix == ".safetensors" or _is_safetensors(head, size):
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            if header_only:
+                with safe_open(str(path), "pt") as handle:
+                    handle.keys()
+                return None
+            return load_file(str(path))
+        except Exception as err:
+            raise ConfigError(f"{what} {path} is truncated or corrupt (safetensors: {_first_line(err)})") from None
+    zipped = head.startswith(_ZIP_MAGIC)
+    if not zipped and not head.startswith(_LEGACY_MAGIC):
+        raise ConfigError(f"{what} {path} is not a checkpoint (neither a torch.save nor a safetensors file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipped)
+    except pickle.UnpicklingError as err:
+        refused = [ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln]
+        if refused:  # a whole file that holds more than tensors and plain containers
+            raise ConfigError(f"{what} {path} holds objects torch.load(weights_only=True) refuses: {refused[0]}") from None
+        raise ConfigError(f"{what} {path} is truncated or corrupt ({_first_line(err)})") from None
+    except Exception as err:  # cut-off zip (no central directory), short reads, bad records
+        raise ConfigError(f"{what} {path} is truncated or corrupt ({type(err).__name__}: {_first_line(err)[:160]})") from None
+
+
+def check_state_dict(expected: Mapping[str, Tensor], got: Mapping[str, Any], what: str) -> None:
+    """One-line :class:`ConfigError` unless ``got`` has exactly ``expected``'s keys and shapes:
+    names the first missing / unexpected keys, or the first key whose shape differs."""
+    own, theirs = set(expected), set(got)
+    if own != theirs:
+        missing, unexpected = sorted(own - theirs), sorted(theirs - own)
+        more = lambda keys: f"{keys[:3]}{f' (+{len(keys) - 3} more)' if len(keys) > 3 else ''}"  # noqa: E731
+        raise ConfigError(f"{what} does not fit the model (key mismatch): missing keys {more(missing)}, unexpected keys {more(unexpected)}")
+    for key, value in expected.items():
+        other = got[key]
+        shape = tuple(getattr(other, "shape", ()))
+        if tuple(value.shape) != shape:
+            raise ConfigError(f"{what} does not fit the model: '{key}' has shape {list(shape)} in the checkpoint, {list(value.shape)} in the model")
 
 
 def export_official(model: LookWhere) -> dict[str, dict]:
@@ -66,19 +145,16 @@ def adapt_vit_state(state: Mapping[str, Tensor], vit: VisionTransformer) -> dict
 
 
 def _load_strict(module: torch.nn.Module, state: Mapping[str, Tensor], what: str) -> None:
-    own = set(module.state_dict())
-    got = set(state)
-    if own != got:
-        missing, unexpected = sorted(own - got), sorted(got - own)
-        raise ValueError(f"{what}: key mismatch; missing {missing[:6]}{'...' if len(missing) > 6 else ''}, unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
+    # names and shapes first: load_state_dict reports every mismatch in a many-line RuntimeError
+    check_state_dict(module.state_dict(), state, what)
     module.load_state_dict(state, strict=True)
 
 
 def load_official(model: LookWhere, weights: str | Path | Mapping) -> LookWhere:
     """Load official-layout weights into ``model`` (strict names, pos-embed resampling)."""
     if not isinstance(weights, Mapping):
-        weights = torch.load(Path(weights), map_location="cpu", weights_only=True)
-    if not {"selector", "extractor"} <= set(weights) or not {"backbone", "head"} <= set(weights["selector"]):
+        weights = read_weights(weights, "LookWhere weights")
+    if not isinstance(weights, Mapping) or not {"selector", "extractor"} <= set(weights) or not {"backbone", "head"} <= set(weights["selector"]):
         raise ValueError("not a LookWhere checkpoint: expected keys selector.backbone, selector.head, extractor")
     sel = model.selector
     _load_strict(sel.backbone, adapt_vit_state(weights["selector"]["backbone"], sel.backbone), "selector.backbone")
@@ -97,21 +173,18 @@ def load_official(model: LookWhere, weights: str | Path | Mapping) -> LookWhere:
 def load_pretrained(model: LookWhere | torch.nn.Module, path: str | Path) -> None:
     """Load ``model.pretrained``: the official LookWhere layout (for LookWhere), or a timm ViT state
     dict (for the full-res ViT's backbone)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path))
-    else:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(model, LookWhere):
-        load_official(model, weights)
-        return
-    backbone = model.backbone  # type: ignore[attr-defined]
-    state = {k: v for k, v in weights.items() if not k.startswith("head.")}
-    _load_strict(backbone, adapt_vit_state(state, backbone), "backbone")
+    weights = read_weights(path, "model.pretrained")
+    if not isinstance(weights, Mapping):
+        raise ConfigError(f"model.pretrained {path} is not a checkpoint: it holds a {type(weights).__name__}, not a dict of weights")
+    try:
+        if isinstance(model, LookWhere):
+            load_official(model, weights)
+            return
+        backbone = model.backbone  # type: ignore[attr-defined]
+        state = {k: v for k, v in weights.items() if not k.startswith("head.")}
+        _load_strict(backbone, adapt_vit_state(state, backbone), "backbone")
+    except ValueError as err:  # name the file: "extractor does not fit" alone does not say which
+        raise ConfigError(f"model.pretrained {path}: {err}") from None
 
 
 def init_from_teacher(model: LookWhere, teacher: VisionTransformer) -> None:

@@ -124,3 +124,20 @@ def resolve_k(k: int | float, n: int) -> int:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return min(int(k), n)
+
+
+
+def check_k(k: int | float | None, n: int, name: str) -> None:
+    """Raise ValueError (one line, naming ``name`` and ``n``) unless ``k`` is None, an int count
+    1..n or a float fraction in (0, 1] of the ``n`` patches. Used when a module is built, so a
+    bad k fails before training starts rather than at the first step that uses it (and a count
+    above ``n`` is not silently capped)."""
+    if k is None:
+        return
+    rule = f"k is a count 1..{n} or a fraction in (0, 1] of the {n} patches"
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise ValueError(f"{name}={k!r}: {rule}")
+    if isinstance(k, int) and k > n:
+        raise ValueError(f"{name}={k} is more than the {n} patches of the model ({rule})")
+    if (isinstance(k, float) and not 0.0 < k <= 1.0) or (isinstance(k, int) and k < 1):
+        raise ValueError(f"{name}={k!r}: {rule}")

@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..models.config import ModelConfig, model_config
+from ..models.config import ModelConfig, check_k, model_config
 from ..models.checkpoint import load_pretrained
 from ..models.lookwhere import LookWhere, build_model
 from .optim import adamw_warmup_cosine
@@ -76,6 +76,12 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters()
         self.model_cfg = model_config(**model) if isinstance(model, dict) else model
         self.net = build_model(self.model_cfg)
+        if isinstance(self.net, LookWhere):  # k is ignored by the full-res ViT
+            n = self.model_cfg.grid[0] * self.model_cfg.grid[1]
+            for name, k in (("module.model.k", self.model_cfg.k), ("module.train_k", train_k), ("module.eval_k", eval_k)):
+                check_k(k, n, name)
+            for i, k in enumerate(eval_ks or []):
+                check_k(k, n, f"module.eval_ks[{i}]")
         if self.model_cfg.pretrained:
             load_pretrained(self.net, self.model_cfg.pretrained)
         self.head = nn.Linear(self.model_cfg.embed_dim, num_classes)

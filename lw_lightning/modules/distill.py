@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, SumMetric
 
 from ..models.checkpoint import init_from_teacher as copy_teacher_weights
 from ..models.checkpoint import save_official
-from ..models.config import ModelConfig, model_config, resolve_k
+from ..models.config import ModelConfig, check_k, model_config, resolve_k
 from ..models.distill_losses import cls_loss, map_loss, patch_loss
 from ..models.knn_upsample import knn_upsample
 from ..models.lookwhere import LookWhere
@@ -76,6 +76,11 @@ class LookWhereDistill(pl.LightningModule):
         self.model_cfg = model_config(**model) if isinstance(model, dict) else model
         if self.model_cfg.arch != "lookwhere":
             raise ValueError("distillation trains a LookWhere student: set module.model.arch=lookwhere")
+        n = self.model_cfg.grid[0] * self.model_cfg.grid[1]
+        for name, k in (("module.k_min", k_min), ("module.k_max", k_max), ("module.val_k", val_k)):
+            check_k(k, n, name)
+        if resolve_k(k_min, n) > resolve_k(k_max, n):
+            raise ValueError(f"module.k_min={k_min} keeps more patches ({resolve_k(k_min, n)}) than module.k_max={k_max} ({resolve_k(k_max, n)})")
         self.student = LookWhere(self.model_cfg)
         teacher_cfg = TeacherConfig(**teacher) if isinstance(teacher, dict) else teacher
         t = build_teacher(teacher_cfg)

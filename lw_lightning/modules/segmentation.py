@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ..models.checkpoint import load_pretrained
-from ..models.config import ModelConfig, model_config
+from ..models.config import ModelConfig, check_k, model_config
 from ..models.lookwhere import LookWhere, build_model
 from .optim import adamw_warmup_cosine
 from .valid import keep_valid
@@ -52,6 +52,10 @@ class Segmenter(pl.LightningModule):
         self.save_hyperparameters()
         self.model_cfg = model_config(**model) if isinstance(model, dict) else model
         self.net = build_model(self.model_cfg)
+        if isinstance(self.net, LookWhere):  # k is ignored by the full-res ViT
+            n = self.model_cfg.grid[0] * self.model_cfg.grid[1]
+            for name, k in (("module.model.k", self.model_cfg.k), ("module.train_k", train_k), ("module.eval_k", eval_k)):
+                check_k(k, n, name)
         if self.model_cfg.pretrained:
             load_pretrained(self.net, self.model_cfg.pretrained)
         if freeze_backbone:
