@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 from lw_lightning.models.tokenlearner import (
@@ -12,7 +11,6 @@ from lw_lightning.models.tokenlearner import (
     TokenLearnerEncoder,
     TokenLearnerV10,
     TokenLearnerV11,
-    TokenLearnerViT,
     learn_tokens_per_slice,
 )
 
@@ -127,14 +125,22 @@ def test_encoder_token_counts_and_placement():
         TokenLearnerEncoder(_blocks(2), 16, num_tokens=2, loc=3)
 
 
-def test_image_vit_with_tokenlearner_after_layer_l():
-    model = TokenLearnerViT(7, img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_tokens=4, tokenlearner_loc=2)
+def test_prefix_tokens_pass_every_block_and_are_not_pooled():
+    """Image ViTs keep CLS/registers: TokenLearner replaces only the patch tokens behind them."""
+    enc = TokenLearnerEncoder(_blocks(3), 16, num_tokens=4, loc=1)
     seen = []
-    for b in model.encoder.blocks:
+    for b in enc.blocks:
         b.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
-    logits = model(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, 7) and seen == [16, 16, 4]
-    torch.nn.init.normal_(model.head.weight, std=0.02)  # the zero-init head would block all gradients
-    F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2])).backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert not missing
+    x = torch.randn(2, 2 + 9, 16)  # 2 prefix tokens, a 3x3 grid
+    out = enc(x, grid=(3, 3), num_prefix=2)
+    assert seen == [11, 6, 6] and out.shape == (2, 6, 16)
+    with torch.no_grad():  # the learned tokens come from the patches alone, after block 0
+        h = enc.blocks[0](x)
+        torch.testing.assert_close(enc.blocks[2](enc.blocks[1](torch.cat([h[:, :2], enc.token_learner(h[:, 2:], (3, 3))], 1))), out)
+    fused = TokenLearnerEncoder(_blocks(2), 16, num_tokens=4, loc=1, use_fuser=True)
+    with torch.no_grad():
+        y = fused(x, grid=(3, 3), num_prefix=2)
+        h = fused.blocks[0](x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y[:, 2:], h[:, 2:])  # fuser identity at init: patches unchanged
+    assert not torch.allclose(y[:, :2], h[:, :2])  # the CLS went through block 1 with the S tokens

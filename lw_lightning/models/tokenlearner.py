@@ -228,75 +228,36 @@ class TokenLearnerEncoder(nn.Module):
             return temporal_dims * self.num_tokens
         return num_tokens_in
 
-    def forward(self, x: Tensor, temporal_dims: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
-        """``x``: ``[B, T·H·W, C]`` in (t, h, w) order; ``grid=(H, W)`` (square assumed if None)."""
+    def forward(self, x: Tensor, temporal_dims: int = 1, grid: tuple[int, int] | None = None, num_prefix: int = 0) -> Tensor:
+        """``x``: ``[B, P + T·H·W, C]``, P prefix tokens (CLS, registers) then the patch tokens in
+        (t, h, w) order; ``grid=(H, W)`` (square assumed if None).
+
+        Prefix tokens pass through every block and are never pooled: TokenLearner replaces only
+        the patch tokens, giving ``[B, P + T·S, C]`` from block ``loc`` on.
+        """
         if self.num_tokens > 0 and grid is None:
-            side = math.isqrt(x.shape[1] // temporal_dims)
+            side = math.isqrt((x.shape[1] - num_prefix) // temporal_dims)
             grid = (side, side)
         for i, block in enumerate(self.blocks):
             if self.num_tokens > 0 and i >= self.loc:
                 if self.use_fuser:
-                    x = self._fused(i - self.loc, block, x, temporal_dims, grid)  # type: ignore[arg-type]
+                    x = self._fused(i - self.loc, block, x, temporal_dims, grid, num_prefix)  # type: ignore[arg-type]
                     continue
                 if i == self.loc:
-                    x = learn_tokens_per_slice(self.token_learner, x, temporal_dims, grid)  # type: ignore[arg-type]
+                    x = self._learn(x, temporal_dims, grid, num_prefix)  # type: ignore[arg-type]
             x = block(x)
         if self.token_learner is not None and self.loc == len(self.blocks):
-            x = learn_tokens_per_slice(self.token_learner, x, temporal_dims, grid)  # type: ignore[arg-type]
+            x = self._learn(x, temporal_dims, grid, num_prefix)  # type: ignore[arg-type]
         return x
 
-    def _fused(self, j: int, block: nn.Module, x: Tensor, t: int, grid: tuple[int, int]) -> Tensor:
+    def _learn(self, x: Tensor, t: int, grid: tuple[int, int], p: int) -> Tensor:
+        z = learn_tokens_per_slice(self.token_learner, x[:, p:], t, grid)  # type: ignore[arg-type]
+        return torch.cat([x[:, :p], z], dim=1) if p else z
+
+    def _fused(self, j: int, block: nn.Module, x: Tensor, t: int, grid: tuple[int, int], p: int = 0) -> Tensor:
         b, n, c = x.shape
-        residual = x.reshape(b * t, n // t, c)
-        y = block(learn_tokens_per_slice(self.token_learners[j], x, t, grid))
-        y = y.reshape(b * t, self.num_tokens, c)
-        return (self.fusers[j](y, residual) + residual).reshape(b, n, c)
-
-
-class TokenLearnerViT(nn.Module):
-    """Image ViT (timm blocks, learned posemb, no CLS) with TokenLearner after block ``loc`` and a
-    GAP head: scenic's ``TokenLearnerViT`` for images. ``[B, 3, H, W] -> [B, num_classes]``."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        img_size: int = 224,
-        patch_size: int = 16,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        num_tokens: int = 8,
-        tokenlearner_loc: int | None = None,
-        version: str = "v1.1",
-        use_fuser: bool = False,
-        dropout: float = 0.0,
-        drop_path_rate: float = 0.0,
-    ) -> None:
-        super().__init__()
-        from timm.layers import PatchEmbed
-        from timm.models.vision_transformer import Block
-
-        self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim)
-        self.grid = tuple(self.patch_embed.grid_size)
-        self.pos_embed = nn.Parameter(torch.empty(1, self.patch_embed.num_patches, embed_dim))
-        nn.init.normal_(self.pos_embed, std=0.02)
-        self.pos_drop = nn.Dropout(dropout)
-        dpr = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
-        blocks = [
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=dropout, drop_path=dpr[i], norm_layer=LayerNorm)
-            for i in range(depth)
-        ]
-        self.encoder = TokenLearnerEncoder(blocks, embed_dim, num_tokens, tokenlearner_loc, version, use_fuser, dropout)
-        self.norm = LayerNorm(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
-        nn.init.zeros_(self.head.weight)  # scenic: zero-initialised head
-        nn.init.zeros_(self.head.bias)
-
-    def forward_features(self, images: Tensor) -> Tensor:
-        x = self.patch_embed(images) + self.pos_embed
-        x = self.encoder(self.pos_drop(x), temporal_dims=1, grid=self.grid)  # type: ignore[arg-type]
-        return self.norm(x)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.forward_features(images).mean(dim=1))
+        patches = n - p
+        residual = x[:, p:].reshape(b * t, patches // t, c)
+        y = block(torch.cat([x[:, :p], learn_tokens_per_slice(self.token_learners[j], x[:, p:], t, grid)], dim=1))
+        fused = self.fusers[j](y[:, p:].reshape(b * t, self.num_tokens, c), residual) + residual
+        return torch.cat([y[:, :p], fused.reshape(b, patches, c)], dim=1)
