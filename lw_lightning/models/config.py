@@ -1,4 +1,5 @@
-"""Model configuration: one dataclass for LookWhere and the full-resolution ViT, plus presets."""
+"""Model configuration: one dataclass for LookWhere, the full-resolution ViT and the
+TokenLearner-ViT, plus presets."""
 
 from __future__ import annotations
 
@@ -24,14 +25,26 @@ PRESETS: dict[str, dict] = {
         img_size=[518, 518], patch_size=14, embed_dim=768, depth=12, num_heads=12, reg_tokens=4,
         init_values=1e-5, selector_depth=3, selector_img_size=154,
     ),
+    # The TokenLearner paper's backbones (original ViT layout: patch 16, CLS, no registers, no
+    # LayerScale), so timm's ``vit_base_patch16_224.*`` / ``vit_large_patch16_224.*`` weights fit.
+    "vit_b16": dict(
+        img_size=[224, 224], patch_size=16, embed_dim=768, depth=12, num_heads=12, reg_tokens=0,
+        init_values=None, selector_depth=3, selector_img_size=64,
+    ),
+    "vit_l16": dict(
+        img_size=[224, 224], patch_size=16, embed_dim=1024, depth=24, num_heads=16, reg_tokens=0,
+        init_values=None, selector_depth=3, selector_img_size=64,
+    ),
 }
 
-ARCHS = ("lookwhere", "vit")
+ARCHS = ("lookwhere", "vit", "tokenlearner")
+TOKENLEARNER_POOLS = ("cls", "gap")
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of a LookWhere model (``arch: lookwhere``) or its full-res ViT (``arch: vit``).
+    """Architecture of a LookWhere model (``arch: lookwhere``), its full-res ViT (``arch: vit``) or
+    a ViT with TokenLearner (``arch: tokenlearner``, the ``tokenlearner_*`` fields).
 
     Values not given are taken from ``preset``.
     """
@@ -61,8 +74,24 @@ class ModelConfig:
     k: int | float = 0.1
     #: neighbours of the K-NN inverse-distance upsampling of dense features.
     knn: int = 5
-    #: local file with pretrained weights (official LookWhere layout or a timm state dict).
+    # TokenLearner-ViT (``arch: tokenlearner``)
+    #: where TokenLearner goes: an int block index L (blocks 0..L-1 see every patch) or a float
+    #: fraction of the depth in [0, 1) (0.25 of 12 blocks: L = 3).
+    tokenlearner_loc: int | float = 0.5
+    #: S, the learned tokens that replace the patch tokens from block L on.
+    tokenlearner_tokens: int = 8
+    #: "v1.1" (MLP + softmax over space, scenic's default) or "v1.0" (the paper's conv + sigmoid).
+    tokenlearner_version: str = "v1.1"
+    #: TokenLearner -> block -> TokenFuser at every block >= L (the token count stays N).
+    tokenlearner_fuser: bool = False
+    #: classifier input: "cls" (the CLS token, as the other archs) or "gap" (mean over tokens, scenic).
+    tokenlearner_pool: str = "cls"
+    #: local file with pretrained weights: official LookWhere layout (arch lookwhere), a timm state
+    #: dict, or an ImageClassifier ``.ckpt`` of a full-res ViT (arch vit / tokenlearner).
     pretrained: str | None = None
+    #: timm model name whose checkpoint filter reads ``pretrained`` (e.g. an AugReg ``.npz`` or a
+    #: DINOv2 ``.pth``); None: ``pretrained`` is read as a state dict / ``.ckpt`` directly.
+    pretrained_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -71,6 +100,35 @@ class ModelConfig:
         for side in self.img_size:
             if side % self.patch_size:
                 raise ValueError(f"model.img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.arch == "tokenlearner":
+            self.tokenlearner_block()  # a bad insertion point fails when the config is built
+            if self.tokenlearner_version not in ("v1.0", "v1.1"):
+                raise ValueError(f"model.tokenlearner_version must be 'v1.0' or 'v1.1', got {self.tokenlearner_version!r}")
+            if self.tokenlearner_pool not in TOKENLEARNER_POOLS:
+                raise ValueError(f"model.tokenlearner_pool must be one of {TOKENLEARNER_POOLS}, got {self.tokenlearner_pool!r}")
+            if isinstance(self.tokenlearner_tokens, bool) or not isinstance(self.tokenlearner_tokens, int) or self.tokenlearner_tokens < 1:
+                raise ValueError(f"model.tokenlearner_tokens={self.tokenlearner_tokens!r}: the number of learned tokens S must be an int >= 1")
+
+    def tokenlearner_block(self) -> int:
+        """The block index L before which TokenLearner runs (``tokenlearner_loc`` resolved)."""
+        loc, depth = self.tokenlearner_loc, self.depth
+        rule = f"a block index 0..{depth} or a fraction of the depth in [0, 1)"
+        if isinstance(loc, bool) or not isinstance(loc, (int, float)):
+            raise ValueError(f"model.tokenlearner_loc={loc!r}: {rule}")
+        if isinstance(loc, float):
+            if not 0.0 <= loc < 1.0:
+                raise ValueError(f"model.tokenlearner_loc={loc}: {rule}")
+            # floored, after rounding away float noise (1/3 of 12 blocks is 4, not 3.9999 -> 3)
+            block = int(round(loc * depth, 6))
+        else:
+            if not 0 <= loc <= depth:
+                raise ValueError(f"model.tokenlearner_loc={loc} is outside the {depth} blocks ({rule})")
+            block = loc
+        if block == depth and (self.tokenlearner_fuser or self.tokenlearner_pool == "cls"):
+            # after the last block nothing reads the learned tokens but a GAP head
+            why = "the fuser wraps blocks" if self.tokenlearner_fuser else "the CLS head never sees the learned tokens"
+            raise ValueError(f"model.tokenlearner_loc={loc} puts TokenLearner after the last block, where {why} ({rule} below {depth})")
+        return block
 
     @property
     def grid(self) -> tuple[int, int]:

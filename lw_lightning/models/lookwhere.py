@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .config import ModelConfig, resolve_k
 from .knn_upsample import knn_upsample
+from .tokenlearner_vit import TokenLearnerViT
 from .vit import (
     create_vit,
     embed_all,
@@ -255,8 +256,11 @@ class FullResViT(nn.Module):
         return out
 
 
-def build_model(cfg: ModelConfig) -> LookWhere | FullResViT:
-    """LookWhere for ``arch: lookwhere``, the full-resolution ViT for ``arch: vit``."""
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """LookWhere for ``arch: lookwhere``, the full-resolution ViT for ``arch: vit``, the ViT with
+    TokenLearner for ``arch: tokenlearner``."""
+    if cfg.arch == "tokenlearner":
+        return TokenLearnerViT(cfg)
     return LookWhere(cfg) if cfg.arch == "lookwhere" else FullResViT(cfg)
 
 
