@@ -8,6 +8,10 @@ Official layout (``lookwhere_dinov2.pt``)::
 
 Loading is strict on key names; positional embeddings are bicubic-resampled when the stored
 grid differs from the model's (e.g. a 518 px checkpoint into a 994 px extractor).
+
+ViT weights for the full-res ViT and the TokenLearner-ViT (``model.pretrained``) come from a timm
+state dict, from an ``ImageClassifier`` ``.ckpt`` of a full-res ViT trained here, or from a file
+that timm's checkpoint filter for ``model.pretrained_name`` converts (the teacher's loaders).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from ..config import ConfigError
-from .lookwhere import LookWhere
+from .lookwhere import FullResViT, LookWhere
+from .tokenlearner_vit import TokenLearnerViT
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
 _LEGACY_MAGIC = b"\x80\x02"  # the older format starts with a protocol-2 pickle
@@ -131,16 +136,34 @@ def _grid_of(n: int, target: tuple[int, int]) -> tuple[int, int]:
     return (side, side)
 
 
+def _stored_prefix(state: Mapping[str, Tensor]) -> int:
+    cls = 1 if "cls_token" in state else 0
+    reg = state["reg_token"].shape[1] if "reg_token" in state else 0
+    return cls + reg
+
+
 def adapt_vit_state(state: Mapping[str, Tensor], vit: VisionTransformer) -> dict[str, Tensor]:
-    """Resample a stored patch ``pos_embed`` to ``vit``'s grid (prefix-free layout only)."""
+    """Resample a stored patch ``pos_embed`` to ``vit``'s grid (prefix-free layout only).
+
+    A ``pos_embed`` that also covers the prefix tokens (timm's original-ViT layout, e.g. AugReg
+    ViT-B/16: 1 + 196 positions) is folded into them: the prefix tokens are constants, so
+    ``cls_token + pos[0]`` is exactly what entered the first block, and the rest is the patch grid.
+    """
     state = dict(state)
     if "pos_embed" in state and state["pos_embed"].shape != vit.pos_embed.shape:
         if not vit.no_embed_class:
             raise ValueError("pos_embed resampling here supports prefix-free (DINOv2-style) layouts only")
         target = tuple(vit.patch_embed.grid_size)
         pe = state["pos_embed"]
+        n, prefix = pe.shape[1], _stored_prefix(state)
+        if n != target[0] * target[1] and math.isqrt(n) ** 2 != n and prefix and math.isqrt(n - prefix) ** 2 == n - prefix:
+            if "cls_token" in state:
+                state["cls_token"] = state["cls_token"] + pe[:, :1]
+            if "reg_token" in state:
+                state["reg_token"] = state["reg_token"] + pe[:, 1:prefix]
+            pe = pe[:, prefix:]
         old = _grid_of(pe.shape[1], target)  # type: ignore[arg-type]
-        state["pos_embed"] = resample_abs_pos_embed(pe, new_size=list(target), old_size=list(old), num_prefix_tokens=0)
+        state["pos_embed"] = pe if old == target else resample_abs_pos_embed(pe, new_size=list(target), old_size=list(old), num_prefix_tokens=0)
     return state
 
 
@@ -170,21 +193,88 @@ def load_official(model: LookWhere, weights: str | Path | Mapping) -> LookWhere:
     return model
 
 
-def load_pretrained(model: LookWhere | torch.nn.Module, path: str | Path) -> None:
-    """Load ``model.pretrained``: the official LookWhere layout (for LookWhere), or a timm ViT state
-    dict (for the full-res ViT's backbone)."""
-    weights = read_weights(path, "model.pretrained")
+def load_pretrained(model: torch.nn.Module, path: str | Path, name: str | None = None) -> None:
+    """Load ``model.pretrained``: the official LookWhere layout (for LookWhere), or ViT weights
+    into the backbone of the full-res ViT / TokenLearner-ViT: a timm state dict, an
+    ``ImageClassifier`` ``.ckpt`` of a full-res ViT, or (``name``: ``model.pretrained_name``) any
+    file timm's checkpoint filter for that model reads. TokenLearner modules keep their init."""
+    if isinstance(model, LookWhere):
+        if name:
+            raise ConfigError(f"model.pretrained_name={name!r} is for arch vit / tokenlearner; LookWhere loads the official layout")
+        weights = read_weights(path, "model.pretrained")
+        if not isinstance(weights, Mapping):
+            raise ConfigError(f"model.pretrained {path} is not a checkpoint: it holds a {type(weights).__name__}, not a dict of weights")
+        try:
+            load_official(model, weights)
+        except ValueError as err:  # name the file: "extractor does not fit" alone does not say which
+            raise ConfigError(f"model.pretrained {path}: {err}") from None
+        return
+    if name:
+        weights = create_timm_vit(name, path, "model.pretrained").state_dict()
+    elif Path(path).suffix == ".ckpt":
+        weights = vit_from_lightning_checkpoint(Path(path).expanduser(), "model.pretrained").state_dict()
+    else:
+        weights = read_weights(path, "model.pretrained")
     if not isinstance(weights, Mapping):
         raise ConfigError(f"model.pretrained {path} is not a checkpoint: it holds a {type(weights).__name__}, not a dict of weights")
+    state = {k: v for k, v in weights.items() if not k.startswith(("head.", "fc_norm."))}
+    backbone = model.backbone  # type: ignore[attr-defined]
     try:
-        if isinstance(model, LookWhere):
-            load_official(model, weights)
-            return
-        backbone = model.backbone  # type: ignore[attr-defined]
-        state = {k: v for k, v in weights.items() if not k.startswith("head.")}
-        _load_strict(backbone, adapt_vit_state(state, backbone), "backbone")
-    except ValueError as err:  # name the file: "extractor does not fit" alone does not say which
+        state = adapt_vit_state(state, backbone)
+        if isinstance(model, TokenLearnerViT):
+            check_state_dict(model.vit_state_dict(), state, "backbone")
+            model.load_vit_state_dict(state)
+        else:
+            _load_strict(backbone, state, "backbone")
+    except ValueError as err:  # name the file: "backbone does not fit" alone does not say which
         raise ConfigError(f"model.pretrained {path}: {err}") from None
+
+
+def create_timm_vit(name: str, path: str | Path | None, what: str, pretrained: bool = False, img_size: list[int] | None = None) -> VisionTransformer:
+    """timm ViT ``name`` (no head) with the weights of the local file ``path`` (converted by timm's
+    checkpoint filter: HF safetensors, AugReg ``.npz``, DINOv2 ``.pth``), or downloaded when
+    ``pretrained`` and online. A file that does not fit is one line naming ``what``."""
+    import timm
+
+    kwargs: dict = {"num_classes": 0}
+    if img_size:
+        kwargs["img_size"] = tuple(img_size)
+    if path is not None:
+        check_weights_file(path, what)  # timm's own errors on a bad file are tracebacks
+        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(path).expanduser())}
+    try:
+        vit = timm.create_model(name, pretrained=path is not None or pretrained, **kwargs)
+    except RuntimeError as err:
+        # load_state_dict lists every mismatch over many lines: report the first one
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip().startswith(("size mismatch", "Missing key", "Unexpected key"))]
+        if path is None or not lines:
+            raise
+        raise ConfigError(f"{what} {path} does not fit {name}: {lines[0][:300]}") from None
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"{what}: {name} is not a timm VisionTransformer")
+    return vit
+
+
+def vit_from_lightning_checkpoint(path: Path, what: str) -> VisionTransformer:
+    """The timm backbone of a full-res ViT ``ImageClassifier`` checkpoint trained here."""
+    import dataclasses
+
+    from .config import model_config
+
+    ckpt = read_weights(path, what, weights_only=False)  # Lightning checkpoints may hold hparams objects
+    model_hp = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or model_hp is None:
+        raise ConfigError(f"{what} {path} is not an ImageClassifier checkpoint of this project (no state_dict / hyper_parameters.model)")
+    model_hp = dict(model_hp) if isinstance(model_hp, dict) else dataclasses.asdict(model_hp)
+    if model_hp.get("arch") != "vit":
+        raise ValueError(f"{what} {path} is not a full-resolution ViT (model.arch={model_hp.get('arch')})")
+    model_hp.pop("pretrained", None)
+    model_hp.pop("pretrained_name", None)
+    net = FullResViT(model_config(**model_hp))
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    check_state_dict(net.state_dict(), state, f"{what} {path}")
+    net.load_state_dict(state, strict=True)
+    return net.backbone
 
 
 def init_from_teacher(model: LookWhere, teacher: VisionTransformer) -> None:

@@ -12,7 +12,6 @@ the N×N attention matrix; the teacher's blocks keep using fused attention.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
 
-from ..config import ConfigError
-from .checkpoint import check_state_dict, check_weights_file, read_weights
+from .checkpoint import create_timm_vit, vit_from_lightning_checkpoint
 from .config import model_config
 from .vit import embed_all, grid_pos_embed, patch_grid, prefix_tokens
 
@@ -109,26 +107,9 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
     if ckpt is not None and not ckpt.is_file():
         raise FileNotFoundError(f"teacher checkpoint not found: {ckpt}")
     if ckpt is not None and ckpt.suffix == ".ckpt":
-        vit = _vit_from_lightning_checkpoint(ckpt)
+        vit = vit_from_lightning_checkpoint(ckpt, "teacher checkpoint")
     elif cfg.name:
-        import timm
-
-        kwargs: dict = {"num_classes": 0}
-        if cfg.img_size:
-            kwargs["img_size"] = tuple(cfg.img_size)
-        if ckpt is not None:
-            check_weights_file(ckpt, "teacher checkpoint")  # timm's own errors on a bad file are tracebacks
-            kwargs["pretrained_cfg_overlay"] = {"file": str(ckpt)}
-        try:
-            vit = timm.create_model(cfg.name, pretrained=ckpt is not None or cfg.pretrained, **kwargs)
-        except RuntimeError as err:
-            # load_state_dict lists every mismatch over many lines: report the first one
-            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip().startswith(("size mismatch", "Missing key", "Unexpected key"))]
-            if ckpt is None or not lines:
-                raise
-            raise ConfigError(f"teacher checkpoint {ckpt} does not fit {cfg.name}: {lines[0][:300]}") from None
-        if not isinstance(vit, VisionTransformer):
-            raise ValueError(f"teacher {cfg.name} is not a timm VisionTransformer")
+        vit = create_timm_vit(cfg.name, ckpt, "teacher checkpoint", pretrained=cfg.pretrained, img_size=cfg.img_size)
     elif cfg.preset:
         from .lookwhere import FullResViT
 
@@ -137,21 +118,3 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
     else:
         raise ValueError("teacher needs one of: checkpoint (.ckpt), name (timm), preset")
     return Teacher(vit, cfg.attn_query)
-
-
-def _vit_from_lightning_checkpoint(path: Path) -> VisionTransformer:
-    from .lookwhere import FullResViT
-
-    ckpt = read_weights(path, "teacher checkpoint", weights_only=False)  # Lightning checkpoints may hold hparams objects
-    model_hp = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or model_hp is None:
-        raise ConfigError(f"teacher checkpoint {path} is not an ImageClassifier checkpoint of this project (no state_dict / hyper_parameters.model)")
-    model_hp = dict(model_hp) if isinstance(model_hp, dict) else dataclasses.asdict(model_hp)
-    if model_hp.get("arch") != "vit":
-        raise ValueError(f"teacher checkpoint {path} is not a full-resolution ViT (model.arch={model_hp.get('arch')})")
-    model_hp.pop("pretrained", None)
-    net = FullResViT(model_config(**model_hp))
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    check_state_dict(net.state_dict(), state, f"teacher checkpoint {path}")
-    net.load_state_dict(state, strict=True)
-    return net.backbone
