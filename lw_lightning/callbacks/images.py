@@ -5,6 +5,8 @@
   has one (``box``: synthetic signs, traffic signs). Tag ``images/selection``.
 * ViViT with TokenLearner: for each sample, one row per temporal slice: the slice's middle frame,
   then each learned token's attention map over that frame. Tag ``images/tokenlearner/<i>``.
+* TokenLearner-ViT (images): one row per sample: the image, then each learned token's attention
+  map over the patch grid (of the first TokenLearner). Tag ``images/tokenlearner``.
 
 Pictures are built on global rank 0 only (no collective operations inside), every
 ``every_n_epochs`` validation epochs and after a ``validate`` run; models with nothing to show
@@ -41,6 +43,15 @@ def heat_overlay(frame: Tensor, heat: Tensor, alpha: float = 0.6) -> Image.Image
     red = np.array([255.0, 30.0, 30.0], dtype=np.float32)
     out = rgb * (1 - alpha * m) + red * (alpha * m)
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def token_map_row(frame: Tensor, maps: Tensor, cell: int = 64) -> list[Image.Image]:
+    """``frame`` (3,H,W) and its ``maps`` (S,h,w) -> ``cell``-px pictures: the frame, then one heat
+    overlay per learned token."""
+    size = (cell, cell)
+    row = [Image.fromarray(_minmax_uint8(frame).transpose(1, 2, 0)).resize(size, Image.Resampling.NEAREST)]
+    row.extend(heat_overlay(frame, maps[s]).resize(size, Image.Resampling.NEAREST) for s in range(maps.shape[0]))
+    return row
 
 
 def tokenlearner_maps(net: torch.nn.Module) -> Tensor | None:
@@ -107,6 +118,7 @@ class SelectionImages(pl.Callback):
     def pictures(self, pl_module: pl.LightningModule, batch: dict[str, Any]) -> dict[str, Image.Image]:
         """Tag -> picture for this module (empty when the model has nothing to show)."""
         from ..models.lookwhere import LookWhere
+        from ..models.tokenlearner_vit import TokenLearnerViT
         from ..modules.distill import LookWhereDistill
         from ..modules.video import VideoClassifier
 
@@ -114,6 +126,8 @@ class SelectionImages(pl.Callback):
         if isinstance(pl_module, VideoClassifier):
             return self._tokenlearner(pl_module, batch["video"].to(device))
         net = pl_module.student if isinstance(pl_module, LookWhereDistill) else getattr(pl_module, "net", None)
+        if isinstance(net, TokenLearnerViT) and "image" in batch:
+            return self._image_tokenlearner(net, batch["image"].to(device))
         if not isinstance(net, LookWhere) or "image" not in batch:
             return {}
         images = batch["image"].to(device)
@@ -151,8 +165,13 @@ class SelectionImages(pl.Callback):
         for i in range(b):
             rows = []
             for t in range(nt):
-                frame = video[i, :, t * tub_t + tub_t // 2]
-                rows.append(Image.fromarray(_minmax_uint8(frame).transpose(1, 2, 0)).resize((64, 64), Image.Resampling.NEAREST))
-                rows.extend(heat_overlay(frame, maps[i, t, s]).resize((64, 64), Image.Resampling.NEAREST) for s in range(maps.shape[2]))
+                rows.extend(token_map_row(video[i, :, t * tub_t + tub_t // 2], maps[i, t]))
             result[f"images/tokenlearner/{i}"] = tile(rows, ncols=1 + maps.shape[2], pad=2)
         return result
+
+    def _image_tokenlearner(self, net: torch.nn.Module, images: Tensor) -> dict[str, Image.Image]:
+        maps = net(images)["maps"]  # [B, S, gh*gw], row-major over the patch grid
+        gh, gw = net.grid(images)  # type: ignore[operator]
+        maps = maps.reshape(maps.shape[0], maps.shape[1], gh, gw)
+        cells = [cell for i in range(images.shape[0]) for cell in token_map_row(images[i], maps[i], cell=96)]
+        return {"images/tokenlearner": tile(cells, ncols=1 + maps.shape[1], pad=2)}

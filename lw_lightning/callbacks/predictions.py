@@ -31,12 +31,14 @@ def predict_dataset(trainer: pl.Trainer) -> Any:
 
 
 class PredictionWriter(BasePredictionWriter):
-    """CSV columns: ``index, source, label, pred, pred_name, score, selected``.
+    """CSV columns: ``index, source, label, pred, pred_name, score, selected, token_peaks``.
 
     ``source`` names the sample: its image or video file relative to the data root, or
     ``<split>/<index>`` for synthetic data. ``selected``: patch indices, space-separated, highest
-    selector score first; empty for models without a selector. ``pred`` is -1 (score 0) for a
-    file that could not be decoded.
+    selector score first; empty for models without a selector. ``token_peaks``: for each learned
+    token of a TokenLearner-ViT, the patch index (same row-major numbering) its attention map
+    weighs most; empty for other models. ``pred`` is -1 (score 0) for a file that could not be
+    decoded.
 
     Under DDP every rank's predictions are gathered and rank 0 writes one file sorted by index.
     """
@@ -63,6 +65,7 @@ class PredictionWriter(BasePredictionWriter):
                     "pred": int(out["pred"][i]),
                     "score": f"{float(out['score'][i]):.6f}",
                     "selected": " ".join(str(int(j)) for j in out["selected"][i].tolist()) if "selected" in out else "",
+                    "token_peaks": " ".join(str(int(j)) for j in out["token_peaks"][i].tolist()) if "token_peaks" in out else "",
                 }
                 names = self.class_names
                 row["pred_name"] = names[row["pred"]] if names and 0 <= row["pred"] < len(names) else ""
@@ -78,6 +81,6 @@ class PredictionWriter(BasePredictionWriter):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / self.filename
         with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["index", "source", "label", "pred", "pred_name", "score", "selected"])
+            writer = csv.DictWriter(f, fieldnames=["index", "source", "label", "pred", "pred_name", "score", "selected", "token_peaks"])
             writer.writeheader()
             writer.writerows(rows)

@@ -1,4 +1,5 @@
-"""Image classification with LookWhere or the full-resolution ViT (linear head on the CLS)."""
+"""Image classification with LookWhere, the full-resolution ViT or the TokenLearner-ViT (linear
+head on the CLS features)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
 
 
 class ImageClassifier(pl.LightningModule):
-    """Classifier on the extractor's (or full-res ViT's) CLS features.
+    """Classifier on the extractor's (or full-res ViT's, or TokenLearner-ViT's) CLS features.
 
     Args:
         model: architecture (:class:`~lw_lightning.models.config.ModelConfig` fields, e.g.
-            ``{arch: lookwhere, preset: tiny, img_size: [224, 224]}``).
+            ``{arch: lookwhere, preset: tiny, img_size: [224, 224]}`` or
+            ``{arch: tokenlearner, preset: vit_b16, tokenlearner_loc: 0.25, tokenlearner_tokens: 8}``).
         num_classes: filled from the DataModule when left out of the config.
         lr / weight_decay: AdamW peak learning rate and decay (weight matrices only).
         warmup: warmup steps (int) or fraction of the run (float < 1), then cosine to
@@ -49,7 +51,9 @@ class ImageClassifier(pl.LightningModule):
         selector_lr_scale: learning-rate multiplier of a trainable selector.
 
     ``model.pretrained`` (a local file) is loaded at construction: official LookWhere layout for
-    LookWhere, a timm state dict for the full-res ViT.
+    LookWhere; for the full-res ViT and the TokenLearner-ViT a timm state dict, a full-res ViT
+    ``.ckpt`` of this project, or a file timm converts for ``model.pretrained_name``. TokenLearner
+    itself is always trained from scratch.
 
     Evaluation samples the DataModule could not decode (``valid=False``) are excluded from every
     metric and counted in ``{stage}/corrupt_images``; ``predict`` gives them ``pred=-1``.
@@ -83,7 +87,7 @@ class ImageClassifier(pl.LightningModule):
             for i, k in enumerate(eval_ks or []):
                 check_k(k, n, f"module.eval_ks[{i}]")
         if self.model_cfg.pretrained:
-            load_pretrained(self.net, self.model_cfg.pretrained)
+            load_pretrained(self.net, self.model_cfg.pretrained, name=self.model_cfg.pretrained_name)
         self.head = nn.Linear(self.model_cfg.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -212,6 +216,8 @@ class ImageClassifier(pl.LightningModule):
             result["label"] = batch["label"]
         if "selected" in out:
             result["selected"] = out["selected"]
+        if "maps" in out:  # TokenLearner: the patch each learned token attends to most
+            result["token_peaks"] = out["maps"].argmax(dim=-1)
         return result
 
     def configure_optimizers(self):

@@ -51,13 +51,15 @@ class Segmenter(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = model_config(**model) if isinstance(model, dict) else model
+        if self.model_cfg.arch == "tokenlearner":  # S learned tokens have no place on the patch grid
+            raise ValueError("segmentation needs per-patch features: model.arch must be lookwhere or vit, not tokenlearner")
         self.net = build_model(self.model_cfg)
         if isinstance(self.net, LookWhere):  # k is ignored by the full-res ViT
             n = self.model_cfg.grid[0] * self.model_cfg.grid[1]
             for name, k in (("module.model.k", self.model_cfg.k), ("module.train_k", train_k), ("module.eval_k", eval_k)):
                 check_k(k, n, name)
         if self.model_cfg.pretrained:
-            load_pretrained(self.net, self.model_cfg.pretrained)
+            load_pretrained(self.net, self.model_cfg.pretrained, name=self.model_cfg.pretrained_name)
         if freeze_backbone:
             self.net.requires_grad_(False)
         elif freeze_selector and isinstance(self.net, LookWhere):
