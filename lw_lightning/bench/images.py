@@ -59,10 +59,11 @@ def _variants(suite: ImageSuite, group: ImageGroup) -> list[dict[str, Any]]:
     return out
 
 
-def count_variant_flops(preset: str, size: int, arch: str, k: Any, gather: bool = True) -> int:
-    """Forward FLOPs of one image on meta tensors (no compute, exact shapes)."""
+def count_variant_flops(preset: str, size: int, arch: str, k: Any, gather: bool = True, **fields: Any) -> int:
+    """Forward FLOPs of one image on meta tensors (no compute, exact shapes); ``fields``: more
+    :class:`ModelConfig` fields (e.g. ``tokenlearner_loc=0.25``)."""
     with torch.device("meta"):
-        model = build_model(model_config(preset, arch=arch, img_size=[size, size])).eval()
+        model = build_model(model_config(preset, arch=arch, img_size=[size, size], **fields)).eval()
         x = torch.zeros(1, 3, size, size)
     return count_flops(_forward(model, k, gather), x)
 
