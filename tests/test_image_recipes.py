@@ -26,6 +26,16 @@ RECIPES = {
     "vit_sts_994": "traffic_signs",
     "vit_sts_native": "traffic_signs",
 }
+# the TokenLearner family (issue 14): recipe -> (dataset, preset, img side, tokens, insertion fraction)
+TOKENLEARNER_RECIPES = {
+    "vit_b16_in1k_224": ("imagenet", "vit_b16", 224, None, None),
+    "tokenlearner_b16_in1k_224_tl8_at25": ("imagenet", "vit_b16", 224, 8, 0.25),
+    "tokenlearner_b16_in1k_224_tl8_at50": ("imagenet", "vit_b16", 224, 8, 0.5),
+    "tokenlearner_b16_in1k_224_tl8_at75": ("imagenet", "vit_b16", 224, 8, 0.75),
+    "tokenlearner_l16_in1k_512_tl16_at50": ("imagenet", "vit_l16", 512, 16, 0.5),
+    "tokenlearner_sts_994_tl16_at25": ("traffic_signs", "base", 994, 16, 0.25),
+}
+ALL_RECIPES = {**RECIPES, **{name: spec[0] for name, spec in TOKENLEARNER_RECIPES.items()}}
 SMALL = 56  # tiny-model input side (a multiple of 14)
 
 
@@ -78,8 +88,8 @@ def overrides(recipe: str, dataset: str, root: Path, out: Path) -> list[str]:
 
 
 def test_recipe_set_is_complete() -> None:
-    mine = {p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem.startswith(("lookwhere_", "vit_"))}
-    assert mine == set(RECIPES)
+    mine = {p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem.startswith(("lookwhere_", "vit_", "tokenlearner_"))}
+    assert mine == set(ALL_RECIPES)
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -100,9 +110,26 @@ def test_recipe_keeps_the_papers_settings(recipe: str) -> None:
         assert cfg.data.image_size == (None if "native" in recipe else 994)
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("recipe", sorted(TOKENLEARNER_RECIPES))
+def test_tokenlearner_recipe_settings(recipe: str) -> None:
+    dataset, preset, side, tokens, fraction = TOKENLEARNER_RECIPES[recipe]
+    cfg = load_config([EXPERIMENTS / f"{recipe}.yaml"])
+    model = cfg.module.model
+    assert model.preset == preset and list(model.img_size) == [side, side] and cfg.requires == "gpu"
+    assert cfg.data.image_size == side
+    if tokens is None:
+        assert model.arch == "vit"
+    else:
+        assert model.arch == "tokenlearner" and model.tokenlearner_tokens == tokens and model.tokenlearner_loc == fraction
+        assert model.tokenlearner_version == "v1.1" and not model.get("tokenlearner_fuser", False)
+    if dataset == "traffic_signs":  # next to the LookWhere STS recipes: their schedule and backbone
+        lw = load_config([EXPERIMENTS / "lookwhere_sts_994_k5.yaml"])
+        assert (cfg.module.lr, cfg.trainer.max_epochs, lw.module.model.preset) == (lw.module.lr, lw.trainer.max_epochs, preset)
+
+
+@pytest.mark.parametrize("recipe", sorted(ALL_RECIPES))
 def test_recipe_fast_dev_run_on_tiny_copy(recipe: str, tiny_roots: dict[str, Path], tmp_path: Path, capsys) -> None:
-    dataset = RECIPES[recipe]
+    dataset = ALL_RECIPES[recipe]
     argv = ["fit", "--config", str(EXPERIMENTS / f"{recipe}.yaml"), *overrides(recipe, dataset, tiny_roots[dataset], tmp_path)]
     code = main(argv)
     assert code == 0, capsys.readouterr().err[-2000:]
