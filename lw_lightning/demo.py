@@ -90,7 +90,7 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
     common += args.set
     t_start = time.perf_counter()
 
-    teacher, t_a = _stage("(a) full-resolution ViT (the teacher)", "demo_vit.yaml", [*common, *args.set_a])
+    teacher, t_a = _stage("(a) full-resolution ViT (the teacher)", "demo_teacher.yaml", [*common, *args.set_a])
     teacher_ckpt = _best(teacher)
     distill, t_b = _stage(
         "(b) what-where distillation into LookWhere", "demo_distill.yaml", [*common, f"module.teacher.checkpoint={teacher_ckpt}", *args.set_b]
@@ -102,10 +102,10 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
 
     # (d) held-out test split: both models, same data, same run
     print("\n=== (d) test split: accuracy and FLOPs per image", flush=True)
-    vit_test, _ = _stage("full-res ViT on test", "demo_vit.yaml", [*common, *args.set_a, f"ckpt_path={teacher_ckpt}", "name=demo_vit_test"], "test")
+    vit_test, _ = _stage("full-res ViT on test", "demo_teacher.yaml", [*common, *args.set_a, f"ckpt_path={teacher_ckpt}"], "test")
     lw_test, _ = _stage(
         "LookWhere on test", "demo_finetune.yaml",
-        [*common, *args.set_c, f"module.model.pretrained={exported}", f"ckpt_path={_best(finetune)}", "name=demo_finetune_test"], "test",
+        [*common, *args.set_c, f"module.model.pretrained={exported}", f"ckpt_path={_best(finetune)}"], "test",
     )
     vit_model = ImageClassifier.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
     lw_module = lw_test.module.cpu().eval()

@@ -174,6 +174,8 @@ class SyntheticSignsDataModule(BaseDataModule):
         cache: keep rendered samples in memory (per worker process) instead of re-rendering them
             every epoch; worth it for small images and many epochs.
         task: "classification" or "segmentation" (adds ``mask``: 0 background, 1..3 sign class).
+        masks: with ``task: classification``, also give each sample its ``mask`` (the dense target
+            of ``ImageClassifier.patch_loss_weight``).
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class SyntheticSignsDataModule(BaseDataModule):
         distractor_prob: float = 0.5,
         cache: bool = False,
         task: str = "classification",
+        masks: bool = False,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -202,11 +205,12 @@ class SyntheticSignsDataModule(BaseDataModule):
         self.distractor_prob = distractor_prob
         self.cache = cache
         self.task = task
+        self.masks = masks
         self.class_names = list(CLASS_NAMES)
         self.num_classes = len(CLASS_NAMES)
 
     def build_dataset(self, split: str) -> Dataset:
         return SyntheticSigns(
-            self.sizes[split], self.image_size, split, self.seed, self.sign_fraction, self.task == "segmentation",
+            self.sizes[split], self.image_size, split, self.seed, self.sign_fraction, self.task == "segmentation" or self.masks,
             self.distractor_prob, self.cache,
         )

@@ -11,6 +11,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..config import ConfigError
 from ..models.config import ModelConfig, check_k, model_config
 from ..models.checkpoint import load_pretrained
 from ..models.lookwhere import LookWhere, build_model
@@ -49,6 +50,11 @@ class ImageClassifier(pl.LightningModule):
         selector_gate: with a trainable selector, pass the classification loss to the selector map
             through a straight-through top-k gate.
         selector_lr_scale: learning-rate multiplier of a trainable selector.
+        patch_loss_weight: full-res ViT only: weight of an auxiliary per-patch cross-entropy on the
+            patch tokens (a linear ``patch_head``), each patch labelled with the majority class of
+            the batch's ``mask`` inside it (0 = background). Dense supervision takes a from-scratch
+            ViT past the plateau where a small object is one of hundreds of patches (the demo's
+            teacher, see docs/design.md). Training only; batches must carry ``mask``.
 
     ``model.pretrained`` (a local file) is loaded at construction: official LookWhere layout for
     LookWhere; for the full-res ViT and the TokenLearner-ViT a timm state dict, a full-res ViT
@@ -75,6 +81,7 @@ class ImageClassifier(pl.LightningModule):
         freeze_selector: bool = True,
         selector_gate: bool = False,
         selector_lr_scale: float = 1.0,
+        patch_loss_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -91,6 +98,15 @@ class ImageClassifier(pl.LightningModule):
         self.head = nn.Linear(self.model_cfg.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        if patch_loss_weight < 0:
+            raise ValueError(f"module.patch_loss_weight must be >= 0, got {patch_loss_weight}")
+        self.patch_head: nn.Linear | None = None
+        if patch_loss_weight > 0:
+            if self.model_cfg.arch != "vit":
+                raise ValueError("module.patch_loss_weight needs module.model.arch=vit (every patch token is supervised)")
+            self.patch_head = nn.Linear(self.model_cfg.embed_dim, num_classes)
+            nn.init.trunc_normal_(self.patch_head.weight, std=0.02)
+            nn.init.zeros_(self.patch_head.bias)
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"module.class_weights has {len(class_weights)} entries for {num_classes} classes")
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None, persistent=False)
@@ -126,8 +142,22 @@ class ImageClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
         return loss, logits, out
 
+    def patch_targets(self, mask: Tensor) -> Tensor:
+        """(B,H,W) class mask -> (B, N) majority class per patch, row-major like the tokens."""
+        p = self.model_cfg.patch_size
+        onehot = F.one_hot(mask.long(), self.head.out_features).permute(0, 3, 1, 2).float()
+        return F.avg_pool2d(onehot, p).argmax(1).flatten(1)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, logits, _ = self.model_step(batch, self.hparams.train_k)
+        loss, logits, out = self.model_step(batch, self.hparams.train_k)
+        if self.patch_head is not None:
+            if "mask" not in batch:
+                # a config mistake found at the first batch: the CLI prints it as one line
+                raise ConfigError("module.patch_loss_weight > 0 needs batches with a 'mask' (synthetic signs: data.masks=true)")
+            patch_logits = self.patch_head(out["tokens"]).float()
+            patch_loss = F.cross_entropy(patch_logits.flatten(0, 1), self.patch_targets(batch["mask"]).flatten())
+            self.log("train/patch_loss", patch_loss, on_step=True, on_epoch=False)
+            loss = loss + self.hparams.patch_loss_weight * patch_loss
         self.train_loss(loss)
         self.train_metrics(logits, batch["label"])
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
