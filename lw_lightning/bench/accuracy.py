@@ -68,7 +68,7 @@ def evaluate_run(run: AccuracyRun, suite: AccuracySuite, env: Env, log: Callable
     with torch.device("meta"):
         meta = build_model(module.model_cfg)
     n = (size[0] // module.model_cfg.patch_size) * (size[1] // module.model_cfg.patch_size)
-    name = ("LookWhere" if lookwhere else "ViT") + f"-{module.model_cfg.preset}"
+    name = {"lookwhere": "LookWhere", "vit": "ViT", "tokenlearner": "TokenLearner-ViT"}[module.model_cfg.arch] + f"-{module.model_cfg.preset}"
     rows = []
     for k in ks or [None]:
         acc = result.metrics[f"{suite.split}/acc1" if k is None else f"{suite.split}/acc1_k/{k}"]

@@ -30,7 +30,7 @@ def k_label(k: Any, n: int) -> str:
     return f"k={kk} ({kk / n:.0%})" if isinstance(k, float) else f"k={kk}"
 
 
-def _forward(model: nn.Module, k: Any, gather_pixels: bool = True) -> Callable[[torch.Tensor], Any]:
+def forward_fn(model: nn.Module, k: Any, gather_pixels: bool = True) -> Callable[[torch.Tensor], Any]:
     """Inference call of ``model``; ``gather_pixels=False`` runs the reference extractor path that
     embeds every patch and gathers the k it keeps afterwards."""
     if k is None:
@@ -65,10 +65,11 @@ def count_variant_flops(preset: str, size: int, arch: str, k: Any, gather: bool 
     with torch.device("meta"):
         model = build_model(model_config(preset, arch=arch, img_size=[size, size], **fields)).eval()
         x = torch.zeros(1, 3, size, size)
-    return count_flops(_forward(model, k, gather), x)
+    return count_flops(forward_fn(model, k, gather), x)
 
 
-def _train_step(model: nn.Module, head: nn.Linear, k: Any, x: torch.Tensor, y: torch.Tensor, env: Env) -> Callable[[], None]:
+def train_step_fn(model: nn.Module, head: nn.Linear, k: Any, x: torch.Tensor, y: torch.Tensor, env: Env) -> Callable[[], None]:
+    """One timed training step: forward, cross-entropy on ``head``, backward, AdamW (selector frozen)."""
     params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)  # tiny lr: weights stay sane over the repeats
 
@@ -109,7 +110,7 @@ def run_group(suite: ImageSuite, group: ImageGroup, env: Env, log: Callable[[str
             # graphs remove) matters, and each extra shape costs another compilation
             compile_here = group.compile and b == group.batch_sizes[0] and v["gather"]
             for mode in [None] + ([group.compile] if compile_here else []):
-                fwd = _forward(models[v["arch"]], v["k"], v["gather"])
+                fwd = forward_fn(models[v["arch"]], v["k"], v["gather"])
                 fwd = maybe_compile(fwd, mode)
                 compiled[(v["name"], b, mode)] = fwd
 
@@ -128,7 +129,7 @@ def run_group(suite: ImageSuite, group: ImageGroup, env: Env, log: Callable[[str
             if not v["gather"]:
                 continue
             head = heads.setdefault(v["arch"], nn.Linear(dim, NUM_CLASSES).to(env.device))
-            cases.append(Case(f"{v['name']} | train b={b}", _train_step(models[v["arch"]], head, v["k"], x, y, env), items=b))
+            cases.append(Case(f"{v['name']} | train b={b}", train_step_fn(models[v["arch"]], head, v["k"], x, y, env), items=b))
     log(f"images {size}x{size}: timing {len(cases)} cases interleaved")
     time_interleaved(cases, env, log)
     by_name = {c.name: c for c in cases}
@@ -152,6 +153,21 @@ def run_group(suite: ImageSuite, group: ImageGroup, env: Env, log: Callable[[str
     return rows
 
 
+def train_activation_bytes(model: nn.Module, head: nn.Linear, k: Any, x: torch.Tensor, y: torch.Tensor, env: Env) -> int:
+    """Bytes autograd saves for backward in one training forward (``head`` on the CLS features,
+    cross-entropy; a LookWhere selector frozen); runs the backward and clears the gradients."""
+    model.train()
+    if isinstance(model, LookWhere):
+        model.selector.eval()
+    with saved_activation_bytes(model) as saved, env.autocast():
+        feats = model(x, k=k)["cls"] if k is not None else model(x)["cls"]
+        loss = F.cross_entropy(head(feats).float(), y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    return saved["bytes"]
+
+
 def _measure_memory(models, heads, variants, rows, group: ImageGroup, env: Env, log: Callable[[str], None]) -> None:
     """Saved-for-backward bytes of a training forward (any device) and CUDA peaks."""
     size, b = group.size, group.train_batch
@@ -161,25 +177,15 @@ def _measure_memory(models, heads, variants, rows, group: ImageGroup, env: Env, 
         if not v["gather"]:
             continue
         model, head = models[v["arch"]], heads[v["arch"]]
-        model.train()
-        if isinstance(model, LookWhere):
-            model.selector.eval()
         try:
             with CudaPeak(env) as peak:
-                with saved_activation_bytes(model) as saved, env.autocast():
-                    feats = model(x, k=v["k"])["cls"] if v["k"] is not None else model(x)["cls"]
-                    loss = F.cross_entropy(head(feats).float(), y)
-                loss.backward()
-            row["act_bytes"] = saved["bytes"]
+                row["act_bytes"] = train_activation_bytes(model, head, v["k"], x, y, env)
             row["train_peak_bytes"] = peak.bytes
-            model.zero_grad(set_to_none=True)
-            head.zero_grad(set_to_none=True)
-            del feats, loss
             if env.cuda:
                 model.eval()
                 xb = torch.randn(group.batch_sizes[-1], 3, size, size, device=env.device)
                 with CudaPeak(env) as peak, torch.inference_mode(), env.autocast():
-                    _forward(model, v["k"])(xb)
+                    forward_fn(model, v["k"])(xb)
                 row["infer_peak_bytes"] = peak.bytes
                 row["infer_peak_batch"] = group.batch_sizes[-1]
         except Exception as err:  # an OOM of the full-res model must not cost the other numbers
