@@ -145,6 +145,42 @@ def accuracy_md(rows: list[dict[str, Any]], cfg: BenchConfig | None = None) -> s
     return _table(["model", "input", "k", "tokens", "GMACs", "top-1 %", "samples"], table)
 
 
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows no cheaper-or-equal row matches in accuracy: sorted by FLOPs, each strictly more
+    accurate than every row before it (what wins at each FLOP budget)."""
+    front: list[dict[str, Any]] = []
+    for r in sorted(rows, key=lambda r: (r["flops"], -r["acc1"])):
+        if not front or r["acc1"] > front[-1]["acc1"]:
+            front.append(r)
+    return front
+
+
+def compare_md(rows: list[dict[str, Any]], latency_batch: int, train_batch: int) -> str:
+    """Table of the method comparison (``python -m lw_lightning.compare``) and its Pareto front.
+
+    One row per variant: accuracy, GMACs and the timings of one interleaved run; ratios are
+    against the first row (the full-res ViT)."""
+    full = rows[0]
+    header = ["method", "variant", "patch tokens per block", "GMACs", "FLOP ratio", "test top-1", f"latency b={latency_batch}", "speedup",
+              f"train img/s b={train_batch}", "speedup", f"activations (train b={train_batch})", "ratio"]
+    table = []
+    for r in rows:
+        lat, tr, act = r.get("latency_s", NAN), r.get("train_s", NAN), r.get("act_bytes")
+        table.append([
+            r["method"], r["variant"], r["token_plan"], _g(r["flops"]), _x(full["flops"] / r["flops"]), f"{r['acc1'] * 100:.1f}%",
+            fmt_time(lat), _x(full.get("latency_s", NAN) / lat), _rate(train_batch, tr), _x(full.get("train_s", NAN) / tr),
+            fmt_bytes(act), _x(full["act_bytes"] / act) if act and full.get("act_bytes") else "—",
+        ])
+    front = pareto_front(rows)
+    steps = [f"{r['method']} {r['variant']} ({_g(r['flops'])} GMACs, {r['acc1'] * 100:.1f}%)" for r in front]
+    lines = [_table(header, table), "", "Best accuracy at each GMACs budget (the Pareto front: each entry is the cheapest variant "
+             "more accurate than everything cheaper): " + " → ".join(steps) + "."]
+    errors = [f"- {r['method']} {r['variant']}: {k} {v}" for r in rows for k, v in r.items() if k.endswith("_error")]
+    if errors:
+        lines += ["", "Failures:", *errors]
+    return "\n".join(lines)
+
+
 def plot_speedup(rows: list[dict[str, Any]], cfg: BenchConfig, path: Path) -> Path | None:
     """Speedup of LookWhere over the full-res ViT vs resolution (latency, throughput, FLOPs)."""
     import matplotlib
@@ -209,9 +245,11 @@ def accuracy_chance(rows: list[dict[str, Any]]) -> float | None:
 
 
 def accuracy_figure(rows: list[dict[str, Any]], title: str | None = None, chance: float | None = None) -> Any:
-    """The matplotlib figure of :func:`plot_accuracy`: one line per run (LookWhere over k), one
-    marker per full-res ViT. ``chance`` (a fraction, e.g. ``1 / num_classes``) adds a labelled
-    dashed horizontal line, the accuracy of guessing that the curves are read against."""
+    """The matplotlib figure of :func:`plot_accuracy`: one line per ``label`` (LookWhere over k,
+    or any rows that carry a ``note``, e.g. TokenLearner-ViT over insertion points), one star per
+    full-res ViT. Points are annotated with their ``note``, else ``k=<tokens>``. ``chance`` (a
+    fraction, e.g. ``1 / num_classes``) adds a labelled dashed horizontal line, the accuracy of
+    guessing that the curves are read against."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,11 +262,12 @@ def accuracy_figure(rows: list[dict[str, Any]], title: str | None = None, chance
     for i, (label, pts) in enumerate(runs.items()):
         pts = sorted(pts, key=lambda r: r["flops"])
         x, y = [r["flops"] / 2e9 for r in pts], [r["acc1"] * 100 for r in pts]
-        full = all(r["k"] is None for r in pts)
+        full = all(r["k"] is None and not r.get("note") for r in pts)
         ax.plot(x, y, marker="*" if full else "o", markersize=11 if full else 5, linestyle="none" if full else "-", color=f"C{i}", label=label)
         for r in pts:
-            if r["k"] is not None:
-                ax.annotate(f"k={r['tokens']}", (r["flops"] / 2e9, r["acc1"] * 100), fontsize=7, xytext=(3, -9), textcoords="offset points")
+            note = r.get("note") or (f"k={r['tokens']}" if r["k"] is not None else None)
+            if note:
+                ax.annotate(note, (r["flops"] / 2e9, r["acc1"] * 100), fontsize=7, xytext=(3, -9), textcoords="offset points")
     if chance is not None:
         ax.axhline(chance * 100, color="0.4", linestyle="--", linewidth=1, label=f"chance ({chance * 100:.3g}%)")
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
