@@ -31,7 +31,8 @@ from .viz import SELECTION_LEGEND, selection_overlay, tile
 CONF = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 
 
-def _stage(title: str, recipe: str, overrides: list[str], command: str = "fit"):
+def run_stage(title: str, recipe: str, overrides: list[str], command: str = "fit"):
+    """Print the stage's title and equivalent CLI command, run it; returns (result, seconds)."""
     shown = " ".join(o for o in overrides if not o.startswith("trainer.enable_progress_bar"))
     print(f"\n=== {title}\n$ python -m lw_lightning {command} --config conf/experiment/{recipe} {shown}", flush=True)
     t0 = time.perf_counter()
@@ -39,7 +40,8 @@ def _stage(title: str, recipe: str, overrides: list[str], command: str = "fit"):
     return result, time.perf_counter() - t0
 
 
-def _best(result) -> str:
+def best_checkpoint(result) -> str:
+    """The fit's best checkpoint (by the recipe's monitored metric), else its last."""
     cb = result.trainer.checkpoint_callback
     return cb.best_model_path or cb.last_model_path
 
@@ -90,22 +92,22 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
     common += args.set
     t_start = time.perf_counter()
 
-    teacher, t_a = _stage("(a) full-resolution ViT (the teacher)", "demo_teacher.yaml", [*common, *args.set_a])
-    teacher_ckpt = _best(teacher)
-    distill, t_b = _stage(
+    teacher, t_a = run_stage("(a) full-resolution ViT (the teacher)", "demo_teacher.yaml", [*common, *args.set_a])
+    teacher_ckpt = best_checkpoint(teacher)
+    distill, t_b = run_stage(
         "(b) what-where distillation into LookWhere", "demo_distill.yaml", [*common, f"module.teacher.checkpoint={teacher_ckpt}", *args.set_b]
     )
     exported = Path(distill.log_dir) / "lookwhere.pt"
-    finetune, t_c = _stage(
+    finetune, t_c = run_stage(
         "(c) fine-tune LookWhere (frozen selector)", "demo_finetune.yaml", [*common, f"module.model.pretrained={exported}", *args.set_c]
     )
 
     # (d) held-out test split: both models, same data, same run
     print("\n=== (d) test split: accuracy and FLOPs per image", flush=True)
-    vit_test, _ = _stage("full-res ViT on test", "demo_teacher.yaml", [*common, *args.set_a, f"ckpt_path={teacher_ckpt}"], "test")
-    lw_test, _ = _stage(
+    vit_test, _ = run_stage("full-res ViT on test", "demo_teacher.yaml", [*common, *args.set_a, f"ckpt_path={teacher_ckpt}"], "test")
+    lw_test, _ = run_stage(
         "LookWhere on test", "demo_finetune.yaml",
-        [*common, *args.set_c, f"module.model.pretrained={exported}", f"ckpt_path={_best(finetune)}"], "test",
+        [*common, *args.set_c, f"module.model.pretrained={exported}", f"ckpt_path={best_checkpoint(finetune)}"], "test",
     )
     vit_model = ImageClassifier.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
     lw_module = lw_test.module.cpu().eval()
@@ -142,6 +144,8 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
         "selector_recall": recall,
         "selector_hit": hit,
         "seconds": {"teacher": round(t_a, 1), "distill": round(t_b, 1), "finetune": round(t_c, 1), "total": round(total, 1)},
+        # what `python -m lw_lightning.compare --demo-dir` starts from
+        "checkpoints": {"teacher": str(teacher_ckpt), "lookwhere": str(exported), "finetune": str(best_checkpoint(finetune))},
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
