@@ -12,7 +12,9 @@ Same data, same schedule, one evaluation and one timing run for all three ideas:
 Every model is evaluated on the test split with the ``accuracy`` bench suite's evaluator, then all
 variants are timed interleaved in one run (latency, training step, activation memory of a
 training forward). With ``--demo-dir`` the demo's checkpoints are used (the comparison trains only
-the TokenLearner models); without it the demo stages run first, into ``--output-dir``.
+the TokenLearner models); without it the demo stages run first, into ``--output-dir``. A finished
+TokenLearner run of the same config already in ``--output-dir`` is reused (``--retrain``: train
+again), so a comparison cut short resumes where it stopped.
 
 Writes into ``--output-dir``: ``compare.md`` (table, Pareto front, command), ``compare_results.json``
 and ``compare_accuracy_vs_gmacs.png``; the TokenLearner runs go to ``<output-dir>/compare_tl_at<pct>/``.
@@ -137,14 +139,39 @@ def loc_name(loc: float) -> str:
     return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
 
 
-def train_tokenlearner(runs: DemoRuns, loc: float, tokens: int, output_dir: Path, extra: list[str]) -> tuple[Path, Path, float]:
-    """Fine-tune one TokenLearner-ViT from the teacher; returns (best checkpoint, run config, seconds)."""
+#: Config parts a finished TokenLearner run must share with a new one to be reused for it.
+SAME_RUN_KEYS = ("seed", "data", "module", "trainer.max_epochs", "trainer.max_steps", "trainer.precision")
+
+
+def finished_run(cfg: DictConfig) -> tuple[Path, Path] | None:
+    """(best checkpoint, config.yaml) of a finished fit in ``cfg``'s run folder
+    (``output_dir/name/version_N``) trained with the same :data:`SAME_RUN_KEYS`, newest first;
+    None when there is none. A comparison cut short then resumes where it stopped."""
+    base = Path(str(cfg.output_dir)) / str(cfg.name)
+    for summary in sorted(base.glob("version_*/summary_fit.json"), key=lambda p: -int(p.parent.name.split("_")[-1])):
+        stored = OmegaConf.load(summary.parent / "config.yaml") if (summary.parent / "config.yaml").is_file() else None
+        if stored is None or any(OmegaConf.select(stored, k, default=None) != OmegaConf.select(cfg, k, default=None) for k in SAME_RUN_KEYS):
+            continue
+        fit = json.loads(summary.read_text())
+        ckpt = Path(fit.get("best_model_path") or summary.parent / "checkpoints" / "last.ckpt")
+        if ckpt.is_file():
+            return ckpt, summary.parent / "config.yaml"
+    return None
+
+
+def train_tokenlearner(runs: DemoRuns, loc: float, tokens: int, output_dir: Path, extra: list[str], reuse: bool = True) -> tuple[Path, Path, float]:
+    """Fine-tune one TokenLearner-ViT from the teacher (or, with ``reuse``, take a finished run of
+    the same config); returns (best checkpoint, run config, seconds of training done now)."""
     from .demo import CONF, best_checkpoint, run_stage
 
     base = [f"output_dir={output_dir}", f"name=compare_tl_at{round(loc * 100)}", f"module.model.pretrained={runs.teacher_ckpt}",
             f"module.model.tokenlearner_loc={float(loc)}", f"module.model.tokenlearner_tokens={tokens}"]
     carried = carried_overrides(OmegaConf.load(runs.finetune_config), load_config([CONF / RECIPE], base))
-    result, seconds = run_stage(f"TokenLearner-ViT, {tokens} tokens at {loc_name(loc)} of the depth", RECIPE, [*base, *carried, *extra])
+    overrides = [*base, *carried, *extra]
+    if reuse and (done := finished_run(load_config([CONF / RECIPE], overrides))) is not None:
+        print(f"\n=== TokenLearner-ViT at {loc_name(loc)}: reusing the finished run {done[1].parent}", flush=True)
+        return done[0], done[1], 0.0
+    result, seconds = run_stage(f"TokenLearner-ViT, {tokens} tokens at {loc_name(loc)} of the depth", RECIPE, overrides)
     return Path(best_checkpoint(result)), Path(result.log_dir) / "config.yaml", seconds
 
 
@@ -246,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, default=8, help="TokenLearner's learned tokens S (default 8, the paper's ViT-B/16 setting)")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke version (tests): the demo's --quick data, one timing round")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train every TokenLearner model again (default: reuse finished runs of the same config in --output-dir)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per case before the timed rounds")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--device", default="auto", help="timing device: auto, cpu or cuda")
@@ -287,7 +316,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> Path:
     extra = (["trainer.enable_progress_bar=false"] if args.no_progress else []) + list(args.set)
     tl_runs, tl_seconds = [], {}
     for loc in args.locs:
-        ckpt, config, seconds = train_tokenlearner(runs, loc, args.tokens, out, extra)
+        ckpt, config, seconds = train_tokenlearner(runs, loc, args.tokens, out, extra, reuse=not args.retrain)
         tl_runs.append((loc, ckpt, config))
         tl_seconds[loc_name(loc)] = round(seconds, 1)
     warmup, repeats = (0, 1) if args.quick else (args.warmup, args.repeats)

@@ -41,6 +41,26 @@ def test_carried_overrides_copy_what_the_demo_changed(root):
     assert compare.carried_overrides(ft, again) == []
 
 
+def test_a_finished_run_of_the_same_config_is_reused(root, tmp_path):
+    from lw_lightning.config import to_yaml
+
+    cfg = _recipe(root, "demo_tokenlearner.yaml", "module.model.pretrained=t.ckpt", f"output_dir={tmp_path}", "name=tl")
+    assert compare.finished_run(cfg) is None
+    run = tmp_path / "tl" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    assert compare.finished_run(cfg) is None  # started, not finished
+    (run / "checkpoints" / "epoch_003.ckpt").write_bytes(b"")
+    (run / "summary_fit.json").write_text(json.dumps({"best_model_path": str(run / "checkpoints" / "epoch_003.ckpt")}))
+    assert compare.finished_run(cfg) == (run / "checkpoints" / "epoch_003.ckpt", run / "config.yaml")
+    # a progress bar setting does not matter; the schedule, data and model do
+    assert compare.finished_run(_recipe(root, "demo_tokenlearner.yaml", "module.model.pretrained=t.ckpt", f"output_dir={tmp_path}",
+                                        "name=tl", "trainer.enable_progress_bar=false")) is not None
+    for change in ("module.lr=0.002", "data.num_train=32", "module.model.tokenlearner_loc=0.25", "trainer.max_epochs=3"):
+        other = _recipe(root, "demo_tokenlearner.yaml", "module.model.pretrained=t.ckpt", f"output_dir={tmp_path}", "name=tl", change)
+        assert compare.finished_run(other) is None, change
+
+
 def test_token_plan_and_loc_names():
     n = 256
     assert compare.token_plan(model_config("tiny", arch="vit"), None) == f"{n} ×4"
