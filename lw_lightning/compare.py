@@ -64,7 +64,7 @@ class DemoRuns:
 
 def _run_of(demo_dir: Path, name: str, recorded: str | None) -> tuple[Path, Path]:
     """(checkpoint, config.yaml) of the demo's ``name`` run: the one ``demo_summary.json`` records,
-    else the newest ``version_N`` whose fit finished (its ``summary_fit.json``)."""
+    else the best checkpoint of the newest ``version_N`` whose fit finished (its ``summary_fit.json``)."""
     if recorded:
         ckpt = Path(recorded)
     else:
@@ -72,7 +72,8 @@ def _run_of(demo_dir: Path, name: str, recorded: str | None) -> tuple[Path, Path
         if not finished:
             raise ConfigError(f"--demo-dir {demo_dir}: no finished {name} run ({demo_dir}/{name}/version_N/summary_fit.json)")
         fit = json.loads(finished[-1].read_text())
-        ckpt = Path(fit.get("best_model_path") or finished[-1].parent / "checkpoints" / "last.ckpt")
+        # the recorded path is absolute: for a demo dir that was moved, the same file in this run dir
+        ckpt = finished[-1].parent / "checkpoints" / Path(fit.get("best_model_path") or "last.ckpt").name
     config = ckpt.parent.parent / "config.yaml"
     for path, what in ((ckpt, "checkpoint"), (config, "run config")):
         if not path.is_file():

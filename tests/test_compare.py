@@ -129,6 +129,9 @@ def test_demo_dir_is_found_from_the_run_layout(tmp_path):
     runs = compare.find_demo_runs(_fake_demo(tmp_path))
     assert runs.teacher_ckpt.name == "epoch_005.ckpt" and runs.teacher_ckpt.parts[-4] == "demo_teacher"
     assert runs.finetune_config.parent.parent.name == "demo_finetune"
+    moved = tmp_path / "moved"
+    (tmp_path / "demo").rename(moved)  # summary_fit.json still names the old absolute paths
+    assert compare.find_demo_runs(moved).teacher_ckpt == moved / "demo_teacher/version_0/checkpoints/epoch_005.ckpt"
 
 
 @pytest.mark.parametrize(
