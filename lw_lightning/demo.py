@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, nargs="+", default=None, metavar="N",
         help="run the whole demo once per seed (into OUTPUT_DIR/seed_N) and print mean and range over seeds",
     )
+    parser.add_argument(
+        "--table", nargs="+", default=None, metavar="DIR",
+        help="print (and write to OUTPUT_DIR/demo_seeds.md) the mean/range table of finished demo runs, from their demo_summary.json; trains nothing",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every stage")
     for stage, what in (("a", "teacher"), ("b", "distillation"), ("c", "fine-tuning")):
         parser.add_argument(f"--set-{stage}", nargs="*", default=[], metavar="key=value", help=f"overrides for stage {stage} ({what})")
@@ -65,13 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_float32_matmul_precision("high")
-    if args.seeds:
+    if args.seeds or args.table:
         summaries = []
-        for seed in args.seeds:
+        for seed in args.seeds or []:
             out = Path(args.output_dir) / f"seed_{seed}"
             print(f"\n##### seed {seed} -> {out}", flush=True)
             summaries.append(run_demo(args, seed=seed, output_dir=out))
+        for folder in args.table or []:
+            path = Path(folder) / "demo_summary.json"
+            if not path.is_file():
+                print(f"error: {path} not found: --table takes output dirs of finished demo runs", file=sys.stderr)
+                return 2
+            summaries.append(json.loads(path.read_text()))
         table = seeds_table(summaries)
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         path = Path(args.output_dir) / "demo_seeds.md"
         path.write_text(table + "\n")
         print(f"\n{table}\n\nwritten: {path}")

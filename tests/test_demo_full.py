@@ -51,3 +51,28 @@ def test_full_demo_reaches_its_thresholds(tmp_path, root, monkeypatch):
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
     print(json.dumps(summary, indent=2))
     assert check_summary(summary) == []
+
+
+def _summary(seed: int, teacher: float, lw: float, recall: float) -> dict:
+    return {
+        "seed": seed, "num_classes": 4, "patches": 256, "eval_k": 25, "selector_recall": recall, "selector_hit": 1.0,
+        "rows": [{"model": "full-res ViT", "patches": 256, "acc1": teacher, "flops": 364_000_000},
+                 {"model": "LookWhere k=25", "patches": 25, "acc1": lw, "flops": 43_600_000}],
+        "seconds": {"teacher": 1.0, "distill": 1.0, "finetune": 1.0, "total": 300.0 + seed},
+    }
+
+
+def test_table_of_finished_runs_gives_mean_and_range(tmp_path, capsys):
+    from lw_lightning import demo
+
+    for seed, teacher, lw in ((0, 0.90, 0.88), (1, 0.94, 0.86)):
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "demo_summary.json").write_text(json.dumps(_summary(seed, teacher, lw, 0.5 + seed / 10)))
+    assert demo.main(["--table", str(tmp_path / "s0"), str(tmp_path / "s1"), "--output-dir", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "demo_seeds.md").read_text()
+    assert "| full-res ViT | 256 | 92.0% (90.0–94.0) | 364.0 | 1.0× |" in table
+    assert "| LookWhere k=25 | 25 | 87.0% (86.0–88.0) | 43.6 | 8.3× |" in table
+    assert "55% (50–60) of a sign's patches" in table and "300–301 s" in table
+    assert table in capsys.readouterr().out
+    assert demo.main(["--table", str(tmp_path / "missing")]) == 2
+    assert "missing/demo_summary.json not found" in capsys.readouterr().err

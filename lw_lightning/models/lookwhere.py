@@ -29,6 +29,7 @@ from .vit import (
     prefix_tokens,
     run_blocks,
     to_size2,
+    vit_from_config,
 )
 
 
@@ -99,17 +100,7 @@ class Extractor(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = create_vit(
-            img_size=tuple(cfg.img_size),  # type: ignore[arg-type]
-            patch_size=cfg.patch_size,
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            reg_tokens=cfg.reg_tokens,
-            init_values=cfg.init_values,
-            drop_path_rate=cfg.drop_path_rate,
-        )
+        self.backbone = vit_from_config(cfg)
         for p in (self.backbone.cls_token, self.backbone.reg_token):
             if p is not None:
                 p.requires_grad_(False)
@@ -226,17 +217,7 @@ class FullResViT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = create_vit(
-            img_size=tuple(cfg.img_size),  # type: ignore[arg-type]
-            patch_size=cfg.patch_size,
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            reg_tokens=cfg.reg_tokens,
-            init_values=cfg.init_values,
-            drop_path_rate=cfg.drop_path_rate,
-        )
+        self.backbone = vit_from_config(cfg)
         self.embed_dim = cfg.embed_dim
         self.num_prefix = self.backbone.num_prefix_tokens
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .config import ModelConfig
 from .tokenlearner import TokenLearnerEncoder
-from .vit import create_vit, embed_all, grid_pos_embed, patch_grid, prefix_tokens
+from .vit import embed_all, grid_pos_embed, patch_grid, prefix_tokens, vit_from_config
 
 
 class TokenLearnerViT(nn.Module):
@@ -42,17 +42,7 @@ class TokenLearnerViT(nn.Module):
         if cfg.arch != "tokenlearner":
             raise ValueError("TokenLearnerViT needs model.arch=tokenlearner")
         self.cfg = cfg
-        self.backbone = create_vit(
-            img_size=tuple(cfg.img_size),  # type: ignore[arg-type]
-            patch_size=cfg.patch_size,
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            reg_tokens=cfg.reg_tokens,
-            init_values=cfg.init_values,
-            drop_path_rate=cfg.drop_path_rate,
-        )
+        self.backbone = vit_from_config(cfg)
         blocks = list(self.backbone.blocks)
         self.backbone.blocks = nn.Sequential()  # moved into the encoder, not shared (one state-dict key each)
         self.encoder = TokenLearnerEncoder(

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
+from typing import Any
 
 Size2 = tuple[int, int]
 
@@ -51,6 +52,22 @@ def create_vit(
         drop_path_rate=drop_path_rate,
         num_classes=0,
         global_pool="token",
+    )
+
+
+def vit_from_config(cfg: Any) -> VisionTransformer:
+    """The high-res ViT of a :class:`~lw_lightning.models.config.ModelConfig`: LookWhere's extractor,
+    the full-res baseline and the TokenLearner ViT's backbone share this architecture."""
+    return create_vit(
+        img_size=to_size2(cfg.img_size),
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        reg_tokens=cfg.reg_tokens,
+        init_values=cfg.init_values,
+        drop_path_rate=cfg.drop_path_rate,
     )
 
 
