@@ -307,7 +307,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> Path:
         if not 0.0 <= loc < 1.0:
             raise ConfigError(f"--locs {loc}: an insertion point is a fraction of the depth in [0, 1)")
     torch.set_float32_matmul_precision("high")
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), load_average()
     if args.demo_dir is None:
         from .demo import run_demo
 
@@ -331,7 +331,8 @@ def compare(args: argparse.Namespace, argv: list[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m lw_lightning.compare " + " ".join(shlex.quote(a) for a in argv)
     info = machine_info(env)
-    info["load average at end (1/5/15 min)"] = load_average()
+    # machine_info reads the load now; the comparison started long before
+    info["load average at start (1/5/15 min)"], info["load average at end (1/5/15 min)"] = load_at_start, load_average()
     seconds = round(time.perf_counter() - started)
     plot = report.plot_accuracy(rows, out / "compare_accuracy_vs_gmacs.png", chance=report.accuracy_chance(rows),
                                 title="demo task (synthetic signs), test split: same data and schedule")
