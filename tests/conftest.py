@@ -41,8 +41,7 @@ def tiny_overrides(tmp_path: Path, arch: str = "vit", size: int = 112) -> list[s
     ]
 
 
-@pytest.fixture
-def no_weight_init(monkeypatch: pytest.MonkeyPatch) -> None:
+def skip_weight_init(monkeypatch: pytest.MonkeyPatch) -> None:
     """Build ViT-B-sized models without their random init (seconds on this CPU): for tests
     where a strict load overwrites every weight anyway. A weight the load missed keeps
     uninitialised memory, so a comparison of outputs still fails."""
@@ -51,6 +50,12 @@ def no_weight_init(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(VisionTransformer, "init_weights", lambda self, *a, **k: None)
     monkeypatch.setattr(torch.nn.Linear, "reset_parameters", lambda self: None)
     monkeypatch.setattr(torch.nn.modules.conv._ConvNd, "reset_parameters", lambda self: None)
+
+
+@pytest.fixture
+def no_weight_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """:func:`skip_weight_init` for one test."""
+    skip_weight_init(monkeypatch)
 
 
 def timm_layout(name: str, **kwargs) -> dict[str, torch.Size]:
