@@ -181,6 +181,20 @@ def test_our_exports_keep_their_mode_and_the_release_gets_official(small_release
     assert direct.cfg.resize_mode == "official"
 
 
+def test_a_set_selector_r_that_the_file_contradicts_is_one_line(small_release):
+    path, _ = small_release
+    model = LookWhere(model_config("base", img_size=[224, 224], depth=EXT_DEPTH, selector_depth=SEL_DEPTH, selector_r=2, **SMALL))
+    with pytest.raises(ValueError, match=r"selector head predicts 16 sub-patch logits per token, the model 4: set model.selector_r=4 \(or leave it unset\)"):
+        load_official(model, path)
+
+
+def test_bad_resize_mode_and_the_old_antialias_switch_are_one_line():
+    with pytest.raises(ValueError, match=r"model.resize_mode must be one of \('official', 'pretraining'\)"):
+        model_config("tiny", resize_mode="jax")
+    with pytest.raises(ValueError, match="model.antialias is replaced by model.resize_mode"):
+        model_config("tiny", antialias=False)
+
+
 # ---------------------------------------------------------------------------- every recipe loads the release
 
 
