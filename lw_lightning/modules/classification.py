@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import ConfigError
 from ..models.config import ModelConfig, check_k, model_config
-from ..models.checkpoint import load_pretrained
+from ..models.checkpoint import load_pretrained, resolved_model_config
 from ..models.lookwhere import LookWhere, build_model
 from .optim import adamw_warmup_cosine
 from .valid import keep_valid
@@ -86,6 +86,7 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = model_config(**model) if isinstance(model, dict) else model
+        self.model_cfg = resolved_model_config(self.model_cfg, self.hparams)
         self.net = build_model(self.model_cfg)
         if isinstance(self.net, LookWhere):  # k is ignored by the full-res ViT
             n = self.model_cfg.grid[0] * self.model_cfg.grid[1]

@@ -121,7 +121,7 @@ class LookWhereDistill(pl.LightningModule):
         x = student.extractor(images, keep, sel["prefix"])
         tokens = x[:, student.num_prefix :]
         if self.hparams.patch_distill == "upsample":
-            l_pat = patch_loss(knn_upsample(tokens, keep, grid, knn=self.model_cfg.knn), target["patch"])
+            l_pat = patch_loss(knn_upsample(tokens, keep, grid, knn=self.model_cfg.knn, tie_break=self.model_cfg.knn_tie_break), target["patch"])
         else:
             l_pat = patch_loss(tokens, gather_tokens(target["patch"], keep))
         parts = {"cls": cls_loss(x[:, 0], target["cls"]), "patch": l_pat, "map": map_loss(sel["map"], target["attn"])}

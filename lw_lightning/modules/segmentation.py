@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from ..models.checkpoint import load_pretrained
+from ..models.checkpoint import load_pretrained, resolved_model_config
 from ..models.config import ModelConfig, check_k, model_config
 from ..models.lookwhere import LookWhere, build_model
 from .optim import adamw_warmup_cosine
@@ -51,6 +51,7 @@ class Segmenter(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = model_config(**model) if isinstance(model, dict) else model
+        self.model_cfg = resolved_model_config(self.model_cfg, self.hparams)
         if self.model_cfg.arch == "tokenlearner":  # S learned tokens have no place on the patch grid
             raise ValueError("segmentation needs per-patch features: model.arch must be lookwhere or vit, not tokenlearner")
         self.net = build_model(self.model_cfg)
