@@ -196,6 +196,7 @@ def load_hf_vivit(model: ViViT, source: str | Path | Mapping[str, Tensor]) -> di
     unused keys (HF names).
     """
     what = "model.pretrained" if not isinstance(source, Mapping) else "HF ViViT weights"
+    expected = vivit_to_hf_state(model)  # first: a Model 2 fails before any file is read
     if isinstance(source, Mapping):
         state, where = dict(source), "the state dict"
     else:
@@ -203,7 +204,6 @@ def load_hf_vivit(model: ViViT, source: str | Path | Mapping[str, Tensor]) -> di
         read_hf_config(folder)
         state, where = read_hf_weights(folder), str(folder)
     theirs = _canonical(state)
-    expected = vivit_to_hf_state(model)
     if model.cfg.num_prefix == 0 and "embeddings.position_embeddings" in theirs:
         pos = theirs["embeddings.position_embeddings"]
         if pos.ndim == 3 and pos.shape[1] == expected["embeddings.position_embeddings"].shape[1] + 1:
