@@ -249,3 +249,18 @@ def test_data_overrides_command(tmp_path, capsys):
     (tmp_path / "preprocessor_config.json").write_text("{not json")
     assert hf_vivit.main(["--data-overrides", str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+if __name__ == "__main__":  # the numbers of docs/parity.md: python -m tests.test_hf_vivit [--full]
+    import sys
+    import tempfile
+
+    B12 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, tubelet_size=[2, 16, 16])
+    runs = {"small (3 x 48, 4 x 32^2)": {}, "12 x 768 (8 x 64^2)": dict(B12, image_size=64, num_frames=8)}
+    if "--full" in sys.argv:  # the checkpoint's own input: 32 frames of 224^2, 3137 tokens (minutes on 2 CPU cores)
+        runs["12 x 768 (32 x 224^2)"] = dict(B12, image_size=224, num_frames=32)
+    for label, config in runs.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            diff = _parity(Path(tmp), config)
+            print(f"| {label} | {diff['import']:.2e} | {diff['export']:.2e} | {diff['scale']:.2f} | {time.perf_counter() - started:.0f} s |", flush=True)
