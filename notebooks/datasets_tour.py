@@ -137,7 +137,9 @@ show_row([raw, raw_mask] + [p for s in aug for p in (denormalize(s["image"]), co
          ["file " + "x".join(map(str, raw.shape[1::-1])), "its annotation", "aug 1", "aug 1 mask", "aug 2", "aug 2 mask"],
          suptitle=f"ADE20K: {img_path.name} before and after augmentation")
 print("evaluation sample: image", tuple(val_sample["image"].shape), "(resized), mask", tuple(val_sample["mask"].shape), "(original resolution)")
-summary["ADE20K"] = ([raw, raw_mask, denormalize(aug[0]["image"]), colorize(aug[0]["mask"])], ["file", "annotation (ADE palette)", "train crop", "its mask"])
+crop, crop_mask = denormalize(aug[0]["image"]), colorize(aug[0]["mask"])
+blend = (0.45 * crop + 0.55 * crop_mask).astype(np.uint8)  # image and mask stay aligned through the crop
+summary["ADE20K"] = ([raw, raw_mask, blend, crop_mask], ["file", "annotation (ADE palette)", "train crop + its mask", "mask (black: ignore)"])
 
 # %% [markdown]
 # ## Swedish Traffic Signs

@@ -41,6 +41,7 @@ SWEEP_KS = [0.05, 0.1, 0.25, 0.5, 1.0]
 SWEEP_LOCS = [0.0, 0.25, 0.5, 0.75]
 TRAIN_BATCH = 2  # batch of the timed training step and the memory measurement
 REPEATS = 3  # timed repeats (median) after one warm-up call
+THREADS = 1  # torch threads while timing: 1 gives steady numbers on a shared machine (as conf/bench/cpu.yaml); None: torch's default
 
 # %%
 import json
@@ -56,7 +57,7 @@ from lw_lightning.bench.images import count_variant_flops, forward_fn, train_act
 from lw_lightning.models.config import model_config, resolve_k
 from lw_lightning.models.lookwhere import build_model
 
-env = make_env("cpu", "fp32", threads=None, warmup=1, repeats=REPEATS)
+env = make_env("cpu", "fp32", threads=THREADS, warmup=1, repeats=REPEATS)
 print(f"measuring on {env.device} with {torch.get_num_threads()} threads")
 
 # %% [markdown]
