@@ -84,12 +84,16 @@ def test_runner_names_a_failing_cell(tmp_path):
 
     with pytest.raises(NotebookError, match="broken.ipynb: ZeroDivisionError"):
         execute_notebook(path, {"X": 2}, timeout=120)
+    nb.cells[1].source = "Y = X * 2"
+    nbformat.write(nb, str(path))
+    done = execute_notebook(path, {"X": 2}, timeout=120)
+    assert done.seconds > 0 and done.cpu_seconds > 0 and has_outputs(done.nb) == [0, 1, 2]  # executed: counts set
 
 
 def _run(name: str, tmp_path: Path, **params) -> dict[str, Path]:
     figures = tmp_path / "figures"
-    nb, seconds = execute_notebook(notebook_path(name), {"FIGURE_DIR": str(figures), **params}, timeout=CELL_TIMEOUT)
-    print(f"{name}: {seconds:.0f} s")
+    nb, seconds, cpu_seconds = execute_notebook(notebook_path(name), {"FIGURE_DIR": str(figures), **params}, timeout=CELL_TIMEOUT)
+    print(f"{name}: {seconds:.0f} s wall, kernel CPU {cpu_seconds:.0f} s")
     out = {f: figures / f for f in FIGURES[name]}
     for path in out.values():
         assert path.is_file() and path.stat().st_size > 10_000, path
