@@ -81,8 +81,9 @@ def inject_parameters(nb: Any, params: Mapping[str, Any]) -> Any:
     return nb
 
 
-def _kernel_manager(spec_dir: Path):
-    """A kernel manager whose only kernel spec runs ``sys.executable -m ipykernel_launcher``."""
+def _kernel_manager(spec_dir: Path, threads: int | None = 1):
+    """A kernel manager whose only kernel spec runs ``sys.executable -m ipykernel_launcher``
+    (``threads``: its OpenMP / MKL thread count; None: the libraries' default)."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
@@ -95,6 +96,8 @@ def _kernel_manager(spec_dir: Path):
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "lw-lightning", "language": "python", "env": {"PYTHONPATH": path},
     }
+    if threads:
+        spec["env"].update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     (folder / "kernel.json").write_text(json.dumps(spec))
     ksm = KernelSpecManager(kernel_dirs=[str(spec_dir / "kernels")], ensure_native_kernel=False)
     return KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
@@ -119,12 +122,15 @@ def _kernel_cpu_seconds(client: Any) -> float:
 
 
 def execute_notebook(
-    path: str | Path, params: Mapping[str, Any] | None = None, timeout: int = 600, save_to: str | Path | None = None
+    path: str | Path, params: Mapping[str, Any] | None = None, timeout: int = 600, save_to: str | Path | None = None,
+    threads: int | None = 1,
 ) -> Execution:
     """Run the notebook at ``path`` in a fresh kernel (working directory: its folder), with
     ``params`` injected; returns the executed notebook, its wall time and its kernel's CPU time.
-    ``save_to``: also write the executed copy there. A failing cell raises :class:`NotebookError`
-    naming the notebook and the error."""
+    ``save_to``: also write the executed copy there. ``threads``: torch's CPU threads in the kernel
+    (default 1: on a 2-core machine shared with other jobs a second OpenMP thread mostly waits for a
+    core and multiplies the CPU time, as in ``conf/bench/cpu.yaml``; None: torch's default).
+    A failing cell raises :class:`NotebookError` naming the notebook and the error."""
     nbformat = _nbformat()
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
@@ -133,7 +139,7 @@ def execute_notebook(
     nb = inject_parameters(nbformat.read(path, as_version=4), dict(params or {}))
     with tempfile.TemporaryDirectory(prefix="lw-kernel-") as spec_dir:
         client = NotebookClient(
-            nb, km=_kernel_manager(Path(spec_dir)), timeout=timeout, kernel_name=KERNEL_NAME,
+            nb, km=_kernel_manager(Path(spec_dir), threads), timeout=timeout, kernel_name=KERNEL_NAME,
             resources={"metadata": {"path": str(path.parent)}},
         )
         cpu = {"seconds": float("nan")}
@@ -168,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--figure-dir", default=None, help="where each notebook saves its figure (FIGURE_DIR; default: a temporary folder)")
     parser.add_argument("--executed-dir", default=None, help="also write the executed notebooks (with outputs) here")
     parser.add_argument("--timeout", type=int, default=600, help="seconds one cell may run")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the kernel (0: torch's default)")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="more parameters for every notebook, VALUE a Python literal or a plain string (e.g. DEMO_DIR=../runs)")
     args = parser.parse_args(argv)
@@ -194,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = {"FIGURE_DIR": figure_dir, **extra}
             save_to = Path(args.executed_dir) / path.name if args.executed_dir else None
             try:
-                _, seconds, cpu_seconds = execute_notebook(path, params, timeout=args.timeout, save_to=save_to)
+                _, seconds, cpu_seconds = execute_notebook(path, params, timeout=args.timeout, save_to=save_to, threads=args.threads or None)
             except (NotebookError, ValueError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
