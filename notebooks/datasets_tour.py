@@ -27,6 +27,7 @@ WORK_DIR = None  # where the tiny copies are written; None: a temporary folder
 SEED = 0  # augmentation seed
 
 # %%
+import random
 import tempfile
 from pathlib import Path
 
@@ -44,7 +45,8 @@ from lw_lightning.data.traffic_signs import TrafficSignsDataModule
 from lw_lightning.data.video_io import count_frames, read_frames
 from lw_lightning.viz import denormalize
 
-torch.manual_seed(SEED)
+torch.manual_seed(SEED)  # torchvision's transforms draw from torch, timm's RandAugment from `random`
+random.seed(SEED)
 work = Path(WORK_DIR) if WORK_DIR else Path(tempfile.mkdtemp(prefix="lw-datasets-"))
 work.mkdir(parents=True, exist_ok=True)
 print("tiny copies in", work)
