@@ -40,6 +40,8 @@ LOOKWHERE_SIZE = 518  # input size for LOOKWHERE_WEIGHTS
 WORK_DIR = None  # where the training runs go; None: a temporary folder
 SEED = 0
 KS = None  # patch counts of the accuracy-vs-k sweep; None: 2, 4, 8, ... and all patches
+TRAIN_IMAGES = 640  # training images of the pipeline trained here (more: higher accuracy, longer)
+TEACHER_EPOCHS = 4  # epochs of its teacher (distillation: 1, fine-tuning: 2)
 
 # %%
 import logging
@@ -81,12 +83,12 @@ if DEMO_DIR:
 else:
     # the demo's recipes at 112 px (8×8 = 64 patches), a larger sign, a stronger patch loss and short schedules
     common = [f"output_dir={work}", f"seed={SEED}", "data.image_size=112", "module.model.img_size=[112,112]",
-              "module.model.selector_img_size=56", "data.sign_fraction=0.12", "data.num_train=800", "data.num_val=96",
+              "module.model.selector_img_size=56", "data.sign_fraction=0.12", f"data.num_train={TRAIN_IMAGES}", "data.num_val=96",
               "data.num_test=256", "data.batch_size=16", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
               "callbacks.images=null", "callbacks.flops=null"]
     t0 = time.perf_counter()
     a, ta = run_stage("(a) full-resolution ViT (the teacher)", "demo_teacher.yaml",
-                      common + ["module.patch_loss_weight=3", "module.lr=2e-3", "trainer.max_epochs=5"])
+                      common + ["module.patch_loss_weight=3", "module.lr=2e-3", f"trainer.max_epochs={TEACHER_EPOCHS}"])
     b, tb = run_stage("(b) what-where distillation into LookWhere", "demo_distill.yaml",
                       common + [f"module.teacher.checkpoint={best_checkpoint(a)}", "module.k_min=4", "module.k_max=24", "module.val_k=8",
                                 "trainer.max_epochs=1"])
