@@ -51,6 +51,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
@@ -253,6 +254,9 @@ def accuracy_axes(ax_k, ax_f):
         ax_f.annotate(f"k={k}", (flops[k] / 1e6, 100 * acc[k]), fontsize=7, xytext=(3, -9), textcoords="offset points")
     ax_f.plot([teacher_flops / 1e6], [100 * teacher_acc], marker="*", markersize=12, color="black", linestyle="none", label="full-res ViT")
     ax_f.set_xscale("log")
+    ax_f.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax_f.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_f.xaxis.set_minor_formatter(NullFormatter())
     ax_f.set_xlabel("MFLOPs per image (log)")
     ax_f.set_ylabel("test top-1 (%)")
     ax_f.grid(alpha=0.3, which="both")

@@ -126,7 +126,7 @@ def test_lookwhere_notebook_reads_a_demo_dir_and_official_weights(tmp_path):
     torch.manual_seed(0)
     weights = save_official(LookWhere(model_config("tiny", img_size=[224, 224])), tmp_path / "lookwhere_tiny.pt")
     _run("lookwhere_where_it_looks", tmp_path, DEMO_DIR=str(runs), LOOKWHERE_WEIGHTS=str(weights), LOOKWHERE_PRESET="tiny",
-         LOOKWHERE_SIZE=168, KS=[13, 51, 256])
+         LOOKWHERE_SIZE=224, KS=[13, 51, 256])
 
 
 @pytest.mark.slow
