@@ -68,7 +68,9 @@ out_dir.mkdir(parents=True, exist_ok=True)
 # The clips are written in the CVDF Kinetics layout (`annotations/*.csv`, `train/<id>_<start>_<end>.mp4`)
 # and read by the same `KineticsDataModule` as real Kinetics. The recipe is `demo_video.yaml` (tiny
 # ViViT: 4 blocks of width 64, TokenLearner with S = 4 tokens per slice after block 2, AdamW) with half
-# the clips, fewer epochs and batches of 8, so it trains in about a minute on two CPU cores.
+# the clips, fewer epochs and batches of 8, so it trains in about a minute on two CPU cores. That is
+# enough for the shapes (50 % = shape right, direction guessed) and the start of the motion; the maps
+# below follow the object already. A `CHECKPOINT` of the full recipe (40 epochs, 0.85) shows them sharper.
 
 # %%
 data_dir = Path(DATA_DIR) if DATA_DIR else work / "synthetic_kinetics"
@@ -79,12 +81,15 @@ if not (data_dir / "annotations").exists():
 overrides = [f"data.root={data_dir}", f"output_dir={work / 'runs'}", f"seed={SEED}", "trainer.enable_progress_bar=false",
              "trainer.enable_model_summary=false", "callbacks.images=null"]
 if CHECKPOINT is None:
-    fit_overrides = overrides + [f"trainer.max_epochs={EPOCHS}", "data.batch_size=8"]  # 20 steps an epoch
+    # 20 steps an epoch and a higher peak rate: the short schedule leaves the model where it has the
+    # shapes and is learning the direction (the 40-epoch recipe reaches 0.85, docs/video.md)
+    fit_overrides = overrides + [f"trainer.max_epochs={EPOCHS}", "data.batch_size=8", "module.lr=2e-3"]
     print("$ python -m lw_lightning fit --config conf/experiment/demo_video.yaml " + " ".join(fit_overrides))
     t0 = time.perf_counter()
     fit = run(load_config([CONF / "demo_video.yaml"], fit_overrides), "fit")
-    CHECKPOINT = fit.trainer.checkpoint_callback.best_model_path or fit.trainer.checkpoint_callback.last_model_path
-    print(f"trained in {time.perf_counter() - t0:.0f} s: val top-1 {fit.metrics['val/acc1']:.2f}; checkpoint {CHECKPOINT}")
+    CHECKPOINT = fit.trainer.checkpoint_callback.last_model_path  # the final weights (20 val videos pick a "best" by noise)
+    print(f"trained in {time.perf_counter() - t0:.0f} s: val top-1 {fit.metrics['val/acc1']:.2f}, train top-1 {fit.metrics['train/acc1']:.2f}; "
+          f"checkpoint {CHECKPOINT}")
 module = VideoClassifier.load_from_checkpoint(CHECKPOINT, map_location="cpu").eval()
 cfg = module.model_cfg
 nt, nh, nw = cfg.grid
