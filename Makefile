@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-check test test-all clean
+.PHONY: install demo demo-check test test-all notebooks notebooks-sync clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# executes the four notebooks top to bottom (each saves its figure into docs/figures/), then the
+# rest of their tests: outputs stripped, in sync with the .py sources, the parameter branches
+# (a demo dir, official weights, a bench results.json, a video checkpoint)
+notebooks: $(STAMP)
+	$(PY) -m lw_lightning.notebooks --figure-dir docs/figures
+	$(PY) -m pytest -q tests/test_notebooks.py -k "not runs_top_to_bottom"
+
+# rewrite notebooks/*.ipynb (no outputs) from their jupytext sources notebooks/*.py
+notebooks-sync: $(STAMP)
+	$(VENV)/bin/jupytext --to ipynb notebooks/*.py
 
 clean:
 	rm -rf runs lightning_logs

@@ -213,7 +213,7 @@ def evaluate_all(runs: DemoRuns, tl_runs: list[tuple[float, Path, Path]], env: A
     return rows
 
 
-def _load_classifier(ckpt: str) -> Any:
+def load_classifier(ckpt: str) -> Any:
     """The trained ``ImageClassifier`` of a checkpoint on CPU, without re-reading its init weights."""
     from .modules.classification import ImageClassifier
 
@@ -234,7 +234,7 @@ def time_all(rows: list[dict[str, Any]], env: Any, latency_batch: int, train_bat
     modules: dict[str, Any] = {}
     for r in rows:
         if r["ckpt"] not in modules:
-            modules[r["ckpt"]] = _load_classifier(r["ckpt"]).to(env.device)
+            modules[r["ckpt"]] = load_classifier(r["ckpt"]).to(env.device)
     h, w = (int(v) for v in rows[0]["size"].split("x"))
     torch.manual_seed(0)
     x1 = torch.randn(latency_batch, 3, h, w, device=env.device)

@@ -273,3 +273,15 @@ def test_train_sample_deterministic_under_seed(root: Path) -> None:
         samples.append(ds[1])
     assert torch.equal(samples[0]["image"], samples[1]["image"]) and torch.equal(samples[0]["mask"], samples[1]["mask"])
     assert not torch.equal(samples[0]["image"], samples[2]["image"])
+
+
+def test_palette_is_the_benchmark_colour_table_and_colorize_blacks_out_ignore():
+    from lw_lightning.data.ade20k import colorize, palette
+
+    pal = palette()
+    assert pal.shape == (150, 3) and pal.dtype == np.uint8
+    # wall, building, sky (classes 0, 1, 2 after reduce_zero_label) and the last class, flag
+    assert pal[:3].tolist() == [[120, 120, 120], [180, 120, 120], [6, 230, 230]] and pal[149].tolist() == [92, 0, 255]
+    assert len({tuple(c) for c in pal.tolist()}) >= 148  # two repeats in the official table
+    rgb = colorize(torch.tensor([[0, 255], [149, 2]]))
+    assert rgb.shape == (2, 2, 3) and rgb[0, 1].tolist() == [0, 0, 0] and rgb[1, 0].tolist() == [92, 0, 255]
