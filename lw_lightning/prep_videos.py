@@ -31,14 +31,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
 
-from .data.kinetics import VIDEO_EXTS
-from .data.video_io import upright
-
+# kept free of torch imports: every encoder process starts fast
+VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi")  # as lw_lightning.data.kinetics reads them
 FAILURES_FILE = "prep_failures.txt"
 
 
@@ -143,7 +142,7 @@ def _resized(frame, rotation: int, oh: int, ow: int):
         return frame.reformat(width=ow, height=oh, format="yuv420p", interpolation="BICUBIC")
     sh, sw = (oh, ow) if rotation == 180 else (ow, oh)  # the stored (sideways) frame's target size
     rgb = frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation="BICUBIC")
-    return av.VideoFrame.from_ndarray(np.ascontiguousarray(upright(rgb, rotation)), format="rgb24")
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)), format="rgb24")
 
 
 def _job(args: tuple[str, str, PrepOptions]) -> tuple[str, str | None, float]:
@@ -195,7 +194,9 @@ def prepare_tree(src: Path, dst: Path, opts: PrepOptions, workers: int = 1, prog
             todo.append((str(src / rel), str(dst / rel), opts))
     bar = _progress(len(todo), progress)
     if workers > 1 and len(todo) > 1:
-        with get_context("spawn").Pool(workers) as pool:  # spawn: no forked decoder state
+        # fork where there is one: the parent has decoded nothing, and workers start without re-importing
+        ctx = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+        with ctx.Pool(workers) as pool:
             results = pool.imap_unordered(_job, todo, chunksize=1)
             _collect(results, src, report, bar)
     else:

@@ -58,6 +58,13 @@ def tree(tmp_path) -> Path:
     return src
 
 
+def test_prep_reads_the_same_video_suffixes_as_the_loader():
+    from lw_lightning import prep_videos
+    from lw_lightning.data import kinetics
+
+    assert prep_videos.VIDEO_EXTS == kinetics.VIDEO_EXTS
+
+
 def test_target_size_scales_down_only_to_even_dims():
     assert target_size(720, 1280, 320) == (320, 568)
     assert target_size(1080, 607, 320) == (568, 320)
