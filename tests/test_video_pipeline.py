@@ -163,7 +163,7 @@ def test_train_crop_is_cut_before_resizing_and_matches_the_old_geometry():
 
 def test_decoder_resizes_large_sources_and_crops_stay_inside(tmp_path):
     frames = _smooth_frames(6, 96, 128, seed=3)
-    path = tmp_path / "big.mp4"
+    path = tmp_path / "big.mkv"
     write_video(path, frames, lossless=True)
     assert (probe(path).height, probe(path).width) == (96, 128)
     small = read_clip_frames(path, lambda n: np.array([0, 5]), size=(36, 48))
@@ -197,6 +197,20 @@ def test_rotated_video_decodes_upright_at_the_requested_size(tmp_path):
     assert (info.rotation, info.height, info.width) == (90, 32, 48)  # the upright size
     got = read_clip_frames(path, lambda n: np.array([1, 2]), size=(16, 24))
     assert got.shape == (2, 16, 24, 3)
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_mp4_goes_to_decord_unprobed_and_comes_out_upright(tmp_path, rotation):
+    upright = np.zeros((4, 32, 48, 3), np.uint8)
+    upright[:, :4, :4] = 255  # a marker in the top-left corner as shown
+    stored = np.ascontiguousarray(np.rot90(upright, k=-rotation // 90, axes=(1, 2)))
+    path = tmp_path / "phone.mp4"
+    write_video(path, stored, lossless=True, rotation=rotation)
+    assert probe(path) == probe(path).__class__(0, 0, 0)  # no PyAV probe: decord rotates MP4 itself
+    got = read_clip_frames(path, lambda n: np.array([0, 3]))
+    assert got.shape == (2, 32, 48, 3) and (got[:, :4, :4] > 200).all()
+    assert (probe(path).height, probe(path).width) == (32, 48)  # the size seen, for the next visit's plan
+    assert read_clip_frames(path, lambda n: np.array([1]), size=(16, 24)).shape == (1, 16, 24, 3)
 
 
 def test_pyav_seeks_to_keyframes_and_reads_exact_frames(tmp_path):

@@ -13,10 +13,12 @@ PyAV (the FFmpeg the writer side uses) is the second decoder:
   copy alignment (24x20 and 48x36 videos raise ``from_size == to_size``). A video only counts as
   corrupt when PyAV cannot decode it either.
 * Rotation: phones store the display orientation as a display matrix (or, in old files, a
-  ``rotate`` tag) and leave the pixels as they were captured. decord honours it for some
-  containers (mp4) but not others (Matroska/WebM, where Kinetics has many files). A rotated
-  video is therefore decoded with PyAV, which reports the matrix exactly, and turned upright
-  here, so clips are never fed sideways whichever container they come in.
+  ``rotate`` tag) and leave the pixels as they were captured. decord honours it for MP4/MOV
+  (it rotates the frames itself) but not for others (Matroska/WebM, where Kinetics has many
+  files). MP4/MOV files therefore go to decord without a probe; any other file is probed once
+  with PyAV (an open and one decoded frame, cached per process), and a rotated one is decoded
+  with PyAV, which reports the matrix exactly, and turned upright here, so clips are never fed
+  sideways whichever container they come in.
 
 Cheap decoding:
 
@@ -76,22 +78,29 @@ def read_clip_frames(
     the first decoder fails. A video that neither decord nor PyAV can decode raises
     :class:`VideoReadError`.
     """
-    rotation = display_rotation(path)
-    stored = None if size is None else (size[::-1] if rotation in (90, 270) else size)
+    rotation = 0 if decord_rotates(path) else display_rotation(path)
+    decord_failed = False
     if rotation == 0:
+        decord_failed = True
         try:
-            return _decord_clip(path, choose, stored)
+            frames = _decord_clip(path, choose, size)
+            _remember_size(path, frames, size)
+            return frames
         except VideoReadError as err:
             first = err
+        rotation = display_rotation(path)  # PyAV rotates an MP4 itself too, when decord failed on it
+    stored = None if size is None else (size[::-1] if rotation in (90, 270) else size)
     try:
         frames = _pyav_clip(path, choose, stored)
     except VideoReadError as err:
-        if rotation == 0:  # both decoders failed: name both reasons
+        if decord_failed:  # both decoders failed: name both reasons
             raise VideoReadError(f"{first}; PyAV: {_first_line(err)}") from None
         raise
-    if rotation == 0:
+    if decord_failed:
         log.info("decord failed, PyAV decoded %s (%s)", path, first)
-    return upright(frames, rotation)
+    frames = upright(frames, rotation)
+    _remember_size(path, frames, size)
+    return frames
 
 
 def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
@@ -109,24 +118,55 @@ class VideoInfo:
     width: int = 0
 
 
-def probe(path: str | os.PathLike) -> VideoInfo:
-    """Rotation and upright size of ``path`` (one PyAV open and one decoded frame, cached per file and version).
+#: containers whose display matrix decord applies itself (FFmpeg's mov demuxer exports it)
+DECORD_ROTATES = (".mp4", ".m4v", ".mov")
+_SEEN_SIZES: dict[tuple[str, int, int], tuple[int, int]] = {}
 
-    The rotation is the counter-clockwise degrees (0, 90, 180, 270) that turn the stored frames
-    upright: the first frame's display matrix, else a legacy ``rotate`` tag (clockwise degrees,
-    as old FFmpeg wrote and honoured it). An unreadable file gives ``VideoInfo()``; decoding then
-    reports the real error.
-    """
+
+def decord_rotates(path: str | os.PathLike) -> bool:
+    """True for MP4/MOV files: decord turns their frames upright, no PyAV probe is needed."""
+    return os.fspath(path).lower().endswith(DECORD_ROTATES)
+
+
+def _file_key(path: str | os.PathLike) -> tuple[str, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
+        return None
+    return (os.fspath(path), st.st_mtime_ns, st.st_size)
+
+
+def _remember_size(path: str | os.PathLike, frames: np.ndarray, size: tuple[int, int] | None) -> None:
+    """Record the upright size of an MP4 seen at its stored size (the next visit can plan a decoder resize)."""
+    if size is None and frames.ndim >= 3 and decord_rotates(path) and (key := _file_key(path)) is not None:
+        if len(_SEEN_SIZES) > 262144:  # bounded: one Kinetics-700 train split
+            _SEEN_SIZES.clear()
+        _SEEN_SIZES[key] = (int(frames.shape[-3]), int(frames.shape[-2]))
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """What the loader needs before decoding ``path``: rotation and upright size (0: unknown).
+
+    MP4/MOV: no probe (decord rotates them, so rotation 0 here); the size is the one this
+    process saw when it last decoded the file, else unknown. Other containers: one PyAV open and
+    one decoded frame, cached per file and version. The rotation is the counter-clockwise degrees
+    (0, 90, 180, 270) that turn the stored frames upright: the first frame's display matrix, else
+    a legacy ``rotate`` tag (clockwise degrees, as old FFmpeg wrote and honoured it). An
+    unreadable file gives ``VideoInfo()``; decoding then reports the real error.
+    """
+    key = _file_key(path)
+    if key is None:
         return VideoInfo()  # missing: the decoders report it
-    return _probe(str(path), st.st_mtime_ns, st.st_size)
+    if decord_rotates(path):
+        h, w = _SEEN_SIZES.get(key, (0, 0))
+        return VideoInfo(0, h, w)
+    return _probe(*key)
 
 
 def display_rotation(path: str | os.PathLike) -> int:
-    """Counter-clockwise degrees to turn the stored frames upright (see :func:`probe`)."""
-    return probe(path).rotation
+    """Counter-clockwise degrees to turn the stored frames of ``path`` upright (PyAV probe, any container)."""
+    key = _file_key(path)
+    return 0 if key is None else _probe(*key).rotation
 
 
 @functools.lru_cache(maxsize=65536)
