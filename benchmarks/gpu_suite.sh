@@ -45,7 +45,7 @@ if [ "$DRY" = 1 ]; then
           bench.data.clips_per_run=2 bench.data.rounds=1 bench.data.model_preset=tiny bench.data.model_repeats=1)
     PYTEST=(tests/test_gpu.py)        # collects only the GPU tests' module (they skip without CUDA)
     AMP=(--device cpu --size 56 --tasks classification video)
-    LIMITS=(120 120 120 120 120)
+    LIMITS=(600 600 600 600 600)   # a guard only: seconds each on an idle CPU
 else
     COMMON=("${GPU[@]}")
     IMAGES=()
