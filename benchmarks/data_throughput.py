@@ -8,7 +8,9 @@ Video (``--video``): generates Kinetics-like H.264 files (``lw_lightning.bench.d
 object, noise, B-frames, a keyframe every ``--gop`` frames) and times, interleaved round by round
 on the same frame indices and the same worker processes:
 
-* ``plain``: decord alone (open a ``VideoReader``, ``get_batch``, copy out) — the yardstick;
+* ``plain``: decord alone (open a ``VideoReader``, ``get_batch``, copy out), nothing sent back;
+* ``plain+crop``: the same, sending back the centre 224² crop: decoding plus delivering as many
+  bytes as the training clips (shared-memory collation is ~10% of a 32-frame clip here);
 * ``loader``: the training loader's workers (probe, decode, scale-jitter crop, uint8 out);
 * ``old worker``: the worker transform before the device split (float resize of the whole frame,
   crop, flip, colour jitter p=0.8, colour drop p=0.1, normalise), for the before/after;
@@ -116,8 +118,8 @@ def measure_video(kind: str, paths: list[Path], frames: int, stride: int, worker
     from lw_lightning.data.kinetics import VideoRecord
 
     repeat = -(-(clips + batch * (workers + 2)) // len(paths)) + 1
-    if kind == "plain":
-        ds = PlainDecordDataset([str(p) for p in paths] * repeat, frames, stride)
+    if kind.startswith("plain"):
+        ds = PlainDecordDataset([str(p) for p in paths] * repeat, frames, stride, crop=224 if kind == "plain+crop" else None)
     else:
         geometry, augment = recipe_transforms(224)
         cls = _legacy_dataset() if kind == "old worker" else BenchKineticsDataset
@@ -152,7 +154,7 @@ def video_main(args: argparse.Namespace) -> int:
             print(f"prep failed on {prep.failed}")
             return 1
         sets["prepared"] = [root / "prepared" / p.name for p in sets["raw"]]
-    kinds = ["plain", "loader"] + ([] if args.no_old else ["old worker"])
+    kinds = ["plain", "plain+crop", "loader"] + ([] if args.no_old else ["old worker"])
     cases = [(name, f, st, kind, w) for (f, st) in clips for name in sets for kind in kinds for w in args.workers]
     rates: dict[tuple, list[float]] = {c: [] for c in cases}
     for r in range(args.rounds):  # interleaved: load changes on a shared machine hit every case alike
@@ -165,14 +167,16 @@ def video_main(args: argparse.Namespace) -> int:
              f"keyframe every {args.gop} frames" + (f"; prepared: short side {args.prep_short_side}, keyframe every {args.prep_keyint}" if args.prepared else "")
              + f". Clips/s per worker, median of {args.rounds} interleaved rounds of {args.clips_per_run} clips (batch {args.batch_size}); "
              f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores.", ""]
-    header = ["files", "clip", "workers"] + [f"{k} clips/s per worker" for k in kinds] + ["loader / plain"] + (["old worker / plain"] if "old worker" in kinds else [])
+    header = (["files", "clip", "workers"] + [f"{k} clips/s per worker" for k in kinds] + ["loader / plain", "loader / plain+crop"]
+              + (["old worker / plain+crop"] if "old worker" in kinds else []))
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (f, st) in clips:
         for name in sets:
             for w in args.workers:
                 med = {k: statistics.median(rates[(name, f, st, k, w)]) / w for k in kinds}
-                row = [name, f"{f}x{st}", str(w)] + [f"{med[k]:.2f}" for k in kinds] + [f"{med['loader'] / med['plain']:.2f}"]
-                row += [f"{med['old worker'] / med['plain']:.2f}"] if "old worker" in kinds else []
+                row = [name, f"{f}x{st}", str(w)] + [f"{med[k]:.2f}" for k in kinds]
+                row += [f"{med['loader'] / med['plain']:.2f}", f"{med['loader'] / med['plain+crop']:.2f}"]
+                row += [f"{med['old worker'] / med['plain+crop']:.2f}"] if "old worker" in kinds else []
                 lines.append("| " + " | ".join(row) + " |")
     table = "\n".join(lines)
     print(table)

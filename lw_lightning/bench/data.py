@@ -159,12 +159,15 @@ class BenchKineticsDataset(KineticsDataset):
 
 class PlainDecordDataset(Dataset):
     """The yardstick: decord alone on the same :func:`fixed_clip` indices (open a ``VideoReader``,
-    ``get_batch``, copy out to numpy), with no probe, crop or augmentation. It returns only the
-    frame count, so the loader moves no pixels for it: the comparison is the worker's whole job
-    against decoding alone, in the same worker processes."""
+    ``get_batch``, copy out to numpy), with no sampling logic, resize or augmentation.
 
-    def __init__(self, paths: list[str], frames: int, stride: int) -> None:
-        self.paths, self.frames, self.stride = paths, frames, stride
+    ``crop=None`` returns only the frame count, so the loader moves no pixels: decoding alone.
+    ``crop=s`` returns the centre ``s x s`` crop of the frames (uint8 ``[T, s, s, 3]``), so the
+    loader moves as many bytes as the training pipeline's clips: decoding plus delivery.
+    """
+
+    def __init__(self, paths: list[str], frames: int, stride: int, crop: int | None = None) -> None:
+        self.paths, self.frames, self.stride, self.crop = paths, frames, stride, crop
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -175,7 +178,11 @@ class PlainDecordDataset(Dataset):
         reader = decord.VideoReader(self.paths[index], ctx=decord.cpu(0), num_threads=1)
         frames = reader.get_batch(fixed_clip(index, len(reader), self.frames, self.stride).tolist()).asnumpy()
         del reader
-        return {"video": torch.tensor(frames.shape[0])}
+        if self.crop is None:
+            return {"video": torch.tensor(frames.shape[0])}
+        h, w, s = frames.shape[1], frames.shape[2], self.crop
+        top, left = max(0, (h - s) // 2), max(0, (w - s) // 2)
+        return {"video": torch.from_numpy(np.ascontiguousarray(frames[:, top : top + s, left : left + s]))}
 
 
 def recipe_transforms(img_size: int) -> tuple[ClipTransform, VideoAugment]:

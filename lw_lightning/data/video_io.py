@@ -224,6 +224,8 @@ def _decord_clip(path: str | os.PathLike, choose: Callable[[int], np.ndarray], s
         del reader
     if frames.ndim != 4 or frames.shape[0] != unique.size or frames.shape[-1] != 3:
         raise VideoReadError(f"decoder returned {frames.shape} for {unique.size} frames of {path}")
+    if unique.size == flat.size and np.array_equal(unique, flat):  # sorted, no repeats (a training clip): no copy
+        return frames.reshape(*idx.shape, *frames.shape[1:])
     return frames[inverse].reshape(*idx.shape, *frames.shape[1:])
 
 
