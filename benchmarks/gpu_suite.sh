@@ -44,7 +44,7 @@ if [ "$DRY" = 1 ]; then
           "bench.data.clips=[[4, 2]]" bench.data.workers=[1] bench.data.readers=[plain,decord] bench.data.batch_size=2
           bench.data.clips_per_run=2 bench.data.rounds=1 bench.data.model_preset=tiny bench.data.model_repeats=1)
     PYTEST=(tests/test_gpu.py)        # collects only the GPU tests' module (they skip without CUDA)
-    AMP=(--device cpu --size 56 --tasks classification video)
+    AMP=(--device cpu --tasks classification video)   # amp_check.py's own CPU size (112)
     LIMITS=(600 600 600 600 600)   # a guard only: seconds each on an idle CPU
 else
     COMMON=("${GPU[@]}" bench.repeats=4)   # gpu.yaml's 6 repeats: the 8-minute budget holds all steps
