@@ -89,7 +89,8 @@ class SelectionImages(pl.Callback):
                 return None
             samples = [ds[i] for i in range(min(self.num_samples, len(ds)))]
             collate = getattr(dm, "collate_fn", None) or default_collate
-            self._batch = collate(samples)
+            # the DataModule's device-side step too (uint8 video clips -> normalised float)
+            self._batch = dm.on_after_batch_transfer(collate(samples), 0)
         return self._batch
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
