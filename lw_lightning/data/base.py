@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .resumable import EpochShardSampler, ResumableDataLoader
 from .workers import loader_worker_init
 

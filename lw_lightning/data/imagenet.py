@@ -37,7 +37,7 @@ from PIL import Image
 from timm.data import ImageNetInfo, Mixup
 from torch.utils.data import Dataset
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import BaseDataModule
 from .images import SkippingDataset, describe_dir, image_files, load_rgb, report_skipped
 from .matfile import read_mat

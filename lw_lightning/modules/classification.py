@@ -11,7 +11,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models.config import ModelConfig, check_k, model_config
 from ..models.checkpoint import load_pretrained
 from ..models.lookwhere import LookWhere, build_model
