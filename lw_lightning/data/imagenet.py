@@ -40,7 +40,6 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError
 from .base import BaseDataModule
 from .images import SkippingDataset, describe_dir, image_files, load_rgb, report_skipped
-from .matfile import read_mat
 from .transforms import imagenet_eval_transform, imagenet_train_transform
 
 log = logging.getLogger(__name__)
@@ -97,15 +96,46 @@ def read_val_solution(path: Path) -> dict[str, str]:
     return out
 
 
+#: fields of the devkit's ``synsets`` struct array, in the file's order
+SYNSET_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height", "num_train_images")
+
+
+def read_devkit_meta(meta_file: Path) -> dict[int, str]:
+    """``meta.mat`` -> {ILSVRC2012_ID: wnid} of the 1000 leaf synsets (``num_children == 0``).
+
+    The file holds one struct array ``synsets`` (1860 rows: the 1000 classes, then the WordNet
+    groups above them), read with ``scipy.io.loadmat`` as torchvision's ImageNet does.
+    """
+    import scipy.io  # only the devkit layout needs it
+
+    try:
+        mat = scipy.io.loadmat(meta_file, squeeze_me=True)
+    except (scipy.io.matlab.MatReadError, ValueError, NotImplementedError, OSError) as err:
+        raise ConfigError(f"{meta_file}: not a readable MAT-file ({str(err).splitlines()[0]}); expected the ILSVRC2012 devkit meta.mat") from None
+    synsets = mat.get("synsets")
+    names = getattr(getattr(synsets, "dtype", None), "names", None) or ()
+    if not {"ILSVRC2012_ID", "WNID", "num_children"} <= set(names):
+        raise ConfigError(f"{meta_file}: no 'synsets' struct array with ILSVRC2012_ID, WNID, num_children (is this the ILSVRC2012 devkit meta.mat?)")
+    rows = np.atleast_1d(synsets)
+    return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in rows if int(s["num_children"]) == 0}
+
+
+def write_devkit_meta(meta_file: Path, synsets: Sequence[dict[str, Any]]) -> None:
+    """Write ``synsets`` (dicts with :data:`SYNSET_FIELDS`) as the devkit does: an N×1 struct
+    array, numbers as MATLAB doubles, compressed (MATLAB's default since v7)."""
+    import scipy.io
+
+    table = np.empty((len(synsets), 1), dtype=[(f, object) for f in SYNSET_FIELDS])
+    for i, synset in enumerate(synsets):
+        for field in SYNSET_FIELDS:
+            value = synset[field]
+            table[i, 0][field] = value if isinstance(value, str) else np.atleast_2d(np.asarray(value, dtype=np.float64))
+    scipy.io.savemat(meta_file, {"synsets": table}, do_compression=True)
+
+
 def read_devkit_labels(gt_file: Path, meta_file: Path) -> dict[int, str]:
     """Devkit ground truth -> {val image number (1-based): wnid}, IDs mapped through meta.mat."""
-    synsets = read_mat(meta_file).get("synsets")
-    if not isinstance(synsets, list):
-        raise ConfigError(f"{meta_file}: no 'synsets' struct array (is this the ILSVRC2012 devkit meta.mat?)")
-    # leaves (num_children == 0) are the 1000 classes; ILSVRC2012_ID 1..1000 in meta.mat order
-    id_to_wnid = {
-        int(np.asarray(s["ILSVRC2012_ID"]).item()): str(s["WNID"]) for s in synsets if int(np.asarray(s["num_children"]).item()) == 0
-    }
+    id_to_wnid = read_devkit_meta(meta_file)
     out = {}
     for n, line in enumerate(gt_file.read_text().split(), start=1):
         ilsvrc_id = int(line)
@@ -371,8 +401,6 @@ def make_tiny(root: str | Path, layout: str = "folders", per_class: int = 4, val
     """
     if layout not in ("folders", "kaggle", "devkit"):
         raise ValueError(f"layout must be folders, kaggle or devkit, got {layout!r}")
-    from .matfile import write_mat
-
     rng = np.random.default_rng(seed)
     root = Path(root)
     images = root / "ILSVRC" / "Data" / "CLS-LOC" if layout == "kaggle" else root
@@ -424,7 +452,7 @@ def make_tiny(root: str | Path, layout: str = "folders", per_class: int = 4, val
             })
         devkit = root / "ILSVRC2012_devkit_t12" / "data"
         devkit.mkdir(parents=True, exist_ok=True)
-        write_mat(devkit / "meta.mat", {"synsets": synsets})
+        write_devkit_meta(devkit / "meta.mat", synsets)
         wnid_to_id = {s["WNID"]: s["ILSVRC2012_ID"] for s in synsets}
         labels = dict(val)
         # the GT file covers the full 50,000 val images, also those this copy does not hold
