@@ -26,7 +26,7 @@ from .flops import image_model_flops
 from .models.config import resolve_k
 from .modules.classification import ImageClassifier
 from .tasks import run
-from .viz import SELECTION_LEGEND, selection_overlay, tile
+from .viz import SELECTION_LEGEND, picture_grid, selection_overlay
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 
@@ -227,7 +227,7 @@ def _save_selection_png(module: ImageClassifier, datamodule, path: Path, count: 
         _, out = module(sample["image"].unsqueeze(0), k=k)
         tiles.append(selection_overlay(sample["image"], out["selector_map"][0], out["selected"][0], module.model_cfg.patch_size, sample["box"].tolist()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tile(tiles, ncols=4, legend=SELECTION_LEGEND).save(path)
+    picture_grid(tiles, ncols=4, legend=SELECTION_LEGEND).save(path)
 
 
 if __name__ == "__main__":
