@@ -14,8 +14,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..errors import ConfigError
 from ..flops import count_flops
-from ..models.config import ModelConfig, check_k, model_config
 from ..models.checkpoint import load_pretrained
+from ..models.config import ModelConfig, check_k, model_config
 from ..models.lookwhere import LookWhere, build_model
 from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
