@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.kinetics import ClipTransform, KineticsDataset, VideoRecord
-from ..data.video_io import VideoReadError, read_clip_frames
-from ..data.sampling import sample_train_clip
-from ..models.vivit import ViViT, vivit_config
+from lw_lightning.data.kinetics import ClipTransform, KineticsDataset, VideoRecord
+from lw_lightning.data.sampling import sample_train_clip
+from lw_lightning.data.video_io import VideoReadError
+from lw_lightning.models.vivit import ViViT, vivit_config
+
 from .common import Case, Env, time_interleaved
 from .config import DataSuite
-
 
 # ------------------------------------------------------------------------------------------------
 # realistic test videos
@@ -195,5 +195,4 @@ def _model_rate(suite: DataSuite, frames: int, env: Env, log: Callable[[str], No
     name = f"ViViT-{suite.model_preset} train {frames} frames b={suite.model_batch}"
     short = Env(env.device, env.dtype, warmup=1, repeats=suite.model_repeats)  # steps are long on CPU
     case = time_interleaved([Case(name, step, items=suite.model_batch)], short, log)[0]
-    del model, opt
     return {"model": f"ViViT-{suite.model_preset[0].upper()}/16x2", "model_clips_s": suite.model_batch / case.median if case.times else float("nan")}

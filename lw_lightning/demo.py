@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .bench.report import plot_accuracy
 from .config import load_config
 from .flops import image_model_flops
 from .models.config import resolve_k
 from .modules.classification import ImageClassifier
+from .plots import plot_accuracy
 from .tasks import run
 from .viz import SELECTION_LEGEND, picture_grid, selection_overlay
 

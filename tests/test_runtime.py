@@ -171,7 +171,7 @@ def _curve() -> list[dict]:
 def test_accuracy_plot_draws_a_labelled_chance_line(tmp_path):
     import matplotlib.pyplot as plt
 
-    from lw_lightning.bench.report import accuracy_chance, accuracy_figure, plot_accuracy
+    from lw_lightning.plots import accuracy_chance, accuracy_figure, plot_accuracy
 
     fig = accuracy_figure(_curve(), chance=0.25)
     ax = fig.axes[0]
