@@ -155,7 +155,7 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
         "selector_recall": recall,
         "selector_hit": hit,
         "seconds": {"teacher": round(t_a, 1), "distill": round(t_b, 1), "finetune": round(t_c, 1), "total": round(total, 1)},
-        # what `python -m lw_lightning.compare --demo-dir` starts from
+        # what `python -m benchmarks.compare --demo-dir` starts from
         "checkpoints": {"teacher": str(teacher_ckpt), "lookwhere": str(exported), "finetune": str(best_checkpoint(finetune))},
     }
     output_dir.mkdir(parents=True, exist_ok=True)
