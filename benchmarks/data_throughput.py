@@ -4,7 +4,7 @@ Images: writes realistically sized JPEGs (ImageNet's typical 500x375 / 375x500 /
 500x500, quality 90) in the class-folder layout, then times full passes of the DataModule's
 training loader.
 
-Video (``--video``): generates Kinetics-like H.264 files (``lw_lightning.bench.data``: pan, moving
+Video (``--video``): generates Kinetics-like H.264 files (``benchmarks.data``: pan, moving
 object, noise, B-frames, a keyframe every ``--gop`` frames) and times, interleaved round by round
 on the same frame indices and the same worker processes:
 
@@ -86,7 +86,7 @@ def _legacy_dataset():
     import torch.nn.functional as F
     from torchvision.transforms import v2
 
-    from lw_lightning.bench.data import BenchKineticsDataset
+    from benchmarks.data import BenchKineticsDataset
     from lw_lightning.data.kinetics import short_side_size
 
     class LegacyWorkerDataset(BenchKineticsDataset):
@@ -114,7 +114,7 @@ def measure_video(kind: str, paths: list[Path], frames: int, stride: int, worker
     import torch
     from torch.utils.data import DataLoader
 
-    from lw_lightning.bench.data import BenchKineticsDataset, PlainDecordDataset, recipe_transforms
+    from benchmarks.data import BenchKineticsDataset, PlainDecordDataset, recipe_transforms
     from lw_lightning.data.kinetics import VideoRecord
 
     repeat = -(-(clips + batch * (workers + 2)) // len(paths)) + 1
@@ -139,8 +139,8 @@ def video_main(args: argparse.Namespace) -> int:
     import os
     import statistics
 
-    from lw_lightning.bench.config import DataSuite
-    from lw_lightning.bench.data import make_videos
+    from benchmarks.config import DataSuite
+    from benchmarks.data import make_videos
     from lw_lightning.prep_videos import PrepOptions, prepare_tree
 
     width, height = (int(v) for v in args.size.lower().split("x"))

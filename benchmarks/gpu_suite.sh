@@ -5,7 +5,7 @@
 #   - ViViT-B with vs without TokenLearner: training clips/s (and inference)
 #   - the Kinetics loader with N workers vs plain decord, next to ViViT-B's training rate
 #   - pytest -m gpu
-#   - benchmarks/amp_check.py (fp32 vs bf16 vs fp16 losses)
+#   - python -m benchmarks.precision (fp32 vs bf16 vs fp16 losses)
 # The timings come from `python -m lw_lightning bench --config conf/bench/gpu.yaml`, one suite per
 # call so that a suite cut short by its time limit loses only itself.
 #
@@ -44,7 +44,7 @@ if [ "$DRY" = 1 ]; then
           "bench.data.clips=[[4, 2]]" bench.data.workers=[1] bench.data.readers=[plain,decord] bench.data.batch_size=2
           bench.data.clips_per_run=2 bench.data.rounds=1 bench.data.model_preset=tiny bench.data.model_repeats=1)
     PYTEST=(tests/test_gpu.py)        # collects only the GPU tests' module (they skip without CUDA)
-    AMP=(--device cpu --tasks classification video)   # amp_check.py's own CPU size (112)
+    AMP=(--device cpu --tasks classification video)   # benchmarks.precision's own CPU size (112)
     LIMITS=(600 600 600 600 600)   # a guard only: seconds each on an idle CPU
 else
     COMMON=("${GPU[@]}" bench.repeats=4)   # gpu.yaml's 6 repeats: the 8-minute budget holds all steps
@@ -74,7 +74,7 @@ step images "${LIMITS[0]}" "$PY" -m lw_lightning bench "${COMMON[@]}" bench.suit
 step video "${LIMITS[1]}" "$PY" -m lw_lightning bench "${COMMON[@]}" bench.suites=[video] "${VIDEO[@]}" "output_dir=$OUT/video"
 step data "${LIMITS[2]}" "$PY" -m lw_lightning bench "${COMMON[@]}" bench.suites=[data] "${DATA[@]}" "output_dir=$OUT/data"
 step pytest_gpu "${LIMITS[3]}" "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts= "${PYTEST[@]}"
-step amp_check "${LIMITS[4]}" "$PY" benchmarks/amp_check.py "${AMP[@]}"
+step amp_check "${LIMITS[4]}" "$PY" -m benchmarks.precision "${AMP[@]}"
 
 REPORT_ARGS=("$OUT")
 [ "$DRY" = 1 ] && REPORT_ARGS+=(--dry-run)

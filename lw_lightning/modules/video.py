@@ -9,10 +9,13 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torchmetrics import MeanMetric, SumMetric
 
+from ..flops import count_flops
 from ..models.vivit import ViViT, ViViTConfig, vivit_config
+from ..viz import video_token_pictures
 from .classification import accuracy_metrics
 from .optim import param_groups, scheduled
 
@@ -163,3 +166,13 @@ class VideoClassifier(pl.LightningModule):
         else:
             optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=(0.9, 0.999))
         return scheduled(optimizer, int(self.trainer.estimated_stepping_batches), self.hparams.warmup, self.hparams.min_lr_ratio)
+
+    # -- hooks read by the callbacks (lw_lightning.callbacks.perf / .images) --------------------
+    def flops_per_sample(self) -> int:
+        """FLOPs of one forward pass on one clip of the configured size."""
+        c = self.model_cfg
+        return count_flops(self, torch.zeros(1, 3, c.num_frames, c.img_size, c.img_size, device=self.device))
+
+    def example_images(self, batch: dict[str, Tensor], ncols: int = 4) -> dict[str, Image.Image]:
+        """Tag -> TokenLearner maps per temporal slice of each clip in ``batch`` (empty without TokenLearner)."""
+        return video_token_pictures(self.net, self.model_cfg, batch["video"].to(self.device))

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..flops import count_flops
-from ..models.vivit import ViViT, vivit_config
+from lw_lightning.flops import count_flops
+from lw_lightning.models.vivit import ViViT, vivit_config
+
 from .common import Case, CudaPeak, Env, maybe_compile, saved_activation_bytes, time_interleaved, timing_fields
 from .config import VideoSuite
 

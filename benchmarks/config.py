@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, suggest
+from lw_lightning.config import suggest
+from lw_lightning.errors import ConfigError
 
 SUITES = ("images", "video", "data", "overhead", "accuracy")
 

@@ -27,14 +27,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.kinetics import ClipTransform, KineticsDataset, VideoRecord
-from ..data.sampling import clip_indices, max_start
-from ..data.video_augment import VideoAugment
-from ..data.video_io import VideoReadError
-from ..models.vivit import ViViT, vivit_config
+from lw_lightning.data.kinetics import ClipTransform, KineticsDataset, VideoRecord
+from lw_lightning.data.sampling import clip_indices, max_start
+from lw_lightning.data.video_augment import VideoAugment
+from lw_lightning.data.video_io import VideoReadError
+from lw_lightning.models.vivit import ViViT, vivit_config
 from .common import Case, Env, time_interleaved
 from .config import DataSuite
-
 
 # ------------------------------------------------------------------------------------------------
 # realistic test videos
@@ -263,5 +262,4 @@ def _model_rate(suite: DataSuite, frames: int, env: Env, log: Callable[[str], No
     name = f"ViViT-{suite.model_preset} train {frames} frames b={suite.model_batch}"
     short = Env(env.device, env.dtype, warmup=1, repeats=suite.model_repeats)  # steps are long on CPU
     case = time_interleaved([Case(name, step, items=suite.model_batch)], short, log)[0]
-    del model, opt
     return {"model": f"ViViT-{suite.model_preset[0].upper()}/16x2", "model_clips_s": suite.model_batch / case.median if case.times else float("nan")}
