@@ -3,6 +3,9 @@
 * LookWhere (classification, segmentation, distillation): the selector map as a heat layer over
   the image, the selected high-res patches outlined, and the ground-truth sign box when the data
   has one (``box``: synthetic signs, traffic signs). Tag ``images/selection``.
+* video LookWhere (distillation, fine-tuning): one row per clip, one column per temporal slice:
+  the slice's central frame, the selector map over it, the kept tubelets and the target's box on
+  synthetic motion. Tag ``images/video_selection``.
 * ViViT with TokenLearner: for each sample, one row per temporal slice: the slice's middle frame,
   then each learned token's attention map over that frame. Tag ``images/tokenlearner/<i>``.
 * TokenLearner-ViT (images): one row per sample: the image, then each learned token's attention
@@ -52,6 +55,16 @@ def token_map_row(frame: Tensor, maps: Tensor, cell: int = 64) -> list[Image.Ima
     row = [Image.fromarray(_minmax_uint8(frame).transpose(1, 2, 0)).resize(size, Image.Resampling.NEAREST)]
     row.extend(heat_overlay(frame, maps[s]).resize(size, Image.Resampling.NEAREST) for s in range(maps.shape[0]))
     return row
+
+
+def video_lookwhere_of(pl_module: pl.LightningModule) -> torch.nn.Module | None:
+    """The :class:`~lw_lightning.models.video_lookwhere.VideoLookWhere` a module trains, if any."""
+    from ..models.video_lookwhere import VideoLookWhere
+
+    for net in (getattr(pl_module, "student", None), getattr(getattr(pl_module, "net", None), "lookwhere", None)):
+        if isinstance(net, VideoLookWhere):
+            return net
+    return None
 
 
 def tokenlearner_maps(net: torch.nn.Module) -> Tensor | None:
@@ -123,6 +136,9 @@ class SelectionImages(pl.Callback):
         from ..modules.video import VideoClassifier
 
         device = pl_module.device
+        video_lw = video_lookwhere_of(pl_module)
+        if video_lw is not None and "video" in batch:
+            return self._video_selection(pl_module, video_lw, batch)
         if isinstance(pl_module, VideoClassifier):
             return self._tokenlearner(pl_module, batch["video"].to(device))
         net = pl_module.student if isinstance(pl_module, LookWhereDistill) else getattr(pl_module, "net", None)
@@ -144,6 +160,20 @@ class SelectionImages(pl.Callback):
             for i in range(images.shape[0])
         ]
         return {"images/selection": tile(overlays, ncols=self.ncols)}
+
+    def _video_selection(self, pl_module: pl.LightningModule, net: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Image.Image]:
+        """Video LookWhere: rows of temporal slices with map, kept tubelets and target box."""
+        from ..viz_video import video_selection_picture
+
+        video = batch["video"].to(pl_module.device)
+        if video.ndim == 6:  # evaluation views [B, V, C, T, H, W]: the first view
+            video = video[:, 0]
+        hp = pl_module.hparams
+        k = hp.get("eval_k") if "eval_k" in hp else (hp.get("val_k") if hp.get("val_k") is not None else hp.get("k_max"))
+        out = net(video, k=k)
+        track = batch.get("track") if batch["video"].ndim == 5 else None
+        picture = video_selection_picture(video.cpu(), out["selector_map"], out["selected"], net.cfg.grid, net.cfg.tubelet, track)
+        return {"images/video_selection": picture}
 
     def _tokenlearner(self, pl_module: pl.LightningModule, video: Tensor) -> dict[str, Image.Image]:
         if video.ndim == 6:  # evaluation views [B, V, C, T, H, W]: the first view

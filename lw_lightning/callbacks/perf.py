@@ -94,6 +94,12 @@ def flops_per_sample(pl_module: pl.LightningModule) -> int | None:
     from ..modules.video import VideoClassifier
 
     device = pl_module.device
+    from ..modules.video_distill import VideoLookWhereDistill, distill_flops_k
+
+    if isinstance(pl_module, VideoLookWhereDistill):  # the student at its validation k
+        c = pl_module.model_cfg
+        video = torch.zeros(1, 3, c.num_frames, c.img_size, c.img_size, device=device)
+        return count_flops(pl_module.student, video, k=distill_flops_k(pl_module))
     if isinstance(pl_module, VideoClassifier):
         c = pl_module.model_cfg
         video = torch.zeros(1, 3, c.num_frames, c.img_size, c.img_size, device=device)
