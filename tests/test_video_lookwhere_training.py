@@ -223,3 +223,43 @@ def test_bad_finetune_k_is_one_line(tmp_path, capsys, distilled):
     assert main(["fit", *args, "module.model.slice_quota=1", "module.model.k=8", "module.train_k=2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "= 4 tubelets is more than module.train_k = 2 kept" in err
+
+
+def _cli(args: list[str]):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lw_lightning", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_ddp_distill_same_k_on_all_ranks_and_finetune_validate_parity(tmp_path, distilled):
+    """2 CPU processes (gloo): every rank draws the same k at every step, each sees its own shard;
+    validating a fine-tuned checkpoint gives the single-process numbers (7 clips: shards 4 + 3)."""
+    ddp = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+    probe = ["callbacks.probe._target_=tests.scale_helpers.RankProbe", f"callbacks.probe.folder={tmp_path / 'ranks'}"]
+    args = [*distill_args(tmp_path), "data.num_train=16", "data.batch_size=8", "trainer.max_epochs=2", "callbacks.images=null", *probe]
+    proc = _cli(["fit", *args, *ddp])
+    assert proc.stdout.count("fit done:") == 1
+    ranks = [json.loads((tmp_path / "ranks" / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["k"] == ranks[1]["k"] and len(ranks[0]["k"]) == 4 and len(set(ranks[0]["k"])) > 1
+    assert all(len(set(g)) == 1 for g in ranks[0]["k_all_ranks"])
+    assert not set(ranks[0]["indices"][:8]) & set(ranks[1]["indices"][:8])  # epoch 0: 2 steps of 4 clips per rank
+    single_k = [VideoLookWhereDistill(_small_model(), teacher={"model": _small_teacher()}, init_from_teacher=False).sample_k(s) for s in range(4)]
+    assert ranks[0]["k"] == single_k  # the seed-and-step draw: what one process (or a resumed run) uses
+    ft = ["--config", f"{EXP}/demo_vlw_finetune.yaml", f"output_dir={tmp_path / 'ft'}", *SMALL_DATA, *SMALL_LW, *QUIET,
+          f"module.model.pretrained={distilled}", "callbacks.images=null", "callbacks.flops=null"]
+    assert main(["fit", *ft]) == 0
+    ckpt = tmp_path / "ft" / "demo_vlw_finetune" / "version_0" / "checkpoints" / "last.ckpt"
+    evaluation = [*ft[2:], f"ckpt_path={ckpt}", "data.num_val=7", "data.eval_batch_size=4"]
+    single = run(load_config([ft[1]], [*evaluation, "name=single"]), "validate").metrics
+    _cli(["validate", ft[0], ft[1], *evaluation, *ddp, "name=ddpval"])
+    summary = json.loads((tmp_path / "ft" / "ddpval" / "version_0" / "summary_validate.json").read_text())
+    assert summary["world_size"] == 2
+    for key in ("val/acc1", "val/acc5", "val/clip_acc1"):
+        assert summary["metrics"][key] == single[key], key
+    assert summary["metrics"]["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5)
