@@ -263,3 +263,29 @@ def test_ddp_distill_same_k_on_all_ranks_and_finetune_validate_parity(tmp_path, 
     for key in ("val/acc1", "val/acc5", "val/clip_acc1"):
         assert summary["metrics"][key] == single[key], key
     assert summary["metrics"]["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("recipe", ["video_lookwhere_b_k400_distill.yaml", "video_lookwhere_b_k400_finetune.yaml"])
+def test_k400_recipes_run_shrunk_on_the_kinetics_layout(recipe, tmp_path):
+    """The Kinetics-400 recipes keep their structure at CPU size, through the Kinetics loader, on
+    synthetic motion written in the CVDF layout (mp4 clips + annotation CSVs)."""
+    from lw_lightning.data.synthetic_motion import write_kinetics_layout
+
+    cfg = load_config([f"{EXP}/{recipe}"], ["module.model.pretrained=x.pt", "module.teacher.checkpoint=x.ckpt"] if "distill" in recipe
+                      else ["module.model.pretrained=x.pt"])
+    assert cfg.module.model.preset == "base" and cfg.module.model.num_frames == 32 and cfg.data.num_frames == 32
+    assert cfg.module.model.slice_quota == 1 and cfg.requires == "gpu"
+    root = tmp_path / "k"
+    write_kinetics_layout(root, {"train": 4, "val": 2, "test": 2}, num_frames=12, img_size=40)
+    small = [f"data.root={root}", "data.num_frames=8", "data.frame_stride=1", "data.img_size=32", "data.train_short_side=[32,36]",
+             "data.eval_short_side=36", "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0", "data.test_clips=2",
+             "data.test_crops=3", "module.model.num_frames=8", "module.model.img_size=32", "module.model.embed_dim=32", "module.model.depth=2",
+             "module.model.num_heads=2", "module.model.selector_depth=1", "module.model.selector_num_frames=4", "module.model.selector_img_size=16",
+             "trainer.precision=32-true", "trainer.accelerator=cpu", "trainer.fast_dev_run=true", f"trainer.default_root_dir={tmp_path}",
+             f"output_dir={tmp_path}", *QUIET[:2], "module.model.k=0.5"]  # 16 tubelets here: quota 1 x 4 slices needs k >= 4
+    if "distill" in recipe:
+        small += ["module.teacher.checkpoint=null", "module.k_min=0.25", "module.k_max=0.5", "module.val_k=0.25",
+                  "module.teacher.model={preset: tiny, num_frames: 8, img_size: 32, tubelet: [2, 16, 16], embed_dim: 32, depth: 2, num_heads: 2}"]
+    else:
+        small += ["module.model.pretrained=null", "module.train_k=0.25", "module.eval_k=0.25"]
+    assert main(["fit", "--config", f"{EXP}/{recipe}", *small]) == 0
