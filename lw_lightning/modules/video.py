@@ -142,8 +142,8 @@ class VideoClassifier(pl.LightningModule):
         """Checkpoints from before ``model.activation`` keep the exact GELU they were trained with."""
         saved = (checkpoint.get("hyper_parameters") or {}).get("model")
         fields = saved if isinstance(saved, dict) else (vars(saved) if dataclasses.is_dataclass(saved) else None)
-        if fields is None or "activation" in fields:
-            return
+        if fields is None or "activation" in fields or not hasattr(self.model_cfg, "activation"):
+            return  # new checkpoints, and networks without the option (video LookWhere) are as saved
         if self.model_cfg.activation != "gelu":
             log.warning("checkpoint predates model.activation: it was trained with exact GELU, which is restored "
                         "(model.activation=gelu; set it in the config to silence this)")
