@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-check test test-all notebooks notebooks-sync clean
+.PHONY: install demo demo-check test test-all notebooks notebooks-sync lint clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ notebooks: $(STAMP)
 # rewrite notebooks/*.ipynb (no outputs) from their jupytext sources notebooks/*.py
 notebooks-sync: $(STAMP)
 	$(VENV)/bin/jupytext --to ipynb notebooks/*.py
+# ruff (configured in pyproject.toml): lint rules, then the formatter in check mode
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf runs lightning_logs

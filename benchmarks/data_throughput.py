@@ -1,11 +1,25 @@
-"""Images/s of the ImageNet train pipeline (JPEG decode + DeiT augmentation) per DataLoader workers.
+"""Input-pipeline throughput per DataLoader worker: ImageNet images/s, or (``--video``) Kinetics clips/s.
 
-Writes a generated set of realistically sized JPEGs (ImageNet's typical 500x375 / 375x500 /
-500x333 / 500x500, quality 90) in the class-folder layout, then times full passes of the
-DataModule's training loader. Measures the loader alone (no model), so it is the ceiling the
-input pipeline puts on training speed.
+Images: writes realistically sized JPEGs (ImageNet's typical 500x375 / 375x500 / 500x333 /
+500x500, quality 90) in the class-folder layout, then times full passes of the DataModule's
+training loader.
+
+Video (``--video``): generates Kinetics-like H.264 files (``benchmarks.data``: pan, moving
+object, noise, B-frames, a keyframe every ``--gop`` frames) and times, interleaved round by round
+on the same frame indices and the same worker processes:
+
+* ``plain``: decord alone (open a ``VideoReader``, ``get_batch``, copy out), nothing sent back;
+* ``plain+crop``: the same, sending back the centre 224² crop: decoding plus delivering as many
+  bytes as the training clips (shared-memory collation is ~10% of a 32-frame clip here);
+* ``loader``: the training loader's workers (probe, decode, scale-jitter crop, uint8 out);
+* ``old worker``: the worker transform before the device split (float resize of the whole frame,
+  crop, flip, colour jitter p=0.8, colour drop p=0.1, normalise), for the before/after;
+* with ``--prepared``: the same on a copy re-encoded by ``python -m lw_lightning.prep_videos``.
+
+Measures the loader alone (no model), so it is the ceiling the input pipeline puts on training.
 
     python -m benchmarks.data_throughput --workers 1 2 --images 256   (from the repo root)
+    python -m benchmarks.data_throughput --video --size 320x240 --clips 16x4 32x2 --workers 1 --rounds 3
 """
 
 from __future__ import annotations
@@ -61,15 +75,142 @@ def measure(root: Path, workers: int, batch: int, image_size: int, epochs: int) 
     return n / (time.perf_counter() - start)
 
 
+# ------------------------------------------------------------------------------------------------
+# video
+# ------------------------------------------------------------------------------------------------
+
+
+def _legacy_dataset():
+    """The Kinetics training item as workers computed it before the device split (for comparison)."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+
+    from benchmarks.data import BenchKineticsDataset
+    from lw_lightning.data.kinetics import short_side_size
+
+    class LegacyWorkerDataset(BenchKineticsDataset):
+        color = v2.Compose([v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.1)])
+
+        def __getitem__(self, index: int) -> dict:
+            frames = self.decode(self.records[index].path, lambda n: self.train_indices(index, n), None)
+            x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+            lo, hi = self.transform.train_short_side
+            s = self.transform.img_size
+            size = short_side_size(*x.shape[-2:], int(torch.randint(lo, hi + 1, (1,))))
+            x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True).round_().clamp_(0, 255).byte()
+            top, left = int(torch.randint(size[0] - s + 1, (1,))), int(torch.randint(size[1] - s + 1, (1,)))
+            x = x[..., top : top + s, left : left + s]
+            if torch.rand(()) < 0.5:
+                x = x.flip(-1)
+            x = self.color(x.contiguous())
+            return {"video": (x.permute(1, 0, 2, 3).float() / 255.0 - 0.5) / 0.5}
+
+    return LegacyWorkerDataset
+
+
+def measure_video(kind: str, paths: list[Path], frames: int, stride: int, workers: int, clips: int, batch: int) -> float:
+    """Clips/s of one loader kind over ``clips`` clips after a warm-up batch (same indices for every kind)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from benchmarks.data import BenchKineticsDataset, PlainDecordDataset, recipe_transforms
+    from lw_lightning.data.kinetics import VideoRecord
+
+    repeat = -(-(clips + batch * (workers + 2)) // len(paths)) + 1
+    if kind.startswith("plain"):
+        ds = PlainDecordDataset([str(p) for p in paths] * repeat, frames, stride, crop=224 if kind == "plain+crop" else None)
+    else:
+        geometry, augment = recipe_transforms(224)
+        cls = _legacy_dataset() if kind == "old worker" else BenchKineticsDataset
+        ds = cls([VideoRecord(str(p), 0, p.stem) for p in paths] * repeat, True, geometry, frames, stride, augment=augment)
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, drop_last=True, generator=torch.Generator().manual_seed(0))
+    it = iter(loader)
+    next(it)
+    n, start = 0, time.perf_counter()
+    while n < clips:
+        n += next(it)["video"].shape[0]
+    rate = n / (time.perf_counter() - start)
+    del it
+    return rate
+
+
+def video_main(args: argparse.Namespace) -> int:
+    import os
+    import statistics
+
+    from benchmarks.config import DataSuite
+    from benchmarks.data import make_videos
+    from lw_lightning.prep_videos import PrepOptions, prepare_tree
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    clips = [tuple(int(v) for v in c.lower().split("x")) for c in args.clips]
+    root = args.dir or Path(tempfile.mkdtemp(prefix="video_throughput_"))
+    suite = DataSuite(videos=args.videos, seconds=args.seconds, fps=25, width=width, height=height, gop=args.gop)
+    sets = {"raw": make_videos(root / "raw", suite, print)}
+    if args.prepared:
+        prep = prepare_tree(root / "raw", root / "prepared", PrepOptions(args.prep_short_side, args.prep_keyint), workers=1, progress=False)
+        if prep.failed:
+            print(f"prep failed on {prep.failed}")
+            return 1
+        sets["prepared"] = [root / "prepared" / p.name for p in sets["raw"]]
+    kinds = ["plain", "plain+crop", "loader"] + ([] if args.no_old else ["old worker"])
+    cases = [(name, f, st, kind, w) for (f, st) in clips for name in sets for kind in kinds for w in args.workers]
+    rates: dict[tuple, list[float]] = {c: [] for c in cases}
+    for r in range(args.rounds):  # interleaved: load changes on a shared machine hit every case alike
+        for c in cases:
+            name, f, st, kind, w = c
+            rates[c].append(measure_video(kind, sets[name], f, st, w, args.clips_per_run, args.batch_size))
+            print(f"round {r}: {name} {f}x{st} {kind} w={w}: {rates[c][-1]:.2f} clips/s", flush=True)
+    load = os.getloadavg()
+    lines = [f"{args.videos} generated {args.seconds:g}-s videos, {width}x{height} at 25 fps, H.264 (x264 medium, crf 23, B-frames), "
+             f"keyframe every {args.gop} frames" + (f"; prepared: short side {args.prep_short_side}, keyframe every {args.prep_keyint}" if args.prepared else "")
+             + f". Clips/s per worker, median of {args.rounds} interleaved rounds of {args.clips_per_run} clips (batch {args.batch_size}); "
+             f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores.", ""]
+    header = (["files", "clip", "workers"] + [f"{k} clips/s per worker" for k in kinds] + ["loader / plain", "loader / plain+crop"]
+              + (["old worker / plain+crop"] if "old worker" in kinds else []))
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (f, st) in clips:
+        for name in sets:
+            for w in args.workers:
+                med = {k: statistics.median(rates[(name, f, st, k, w)]) / w for k in kinds}
+                row = [name, f"{f}x{st}", str(w)] + [f"{med[k]:.2f}" for k in kinds]
+                row += [f"{med['loader'] / med['plain']:.2f}", f"{med['loader'] / med['plain+crop']:.2f}"]
+                row += [f"{med['old worker'] / med['plain+crop']:.2f}"] if "old worker" in kinds else []
+                lines.append("| " + " | ".join(row) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", action="store_true", help="Kinetics clips instead of ImageNet images")
+    parser.add_argument("--videos", type=int, default=4, help="(video) generated videos")
+    parser.add_argument("--seconds", type=float, default=10.0, help="(video) length of each video")
+    parser.add_argument("--size", default="320x240", help="(video) WxH of the generated videos")
+    parser.add_argument("--gop", type=int, default=50, help="(video) keyframe interval of the generated videos")
+    parser.add_argument("--clips", nargs="+", default=["16x4", "32x2"], help="(video) FRAMESxSTRIDE clip shapes")
+    parser.add_argument("--rounds", type=int, default=3, help="(video) interleaved rounds")
+    parser.add_argument("--clips-per-run", type=int, default=16, help="(video) clips timed per measurement")
+    parser.add_argument("--prepared", action="store_true", help="(video) also time a copy made by lw_lightning.prep_videos")
+    parser.add_argument("--prep-short-side", type=int, default=320)
+    parser.add_argument("--prep-keyint", type=int, default=16)
+    parser.add_argument("--no-old", action="store_true", help="(video) skip the pre-split worker transform")
+    parser.add_argument("--out", type=Path, default=None, help="(video) also write the markdown table here")
     parser.add_argument("--images", type=int, default=256, help="generated JPEGs")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 32 (images) / 4 (video)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None, help="where to write the JPEGs (default: a temp dir)")
     args = parser.parse_args(argv)
+    if args.video:
+        args.batch_size = args.batch_size or 4
+        return video_main(args)
+    args.batch_size = args.batch_size or 32
     with tempfile.TemporaryDirectory() as tmp:
         root = args.dir or Path(tmp)
         write_jpegs(root, args.images)

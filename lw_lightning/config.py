@@ -29,6 +29,8 @@ from typing import Any, Literal, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import ConfigError  # re-exported: ``from lw_lightning.config import ConfigError`` keeps working
+
 BASE_KEY = "_base_"
 TARGET_KEY = "_target_"
 
@@ -51,10 +53,6 @@ TOP_LEVEL_KEYS: dict[str, str] = {
 
 #: values the top-level ``requires`` key may take (null: runs anywhere)
 REQUIREMENTS = ("gpu",)
-
-
-class ConfigError(ValueError):
-    """A configuration mistake made by the user; reported as one line, exit status 2."""
 
 
 # --------------------------------------------------------------------------------------------

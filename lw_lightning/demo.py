@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from .bench.report import plot_accuracy
 from .config import load_config
 from .flops import image_model_flops
 from .models.config import resolve_k
 from .modules.classification import ImageClassifier
+from .plots import plot_accuracy
 from .tasks import run
-from .viz import SELECTION_LEGEND, selection_overlay, tile
+from .viz import SELECTION_LEGEND, picture_grid, selection_overlay
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 
@@ -155,7 +155,7 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
         "selector_recall": recall,
         "selector_hit": hit,
         "seconds": {"teacher": round(t_a, 1), "distill": round(t_b, 1), "finetune": round(t_c, 1), "total": round(total, 1)},
-        # what `python -m lw_lightning.compare --demo-dir` starts from
+        # what `python -m benchmarks.compare --demo-dir` starts from
         "checkpoints": {"teacher": str(teacher_ckpt), "lookwhere": str(exported), "finetune": str(best_checkpoint(finetune))},
     }
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +227,7 @@ def _save_selection_png(module: ImageClassifier, datamodule, path: Path, count: 
         _, out = module(sample["image"].unsqueeze(0), k=k)
         tiles.append(selection_overlay(sample["image"], out["selector_map"][0], out["selected"][0], module.model_cfg.patch_size, sample["box"].tolist()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tile(tiles, ncols=4, legend=SELECTION_LEGEND).save(path)
+    picture_grid(tiles, ncols=4, legend=SELECTION_LEGEND).save(path)
 
 
 if __name__ == "__main__":

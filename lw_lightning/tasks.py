@@ -8,6 +8,7 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,27 @@ def _resolve_ckpt_path(cfg: DictConfig, command: str) -> tuple[str | None, DictC
     return str(path), cfg
 
 
+#: module.model fields a pretrained file decides when the config leaves them null (LookWhere:
+#: the selector head's r and the resize mode); the checkpoint's hparams record the decision.
+DECIDED_BY_PRETRAINED = ("selector_r", "resize_mode")
+
+
+def _decided_model_settings(cfg: DictConfig, ckpt: dict[str, Any]) -> DictConfig:
+    """Take ``DECIDED_BY_PRETRAINED`` from the checkpoint's hyper-parameters where the config
+    leaves them null: evaluation does not read ``module.model.pretrained``, and a resumed fit
+    must build the model it saved."""
+    saved = (ckpt.get("hyper_parameters") or {}).get("model")
+    if not isinstance(saved, Mapping) or OmegaConf.select(cfg, "module.model") is None:
+        return cfg
+    fill = {k: saved[k] for k in DECIDED_BY_PRETRAINED if saved.get(k) is not None and OmegaConf.select(cfg, f"module.model.{k}") is None}
+    if not fill:
+        return cfg
+    cfg = cfg.copy()
+    for key, value in fill.items():
+        OmegaConf.update(cfg, f"module.model.{key}", value, force_add=True)
+    return cfg
+
+
 def _best_recorded_in(last: Path) -> Path:
     """The ``best_model_path`` a monitoring ModelCheckpoint stored in ``last``."""
     ckpt = read_weights(last, "ckpt_path=best: checkpoint")
@@ -276,6 +298,8 @@ def run(cfg: DictConfig, command: str) -> RunResult:
     ckpt_path, cfg = _resolve_ckpt_path(cfg, command)
     # an unreadable checkpoint fails before anything is built; the run dir does not exist yet
     ckpt = _read_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if ckpt is not None:
+        cfg = _decided_model_settings(cfg, ckpt)
     warn_if_gpu_recipe_on_cpu(cfg, command)  # before building: a ViT-B recipe takes a while to build
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)

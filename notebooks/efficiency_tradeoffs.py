@@ -54,8 +54,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import torch.nn as nn
 from IPython.display import Markdown, display
 
-from lw_lightning.bench.common import Case, fmt_bytes, fmt_time, make_env, time_interleaved
-from lw_lightning.bench.images import count_variant_flops, forward_fn, train_activation_bytes, train_step_fn
+from benchmarks.common import Case, fmt_bytes, fmt_time, make_env, time_interleaved
+from benchmarks.images import count_variant_flops, forward_fn, train_activation_bytes, train_step_fn
 from lw_lightning.models.config import model_config, resolve_k
 from lw_lightning.models.lookwhere import build_model
 
@@ -262,8 +262,8 @@ plt.show()
 
 # %%
 if not video_rows:
-    from lw_lightning.bench.config import VideoSuite
-    from lw_lightning.bench.video import run_video
+    from benchmarks.config import VideoSuite
+    from benchmarks.video import run_video
 
     video_rows = run_video(VideoSuite(presets=["tiny"], num_frames=8, num_tokens=4, batch_sizes=[1], train_batch=TRAIN_BATCH), env, log=lambda m: None)
 lines = ["| model | tokens in / after TokenLearner | GFLOPs per clip | latency b=1 | train step | activations (train) |", "|---|---|---|---|---|---|"]

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 from omegaconf import OmegaConf
 
-from lw_lightning.compare import find_demo_runs, load_classifier
+from benchmarks.compare import find_demo_runs, load_classifier
 from lw_lightning.config import instantiate
 from lw_lightning.data.synthetic_signs import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, render_sample
 from lw_lightning.demo import best_checkpoint, run_stage

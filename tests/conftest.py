@@ -39,3 +39,42 @@ def tiny_overrides(tmp_path: Path, arch: str = "vit", size: int = 112) -> list[s
         "trainer.enable_model_summary=false",
         "trainer.accelerator=cpu",
     ]
+
+
+def skip_weight_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build ViT-B-sized models without their random init (seconds on this CPU): for tests
+    where a strict load overwrites every weight anyway. A weight the load missed keeps
+    uninitialised memory, so a comparison of outputs still fails."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    monkeypatch.setattr(VisionTransformer, "init_weights", lambda self, *a, **k: None)
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", lambda self: None)
+    monkeypatch.setattr(torch.nn.modules.conv._ConvNd, "reset_parameters", lambda self: None)
+
+
+@pytest.fixture
+def no_weight_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """:func:`skip_weight_init` for one test."""
+    skip_weight_init(monkeypatch)
+
+
+def timm_layout(name: str, **kwargs) -> dict[str, torch.Size]:
+    """Key names and shapes of the timm model ``name`` (built on the meta device: no memory)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def random_weights(shapes: dict[str, torch.Size], seed: int = 0, scale: float = 0.2) -> dict[str, torch.Tensor]:
+    """Random tensors of ``shapes``; LayerScale gammas and norm weights around 1, so every block
+    changes its input (timm's 1e-5 LayerScale init would make the blocks near identities)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        value = torch.randn(shape, generator=gen) * scale
+        if key.endswith(".gamma") or (key.endswith(".weight") and len(shape) == 1):
+            value = value + 1.0
+        out[key] = value
+    return out

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lw_lightning.bench.common import saved_activation_bytes
-from lw_lightning.bench.config import parse_bench_config
+from benchmarks.common import saved_activation_bytes
+from benchmarks.config import parse_bench_config
 from lw_lightning.cli import main
 from lw_lightning.config import ConfigError
 
@@ -46,7 +46,7 @@ def test_saved_activation_bytes_counts_activations_not_weights():
 
 
 def test_pyav_reader_matches_decord(tmp_path):
-    from lw_lightning.bench.data import read_clip_frames_pyav, write_realistic_video
+    from benchmarks.data import read_clip_frames_pyav, write_realistic_video
     from lw_lightning.data.video_io import read_clip_frames
 
     path = tmp_path / "v.mp4"

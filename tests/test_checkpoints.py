@@ -164,7 +164,7 @@ def _bad_files(tmp_path: Path, good: Path) -> dict[str, Path]:
         # another image size: same keys, another pos_embed shape
         ("good", ["data.image_size=112", "module.model.img_size=[112,112]"],
          "does not fit the model: 'net.backbone.pos_embed' has shape [1, 16, 96] in the checkpoint, [1, 64, 96] in the model"),
-        ("good", ["module.model.arch=lookwhere"], "does not fit the model (key mismatch): missing keys ['net.extractor."),
+        ("good", ["module.model.arch=lookwhere"], "does not fit the model (key mismatch): 90 missing keys ['net.extractor."),
     ],
 )
 def test_bad_ckpt_path_is_one_line_and_leaves_no_run_folder(trained, tmp_path, capsys, command, case, extra, message):
@@ -190,7 +190,9 @@ def test_bad_pretrained_and_teacher_files_are_one_line(tmp_path, capsys):
         (FINETUNE, lw_common, f"module.model.pretrained={files['truncated']}", f"model.pretrained {files['truncated']} is truncated or corrupt"),
         (FINETUNE, lw_common, f"module.model.pretrained={files['random']}", f"model.pretrained {files['random']} is not a checkpoint"),
         (FINETUNE, [*lw_common, "module.model.depth=2"], f"module.model.pretrained={official}",
-         f"model.pretrained {official}: extractor does not fit the model (key mismatch): missing keys [], unexpected keys ['blocks.2."),
+         f"model.pretrained {official}: extractor does not fit the model (key mismatch): 24 unexpected keys ['blocks.2."),
+        (FINETUNE, [*lw_common, "module.model.embed_dim=48", "module.model.num_heads=2"], f"module.model.pretrained={official}",
+         f"model.pretrained {official}: selector.backbone does not fit the model: 'cls_token' has shape [1, 1, 96] in the checkpoint, [1, 1, 48] in the model"),
         (DEMO, tiny_overrides(tmp_path), f"module.model.pretrained={narrow}",
          f"model.pretrained {narrow}: backbone does not fit the model: 'cls_token' has shape [1, 1, 48] in the checkpoint, [1, 1, 96] in the model"),
         (DISTILL, lw_common, f"module.teacher.checkpoint={tmp_path / 'truncated.ckpt'}", f"teacher checkpoint {files['truncated']} is truncated or corrupt"),
@@ -294,11 +296,17 @@ def test_evaluation_of_a_checkpoint_does_not_need_the_pretrained_file(trained, t
 
 def test_finetuned_checkpoint_evaluates_after_its_pretrained_file_is_gone(tmp_path, capsys):
     """demo_finetune.yaml has ``pretrained: ???``: evaluating its checkpoint names no weights file."""
+    # release-like: no recorded resize_mode (-> official), an r = 3 head where 112 px would default to 2
     pretrained = tmp_path / "lookwhere.pt"
-    torch.save(export_official(LookWhere(model_config("tiny", img_size=[112, 112], selector_img_size=56))), pretrained)
+    release = export_official(LookWhere(model_config("tiny", img_size=[112, 112], selector_img_size=56, selector_r=3)))
+    del release["resize_mode"]
+    torch.save(release, pretrained)
     common = [*tiny_overrides(tmp_path, "lookwhere"), "data.num_train=8", "data.batch_size=4", "trainer.max_epochs=1",
               "trainer.limit_val_batches=1", "callbacks.images=null", "callbacks.flops=null"]
     assert main(["fit", "--config", FINETUNE, *common, f"module.model.pretrained={pretrained}"]) == 0
+    last = tmp_path / "runs" / "demo_finetune" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=False)["hyper_parameters"]["model"]
+    assert (saved["selector_r"], saved["resize_mode"]) == (3, "official")  # what the file decided is recorded
     pretrained.unlink()
     capsys.readouterr()
     assert main(["predict", "--config", FINETUNE, *common, "ckpt_path=last"]) == 0, capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`python -m lw_lightning.compare`: full-res ViT vs LookWhere vs TokenLearner-ViT on the demo task."""
+"""`python -m benchmarks.compare`: full-res ViT vs LookWhere vs TokenLearner-ViT on the demo task."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lw_lightning import compare
-from lw_lightning.bench import report
+from benchmarks import compare, report
 from lw_lightning.config import load_config
 from lw_lightning.models.config import model_config
+from lw_lightning.plots import accuracy_figure, plot_accuracy
 
 
 def _recipe(root, name, *overrides):
@@ -103,13 +103,13 @@ def test_accuracy_plot_draws_noted_rows_as_a_line(tmp_path):
         _row("TokenLearner-ViT", "at 0", 44e6, 0.50, note="at 0"),
         _row("TokenLearner-ViT", "at 1/4", 120e6, 0.60, note="at 1/4"),
     ]
-    fig = report.accuracy_figure(rows, chance=0.25)
+    fig = accuracy_figure(rows, chance=0.25)
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
     assert lines["full-res ViT"].get_linestyle() == "None" and lines["full-res ViT"].get_marker() == "*"
     assert lines["TokenLearner-ViT"].get_linestyle() == "-" and len(lines["TokenLearner-ViT"].get_xdata()) == 2
     texts = {t.get_text() for t in fig.axes[0].texts}
     assert {"k=13", "k=25", "at 0", "at 1/4"} <= texts
-    assert report.plot_accuracy(rows, tmp_path / "p.png").stat().st_size > 1000
+    assert plot_accuracy(rows, tmp_path / "p.png").stat().st_size > 1000
 
 
 def _fake_demo(tmp_path, teacher_arch="vit", summary="{}"):
@@ -190,5 +190,5 @@ def test_quick_comparison_writes_table_plot_and_results(tmp_path, root, monkeypa
     md = (out / "compare.md").read_text()
     table = [ln for ln in md.splitlines() if ln.startswith("| ") and "---" not in ln]
     assert len(table) == 1 + 8 and "Best accuracy at each GMACs budget" in md
-    assert results["command"].startswith("python -m lw_lightning.compare --quick")
+    assert results["command"].startswith("python -m benchmarks.compare --quick")
     assert (out / "compare_accuracy_vs_gmacs.png").stat().st_size > 1000

@@ -161,3 +161,29 @@ def test_every_task_fits_and_tests_under_ddp(task, tmp_path, kinetics):
     assert keys
     for key in keys:
         assert metrics[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+
+
+def test_lightning_keeps_our_sharded_loaders_and_shards_foreign_ones():
+    """``use_distributed_sampler`` at Lightning's default: our loaders (both samplers are
+    ``DistributedSampler`` subclasses) pass through unchanged and keep their shards, while a
+    plain loader from some other DataModule is still sharded by Lightning."""
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.trainer.states import RunningStage
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from lw_lightning.data.synthetic_signs import SyntheticSignsDataModule
+
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # not launched: rank 0 of 2
+    assert trainer._accelerator_connector.use_distributed_sampler and trainer._accelerator_connector.is_distributed
+    dm = SyntheticSignsDataModule(image_size=56, num_train=10, num_val=7, num_test=7, batch_size=4, eval_batch_size=2)
+    dm.trainer = trainer
+    dm.setup("fit")
+    prepare = trainer._data_connector._prepare_dataloader
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert prepare(train, shuffle=True, mode=RunningStage.TRAINING) is train
+    assert prepare(val, shuffle=False, mode=RunningStage.VALIDATING) is val
+    train.sampler.set_epoch(1)
+    assert len(list(train.sampler)) == 5 and list(val.sampler) == [0, 2, 4, 6]  # rank 0: no padding
+    foreign = DataLoader(list(range(7)), batch_size=2)
+    sharded = prepare(foreign, shuffle=False, mode=RunningStage.VALIDATING)
+    assert sharded is not foreign and isinstance(sharded.sampler, DistributedSampler)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lw_lightning.bench.images import count_variant_flops
+from benchmarks.images import count_variant_flops
+from benchmarks.video import vivit_flops
 from lw_lightning.config import load_config
-from lw_lightning.bench.video import vivit_flops
 from lw_lightning.models.config import resolve_k
 
 TOL = 0.02

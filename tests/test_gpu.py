@@ -1,6 +1,6 @@
 """GPU checks (skipped without CUDA): 16-mixed and bf16-mixed losses finite and close to fp32 on a
 fixed batch for every task, and a short 16-mixed run through the CLI. The same numbers are printed
-by ``python benchmarks/amp_check.py``."""
+by ``python -m benchmarks.precision``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
+from benchmarks.precision import TASKS, compare
 from lw_lightning.cli import main
-from lw_lightning.precision_check import TASKS, compare
 
 from .conftest import ROOT, tiny_overrides
 

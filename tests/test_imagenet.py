@@ -18,9 +18,9 @@ from lw_lightning.data.imagenet import (
     find_layout,
     list_samples,
     make_tiny,
+    read_devkit_meta,
 )
 from lw_lightning.data.images import UnreadableImageError, load_rgb
-from lw_lightning.data.matfile import MatFileError, read_mat, write_mat
 
 # the real ImageNet-1k class indices of the tiny copy's wnids (tench, goldfish, golden retriever, toilet tissue)
 REAL_INDEX = {"n01440764": 0, "n01443537": 1, "n02099601": 207, "n15075141": 999}
@@ -323,22 +323,43 @@ def test_mixup_gives_soft_targets_and_needs_even_batches(copies: dict[str, Path]
         dm(copies["folders"], mixup=0.8, batch_size=3).setup("fit")
 
 
-def test_matfile_roundtrip_struct_strings_and_numbers(tmp_path: Path) -> None:
-    recs = [
-        {"ID": 1, "WNID": "n02119789", "words": "kit fox, Vulpes macrotis", "children": np.zeros((1, 0)), "x": 2.5},
-        {"ID": 1500, "WNID": "n01440764", "words": "", "children": np.array([[3, 4, 700]]), "x": -1.0},
-    ]
-    write_mat(tmp_path / "m.mat", {"synsets": recs, "note": "ab"})
-    out = read_mat(tmp_path / "m.mat")
-    assert out["note"] == "ab"
-    got = out["synsets"]
-    assert [r["WNID"] for r in got] == ["n02119789", "n01440764"]
-    assert got[0]["words"] == "kit fox, Vulpes macrotis" and got[1]["words"] == ""
-    assert got[1]["ID"].item() == 1500 and got[0]["x"].item() == 2.5 and got[1]["x"].item() == -1.0
-    assert got[1]["children"].tolist() == [[3.0, 4.0, 700.0]] and got[0]["children"].size == 0
-    (tmp_path / "bad.mat").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 200)
-    with pytest.raises(MatFileError, match="v7.3"):
-        read_mat(tmp_path / "bad.mat")
+def test_tiny_meta_mat_has_the_devkit_layout(copies: dict[str, Path]) -> None:
+    import scipy.io
+
+    meta = copies["devkit"] / "ILSVRC2012_devkit_t12" / "data" / "meta.mat"
+    assert scipy.io.whosmat(meta) == [("synsets", (1003, 1), "struct")]  # 1000 leaves + 3 groups, N x 1
+    raw = scipy.io.loadmat(meta)["synsets"]
+    assert raw.dtype.names == ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height", "num_train_images")
+    assert raw[0, 0]["ILSVRC2012_ID"].dtype == np.float64  # MATLAB doubles, as in the real file
+    # read the way torchvision's ImageNet parses the devkit: rows with num_children == 0, fields by position
+    rows = scipy.io.loadmat(meta, squeeze_me=True)["synsets"]
+    leaves = [r for r in rows if r[4] == 0]
+    assert len(leaves) == 1000
+    assert read_devkit_meta(meta) == {int(r[0]): str(r[1]) for r in leaves}
+    assert sorted(read_devkit_meta(meta).values()) == canonical_wnids()
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"\x89HDF\r\n\x1a\n" + b"\0" * 200, "not a readable MAT-file"),
+        (b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + b"\x00\x01IM", "no 'synsets' struct array"),
+        (None, "no 'synsets' struct array"),
+    ],
+)
+def test_bad_meta_mat_is_one_clear_error(tmp_path: Path, copies: dict[str, Path], content: bytes | None, needle: str) -> None:
+    import scipy.io
+
+    root = tmp_path / "c"
+    shutil.copytree(copies["devkit"], root)
+    meta = root / "ILSVRC2012_devkit_t12" / "data" / "meta.mat"
+    if content is None:
+        scipy.io.savemat(meta, {"classes": np.arange(3.0)})  # a MAT-file, but not the devkit's
+    else:
+        meta.write_bytes(content)
+    with pytest.raises(ConfigError, match=needle) as err:
+        dm(root).setup("validate")
+    assert "\n" not in str(err.value) and "meta.mat" in str(err.value)
 
 
 def test_randaugment_posterize_at_max_magnitude_does_not_crash() -> None:

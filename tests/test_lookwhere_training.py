@@ -93,7 +93,8 @@ def test_teacher_tokens_match_timm_forward_features():
 def test_official_layout_round_trip(tmp_path):
     model = tiny_lookwhere().eval()
     state = export_official(model)
-    assert set(state) == {"selector", "extractor"} and set(state["selector"]) == {"backbone", "head"}
+    assert set(state) == {"selector", "extractor", "resize_mode"} and set(state["selector"]) == {"backbone", "head"}
+    assert state["resize_mode"] == "pretraining"  # the mode the selector ran in: fine-tuning keeps it
     assert set(state["selector"]["head"]) == {"w1.weight", "w1.bias", "w2.weight", "w2.bias"}
     assert state["extractor"]["pos_embed"].shape == (1, 64, 96)
     path = save_official(model, tmp_path / "lookwhere.pt")
@@ -126,7 +127,7 @@ def test_official_layout_is_strict(tmp_path):
 def test_outputs_match_reference_style_forward():
     """The released inference path, written with timm's own modules: embed all patches (conv),
     add pos-embed, gather, prepend the selector's output prefix; non-antialiased resizes."""
-    model = tiny_lookwhere(antialias=False).eval()
+    model = tiny_lookwhere(resize_mode="official").eval()
     images = torch.randn(2, 3, 112, 112)
     out = model(images, k=12, dense=True)
     sel_vit, ext_vit = model.selector.backbone, model.extractor.backbone
@@ -228,7 +229,8 @@ def test_distill_then_finetune_and_segment_via_cli(tmp_path, teacher_ckpt, capsy
                  "module.k_min=4", "module.k_max=16", "module.val_k=8", "name=d"]) == 0
     assert "val/map_recall" in capsys.readouterr().out
     exported = next((tmp_path / "runs" / "d").glob("version_*/lookwhere.pt"))
-    assert set(torch.load(exported, weights_only=True)) == {"selector", "extractor"}
+    export = torch.load(exported, weights_only=True)
+    assert set(export) == {"selector", "extractor", "resize_mode"} and export["resize_mode"] == "pretraining"
     assert main(["fit", "--config", "conf/experiment/demo_finetune.yaml", *common, f"module.model.pretrained={exported}",
                  "module.train_k=8", "module.eval_k=8", "module.eval_ks=[4,8]", "name=f"]) == 0
     out = capsys.readouterr().out

@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lw_lightning.callbacks.images import SelectionImages
-from lw_lightning.callbacks.perf import batch_size_of, flops_per_sample
+from lw_lightning.callbacks.perf import batch_size_of
 from lw_lightning.cli import main
 from lw_lightning.config import load_config
 from lw_lightning.data.synthetic_kinetics import SyntheticKineticsSpec, make_synthetic_kinetics
@@ -79,7 +79,7 @@ def test_flops_per_sample_matches_flop_counter_and_grows_with_k():
     small = ImageClassifier({**TINY_LW}, num_classes=4, eval_k=8).eval()
     large = ImageClassifier({**TINY_LW}, num_classes=4, eval_k=32).eval()
     large.load_state_dict(small.state_dict())
-    f8, f32 = flops_per_sample(small), flops_per_sample(large)
+    f8, f32 = small.flops_per_sample(), large.flops_per_sample()
     assert f8 is not None and f32 is not None and f8 < f32
     # within the head's matmul of the backbone-only count
     backbone = image_model_flops(small.net, (112, 112), k=8)

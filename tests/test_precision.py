@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.precision import TASKS, compare
 from lw_lightning.cli import main
 from lw_lightning.models.teacher import TeacherConfig, attention_target, build_teacher
 from lw_lightning.models.tokenlearner import TokenLearnerV10, TokenLearnerV11
-from lw_lightning.precision_check import TASKS, compare
 
 from .conftest import ROOT, tiny_overrides
 

@@ -171,7 +171,7 @@ def _curve() -> list[dict]:
 def test_accuracy_plot_draws_a_labelled_chance_line(tmp_path):
     import matplotlib.pyplot as plt
 
-    from lw_lightning.bench.report import accuracy_chance, accuracy_figure, plot_accuracy
+    from lw_lightning.plots import accuracy_chance, accuracy_figure, plot_accuracy
 
     fig = accuracy_figure(_curve(), chance=0.25)
     ax = fig.axes[0]
@@ -193,10 +193,10 @@ def test_accuracy_plot_draws_a_labelled_chance_line(tmp_path):
 def test_selection_picture_has_a_legend_strip():
     from PIL import Image
 
-    from lw_lightning.viz import BOX_RGB, HEAT_RGB, SELECTED_RGB, SELECTION_LEGEND, legend_strip, tile
+    from lw_lightning.viz import BOX_RGB, HEAT_RGB, SELECTED_RGB, SELECTION_LEGEND, legend_strip, picture_grid
 
     tiles = [Image.new("RGB", (112, 112), (128, 128, 128)) for _ in range(8)]
-    plain, captioned = tile(tiles, ncols=4), tile(tiles, ncols=4, legend=SELECTION_LEGEND)
+    plain, captioned = picture_grid(tiles, ncols=4), picture_grid(tiles, ncols=4, legend=SELECTION_LEGEND)
     assert captioned.width == plain.width and captioned.height > plain.height
     assert captioned.crop((0, 0, plain.width, plain.height)).tobytes() == plain.tobytes()  # the grid is unchanged
     strip = np.asarray(captioned.crop((0, plain.height, captioned.width, captioned.height)))

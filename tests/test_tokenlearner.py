@@ -119,8 +119,12 @@ def test_encoder_token_counts_and_placement():
         b.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
     out = enc(torch.randn(1, 3 * 16, 16), temporal_dims=3, grid=(4, 4))
     assert seen == [48, 48, 48, 6] and out.shape == (1, 6, 16)  # blocks 0..2 on all tokens
-    last = TokenLearnerEncoder(_blocks(2), 16, num_tokens=2, loc=2)  # after the last block
-    assert last(torch.randn(1, 16, 16), 1, (4, 4)).shape == (1, 2, 16)
+    at_depth = TokenLearnerEncoder(_blocks(2), 16, num_tokens=2, loc=2)  # scenic: index 2 is never reached
+    assert at_depth.token_learner is None and not list(at_depth.token_learners)
+    x = torch.randn(1, 16, 16)
+    torch.testing.assert_close(at_depth(x, 1, (4, 4)), at_depth.blocks[1](at_depth.blocks[0](x)))
+    last = TokenLearnerEncoder(_blocks(2), 16, num_tokens=2, loc=2, after_last=True)  # the image GAP variant
+    assert last(x, 1, (4, 4)).shape == (1, 2, 16)
     with pytest.raises(ValueError, match="tokenlearner_loc"):
         TokenLearnerEncoder(_blocks(2), 16, num_tokens=2, loc=3)
 

@@ -55,6 +55,41 @@ def test_multi_view_softmax_average_and_corrupt_count():
     assert metrics["test/corrupt_videos"] == 1.0
 
 
+@pytest.mark.parametrize("average, acc1", [("softmax", 1.0), ("logits", 0.0)])
+def test_view_average_softmax_or_logits(average, acc1):
+    """One confident view for class 0 against two for class 2: the mean softmax picks 2, the mean
+    logits (scenic's test_step) pick 0."""
+    module = VideoClassifier({"preset": "tiny"}, num_classes=3, view_average=average)
+    module.net = FirstPixelLogits()
+    views = torch.zeros(1, 3, 3, 2, 2, 2)
+    views[0, 0, :, 0, 0, 0] = torch.tensor([10.0, 0.0, 0.0])
+    views[0, 1:, :, 0, 0, 0] = torch.tensor([0.0, 0.0, 4.0])
+    batch = {"video": views, "label": torch.tensor([2]), "index": torch.tensor([0])}
+    metrics = _quiet_trainer().test(module, dataloaders=DataLoader([batch], batch_size=None), verbose=False)[0]
+    assert metrics["test/acc1"] == acc1
+    with pytest.raises(ValueError, match="view_average"):
+        VideoClassifier({"preset": "tiny"}, num_classes=3, view_average="max")
+
+
+def test_checkpoint_from_before_the_activation_option_keeps_exact_gelu(tmp_path, caplog):
+    """Checkpoints written before model.activation existed were trained with exact GELU."""
+    trained = VideoClassifier({"preset": "tiny", "activation": "gelu"}, num_classes=3)
+    torch.nn.init.normal_(trained.net.head.weight)
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": trained.state_dict(), "pytorch-lightning_version": pl.__version__,
+                "hyper_parameters": {"model": {"preset": "tiny"}, "num_classes": 3}}, path)  # no "activation": old
+    with caplog.at_level("WARNING"):
+        loaded = VideoClassifier.load_from_checkpoint(path)
+    assert "trained with exact GELU" in caplog.text
+    assert {b.mlp.act.approximate for b in loaded.net.encoder.blocks} == {"none"}
+    video = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video), trained(video))
+    fresh = VideoClassifier({"preset": "tiny"}, num_classes=3)  # a current checkpoint is left alone
+    fresh.on_load_checkpoint({"hyper_parameters": {"model": {"preset": "tiny", "activation": "gelu_tanh"}}})
+    assert {b.mlp.act.approximate for b in fresh.net.encoder.blocks} == {"tanh"}
+
+
 def test_fast_dev_run_with_datamodule(synthetic):
     data = KineticsDataModule(str(synthetic), num_frames=8, frame_stride=2, img_size=32, train_short_side=[32, 36],
                               eval_short_side=36, flip=False, batch_size=4, test_clips=2, test_crops=3)
@@ -112,7 +147,8 @@ def test_recipe_runs_fast_dev_run_on_synthetic_layout(recipe, synthetic, tmp_pat
 
 
 def test_recipes_differ_only_where_they_should():
-    tl8, tl16, base, k600 = (load_config([f"conf/experiment/{n}.yaml"]) for n in ("vivit_b_tl8_k400", "vivit_b_tl16_k400", "vivit_b_k400", "vivit_b_tl16_k600"))
+    tl8, tl16, base, k600, hf = (load_config([f"conf/experiment/{n}.yaml"]) for n in ("vivit_b_tl8_k400", "vivit_b_tl16_k400", "vivit_b_k400", "vivit_b_tl16_k600", "vivit_b_k400_hf"))
+    assert (hf.module.model.classifier, hf.module.model.num_tokens) == ("token", 0) and "classifier" not in base.module.model  # gap
     assert (tl8.module.model.num_tokens, tl16.module.model.num_tokens, base.module.model.num_tokens) == (8, 16, 0)
     assert tl8.module.model.tokenlearner_loc == 6  # half of ViT-B's 12 blocks
     assert "kinetics400" in tl16.data.root and "kinetics600" in k600.data.root

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 # trainer -> {last.ckpt path: global step it was last written at}, shared by every instance, so
 # two callbacks do not both write the same final state

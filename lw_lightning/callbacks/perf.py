@@ -9,8 +9,6 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from ..flops import count_flops
-
 
 def batch_size_of(batch: Any) -> int:
     """Samples in a batch dict (``image`` / ``video`` / the first tensor)."""
@@ -86,33 +84,15 @@ class Throughput(pl.Callback):
         self._eval_end(trainer, pl_module, "test")
 
 
-def flops_per_sample(pl_module: pl.LightningModule) -> int | None:
-    """FLOPs of one evaluation forward pass on one sample of the module's configured input size
-    (LookWhere at its evaluation k), or None for modules this does not know."""
-    from ..models.config import resolve_k
-    from ..modules.distill import LookWhereDistill
-    from ..modules.video import VideoClassifier
-
-    device = pl_module.device
-    if isinstance(pl_module, VideoClassifier):
-        c = pl_module.model_cfg
-        video = torch.zeros(1, 3, c.num_frames, c.img_size, c.img_size, device=device)
-        return count_flops(pl_module, video)
-    cfg = getattr(pl_module, "model_cfg", None)
-    if cfg is None or not hasattr(cfg, "img_size"):
-        return None
-    images = torch.zeros(1, 3, *cfg.img_size, device=device)
-    if isinstance(pl_module, LookWhereDistill):
-        hp = pl_module.hparams
-        g = pl_module.student.grid(images)
-        k = resolve_k(hp.val_k if hp.val_k is not None else hp.k_max, g[0] * g[1])
-        return count_flops(pl_module.student, images, k=k)
-    return count_flops(pl_module, images, k=pl_module.hparams.get("eval_k"))
-
-
 class FlopsPerSample(pl.Callback):
-    """Logs ``perf/gflops_per_sample`` once per run (step 0), counted with ``torch.utils.flop_counter``
-    on global rank 0 (multiply-adds count as 2 FLOPs; the papers' "FLOPs" are half of this)."""
+    """Logs ``perf/gflops_per_sample`` once per run (step 0), on global rank 0.
+
+    The count comes from the LightningModule's ``flops_per_sample()`` hook (one evaluation forward
+    pass on one sample of its configured input size, counted with ``torch.utils.flop_counter``;
+    multiply-adds count as 2 FLOPs, the papers' "FLOPs" are half of this), in the manner of
+    Lightning's ``ThroughputMonitor``, which reads a module's ``flops_per_batch``. A module
+    without the hook, or whose hook returns None, logs nothing.
+    """
 
     def __init__(self) -> None:
         self.flops: int | None = None
@@ -123,7 +103,8 @@ class FlopsPerSample(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            self.flops = flops_per_sample(pl_module)
+            hook = getattr(pl_module, "flops_per_sample", None)
+            self.flops = hook() if callable(hook) else None
         finally:
             pl_module.train(was_training)
         if self.flops is not None:

@@ -37,9 +37,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from ..config import ConfigError
+from ..errors import ConfigError, UnreadableImageError
 from .base import BaseDataModule
-from .images import SkippingDataset, UnreadableImageError, describe_dir, load_rgb, report_skipped
+from .images import SkippingDataset, describe_dir, load_rgb, report_skipped
 from .transforms import IGNORE_INDEX, ade20k_eval_transform, ade20k_train_transform
 
 log = logging.getLogger(__name__)

@@ -4,40 +4,31 @@ Batches are dicts of tensors (``image``, ``label``, ``index``, plus task extras 
 or ``mask``) so modules and callbacks read fields by name.
 
 Evaluation under DDP: Lightning's default ``DistributedSampler`` pads the last shard by repeating
-samples, which biases reported metrics. Evaluation loaders here shard without padding
-(:class:`UnpaddedDistributedSampler`). Training loaders are
+samples, which biases reported metrics. Evaluation loaders here shard without padding with
+Lightning's own ``UnrepeatedDistributedSampler``. Training loaders are
 :class:`~lw_lightning.data.resumable.ResumableDataLoader`: a seeded per-epoch order sharded like
 ``DistributedSampler`` (also on one device), whose position inside the epoch is saved in
-checkpoints for exact mid-epoch resume. Configs therefore set ``trainer.use_distributed_sampler: false``.
+checkpoints for exact mid-epoch resume. Both samplers are ``DistributedSampler`` subclasses, which
+is what tells Lightning (``trainer.use_distributed_sampler``, left at its default ``true``) that
+these loaders are sharded already: it keeps them as they are, and still shards the loaders of
+any other DataModule.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .resumable import EpochShardSampler, ResumableDataLoader
 from .workers import loader_worker_init
-
-
-class UnpaddedDistributedSampler(Sampler[int]):
-    """Deterministic contiguous shards with no padding: every sample is seen exactly once."""
-
-    def __init__(self, dataset_len: int, num_replicas: int, rank: int) -> None:
-        self.indices = list(range(dataset_len))[rank::num_replicas]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 class BaseDataModule(pl.LightningDataModule):
@@ -115,7 +106,12 @@ class BaseDataModule(pl.LightningDataModule):
                 self._train_state = None
             self._train_loader = loader
             return loader
-        eval_sampler = UnpaddedDistributedSampler(len(ds), world, rank) if world > 1 else None  # type: ignore[arg-type]
+        eval_sampler = None
+        if world > 1:
+            if len(ds) < world:  # type: ignore[arg-type]
+                raise ConfigError(f"the {split} split has {len(ds)} samples, fewer than the {world} devices")  # type: ignore[arg-type]
+            # contiguous strided shards, no padding: every sample is evaluated exactly once
+            eval_sampler = UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
         # an own generator: creating the iterator then draws no number from the global RNG
         return DataLoader(
             ds, batch_size=self.eval_batch_size_per_device, shuffle=False, sampler=eval_sampler, drop_last=False,

@@ -25,11 +25,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import UnreadableImageError
+
 log = logging.getLogger(__name__)
-
-
-class UnreadableImageError(RuntimeError):
-    """An image file that PIL cannot decode (the message names the file)."""
 
 
 #: PIL modes of 16-bit grayscale data; "I" (32-bit) is how older Pillow opened 16-bit PNGs

@@ -27,7 +27,7 @@ import csv
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,7 +41,8 @@ from torch.utils.data import Dataset
 from ..config import ConfigError
 from .base import BaseDataModule
 from .sampling import sample_test_clips, sample_train_clip
-from .video_io import VideoReadError, read_clip_frames
+from .video_augment import VideoAugment
+from .video_io import VideoReadError, probe, read_clip_frames
 
 log = logging.getLogger(__name__)
 
@@ -129,23 +130,21 @@ def read_label_map(path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# clip transforms on uint8 [T, H, W, 3] frames
+# worker-side clip geometry on uint8 frames (the photometric half is video_augment.VideoAugment)
 # ------------------------------------------------------------------------------------------------
 
 
-def to_tchw(frames: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-
-
-def resize_short_side(x: Tensor, size: int) -> Tensor:
-    """``[T, C, H, W]`` uint8 -> short side ``size`` (aspect kept), antialiased bilinear."""
-    h, w = x.shape[-2:]
-    if min(h, w) == size:
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 ``[T, C, H, W]`` (any strides) -> ``size``, antialiased bilinear on uint8 (no float copy)."""
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """``(H, W)`` after resizing the short side to ``size`` (aspect kept)."""
     scale = size / min(h, w)
-    new = (max(size, round(h * scale)), max(size, round(w * scale)))
-    out = F.interpolate(x.float(), size=new, mode="bilinear", align_corners=False, antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    return max(size, round(h * scale)), max(size, round(w * scale))
 
 
 def three_crop_offsets(h: int, w: int, size: int, num_crops: int) -> list[tuple[int, int]]:
@@ -160,99 +159,116 @@ def three_crop_offsets(h: int, w: int, size: int, num_crops: int) -> list[tuple[
     return [(0, cx), (cy, cx), (h - size, cx)]
 
 
-class ClipTransform:
-    """Train: short-side scale jitter + random crop, or random-resized crop; flip; colour jitter and
-    colour drop. Eval: short-side resize + 1 or 3 crops. Output float ``[C, T, H, W]`` normalised
-    with ``mean``/``std``.
+@dataclass(frozen=True)
+class CropPlan:
+    """How one training clip is cut: the decoder's output size (None: as stored), the frame size the
+    box refers to, the box (top, left, height, width) and the output side."""
 
-    Colour jitter (``color_jitter`` = brightness, contrast, saturation, hue as in
-    ``v2.ColorJitter``, applied with probability ``color_jitter_prob``) and colour drop (grayscale
-    with probability ``grayscale_prob``) draw one set of parameters per clip: every frame gets the
-    same change, as in ViViT's DMVR pipeline, so the augmentation adds no flicker.
+    decode_size: tuple[int, int] | None
+    frame: tuple[int, int]
+    box: tuple[int, int, int, int]
+    out: int
+
+
+class ClipTransform:
+    """Geometry of training and evaluation clips, on uint8 frames in the DataLoader workers.
+
+    Train: short-side scale jitter + random crop, or random-resized crop. Eval: short-side resize
+    + 1 or 3 crops. Output uint8 ``[T, s, s, 3]`` (channels last, as decoders produce them: no
+    transposing copy in the worker); flip, colour and normalisation follow on the device.
+
+    The crop is cut first and only the box is resized (uint8 antialiased bilinear), so a worker
+    never resizes pixels it then throws away. When the source is ``decoder_resize_ratio`` times
+    or more larger than what the clip needs (e.g. 720p for a 256-320 short side), the decoder
+    delivers the frames already at the needed size instead (null: never).
     """
 
     def __init__(
         self, img_size: int, train_short_side: Sequence[int], eval_short_side: int, train_crop: str,
-        flip: bool, mean: Sequence[float], std: Sequence[float], rrc_scale: Sequence[float] = (0.25, 1.0),
-        color_jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1), color_jitter_prob: float = 0.0, grayscale_prob: float = 0.0,
+        rrc_scale: Sequence[float] = (0.25, 1.0), decoder_resize_ratio: float | None = 1.5,
     ) -> None:
         if train_crop not in ("scale_jitter", "random_resized"):
             raise ValueError(f"train_crop must be 'scale_jitter' or 'random_resized', got {train_crop!r}")
+        if decoder_resize_ratio is not None and decoder_resize_ratio < 1:
+            raise ValueError(f"decoder_resize_ratio must be >= 1 or null, got {decoder_resize_ratio}")
         self.img_size = img_size
         self.train_short_side = (int(train_short_side[0]), int(train_short_side[-1]))
         self.eval_short_side = eval_short_side
         self.train_crop = train_crop
-        self.flip = flip
         self.rrc_scale = tuple(rrc_scale)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
-        if len(color_jitter) != 4:
-            raise ValueError(f"color_jitter must be [brightness, contrast, saturation, hue], got {list(color_jitter)}")
-        for name, prob in (("color_jitter_prob", color_jitter_prob), ("grayscale_prob", grayscale_prob)):
-            if not 0.0 <= prob <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {prob}")
-        from torchvision.transforms import v2
+        self.ratio = decoder_resize_ratio
 
-        # v2 transforms on a [T, C, H, W] tensor draw their parameters once for all T frames
-        self.color = v2.Compose([
-            v2.RandomApply([v2.ColorJitter(*color_jitter)], p=color_jitter_prob),
-            v2.RandomGrayscale(p=grayscale_prob),
-        ]) if color_jitter_prob > 0 or grayscale_prob > 0 else None
+    def _decoder_resizes(self, have: float, need: float) -> bool:
+        return self.ratio is not None and have >= self.ratio * need
 
-    def normalize(self, x: Tensor) -> Tensor:
-        """``[T, C, H, W]`` uint8 -> ``[C, T, H, W]`` float."""
-        return (x.permute(1, 0, 2, 3).float() / 255.0 - self.mean) / self.std
-
-    def train(self, frames: np.ndarray) -> Tensor:
-        x = to_tchw(frames)
+    def train_plan(self, h: int, w: int) -> CropPlan:
+        """Draw one training crop of an ``h x w`` source (torch RNG: the worker's seeded stream)."""
         s = self.img_size
         if self.train_crop == "scale_jitter":
             lo, hi = self.train_short_side
-            x = resize_short_side(x, int(torch.randint(lo, hi + 1, (1,))))
-            h, w = x.shape[-2:]
-            top, left = int(torch.randint(h - s + 1, (1,))), int(torch.randint(w - s + 1, (1,)))
-            x = x[..., top : top + s, left : left + s]
-        else:
-            from torchvision.transforms import v2
+            rh, rw = short_side_size(h, w, int(torch.randint(lo, hi + 1, (1,))))
+            top, left = int(torch.randint(rh - s + 1, (1,))), int(torch.randint(rw - s + 1, (1,)))
+            if self._decoder_resizes(min(h, w), min(rh, rw)):
+                return CropPlan((rh, rw), (rh, rw), (top, left, s, s), s)
+            # the same box in source pixels
+            bh, bw = min(h, max(1, round(s * h / rh))), min(w, max(1, round(s * w / rw)))
+            return CropPlan(None, (h, w), (min(round(top * h / rh), h - bh), min(round(left * w / rw), w - bw), bh, bw), s)
+        from torchvision.transforms import v2
 
-            top, left, ch, cw = v2.RandomResizedCrop.get_params(x, list(self.rrc_scale), [3 / 4, 4 / 3])  # type: ignore[arg-type]
-            x = x[..., top : top + ch, left : left + cw]
-            x = F.interpolate(x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-            x = x.round_().clamp_(0, 255).to(torch.uint8)
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        if self.color is not None:
-            x = self.color(x.contiguous())
-        return self.normalize(x)
+        top, left, ch, cw = v2.RandomResizedCrop.get_params(torch.empty(1, h, w), list(self.rrc_scale), [3 / 4, 4 / 3])  # type: ignore[arg-type]
+        if self._decoder_resizes(min(ch, cw), s):
+            dh, dw = max(s, round(h * s / ch)), max(s, round(w * s / cw))
+            return CropPlan((dh, dw), (dh, dw), (min(round(top * s / ch), dh - s), min(round(left * s / cw), dw - s), s, s), s)
+        return CropPlan(None, (h, w), (top, left, ch, cw), s)
+
+    def apply(self, frames: np.ndarray, plan: CropPlan) -> Tensor:
+        """Cut ``[T, H, W, 3]`` frames by ``plan`` -> uint8 ``[T, s, s, 3]``."""
+        top, left, bh, bw = plan.box
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2)[..., top : top + bh, left : left + bw]  # views
+        return _resize(x, (plan.out, plan.out)).permute(0, 2, 3, 1).contiguous()
+
+    def train(self, frames: np.ndarray) -> Tensor:
+        """A random training crop of already decoded ``[T, H, W, 3]`` frames."""
+        return self.apply(frames, self.train_plan(*frames.shape[1:3]))
+
+    def eval_decode_size(self, h: int, w: int) -> tuple[int, int] | None:
+        """Frame size to ask the decoder for in evaluation (None: as stored)."""
+        if h <= 0 or w <= 0 or not self._decoder_resizes(min(h, w), self.eval_short_side):
+            return None
+        return short_side_size(h, w, self.eval_short_side)
 
     def eval(self, clips: np.ndarray, num_crops: int) -> Tensor:
-        """``[n, T, H, W, 3]`` -> ``[n·num_crops, C, T, s, s]`` (clip-major view order)."""
+        """``[n, T, H, W, 3]`` -> uint8 ``[n·num_crops, T, s, s, 3]`` (clip-major view order)."""
         views = []
         s = self.img_size
         for frames in clips:
-            x = resize_short_side(to_tchw(frames), self.eval_short_side)
+            x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+            x = _resize(x, short_side_size(*x.shape[-2:], self.eval_short_side))
             for top, left in three_crop_offsets(*x.shape[-2:], s, num_crops):
-                views.append(self.normalize(x[..., top : top + s, left : left + s]))
+                views.append(x[..., top : top + s, left : left + s].permute(0, 2, 3, 1))
         return torch.stack(views)
 
 
 class KineticsDataset(Dataset):
     """Decodes clips of ``records`` on demand (see module docstring for the corrupt-video policy).
 
-    Train samples: ``video [C, T, H, W]``, ``label``, ``index``, ``resampled`` (corrupt videos
-    skipped for this sample). Eval samples: ``video [V, C, T, H, W]`` with V = clips × crops,
-    ``label``, ``index``, ``valid``.
+    Train samples: ``video`` uint8 ``[T, H, W, 3]``, ``aug`` (the clip's flip/colour parameters,
+    :meth:`VideoAugment.draw`), ``label``, ``index``, ``resampled`` (corrupt videos skipped for
+    this sample). Eval samples: ``video`` uint8 ``[V, T, H, W, 3]`` with V = clips × crops,
+    ``label``, ``index``, ``valid``. The DataModule's ``on_after_batch_transfer`` turns them into
+    normalised float ``[B, C, T, H, W]`` / ``[B, V, C, T, H, W]`` on the device.
     """
 
     def __init__(
         self, records: list[VideoRecord], train: bool, transform: ClipTransform, num_frames: int, frame_stride: int,
         num_clips: int = 1, num_crops: int = 1, out_of_bounds: str = "loop", max_resample: int = 10,
-        root: str | Path | None = None,
+        root: str | Path | None = None, augment: VideoAugment | None = None,
     ) -> None:
         self.records = records
         self.root = Path(root) if root is not None else None  # source() names files relative to it
         self.train = train
         self.transform = transform
+        self.augment = augment or VideoAugment()
         self.num_frames = num_frames
         self.frame_stride = frame_stride
         self.num_clips = num_clips
@@ -273,8 +289,23 @@ class KineticsDataset(Dataset):
                 pass
         return str(path)
 
-    def _train_frames(self, rec: VideoRecord) -> np.ndarray:
-        return read_clip_frames(rec.path, lambda n: sample_train_clip(n, self.num_frames, self.frame_stride, out_of_bounds=self.out_of_bounds))
+    def decode(self, path: str, choose: Callable[[int], np.ndarray], size: tuple[int, int] | None) -> np.ndarray:
+        """Frames chosen by ``choose(num_frames)`` at decoder size ``size`` (the benchmark swaps the decoder)."""
+        return read_clip_frames(path, choose, size)
+
+    def train_indices(self, index: int, total: int) -> np.ndarray:
+        """Frame indices of a training clip of sample ``index`` from a video of ``total`` frames."""
+        return sample_train_clip(total, self.num_frames, self.frame_stride, out_of_bounds=self.out_of_bounds)
+
+    def train_clip(self, index: int) -> Tensor:
+        """Decode and cut one training clip of sample ``index``: uint8 ``[T, s, s, 3]``."""
+        path = self.records[index].path
+        info = probe(path)
+        plan = self.transform.train_plan(info.height, info.width) if info.height > 0 else None
+        frames = self.decode(path, lambda n: self.train_indices(index, n), plan.decode_size if plan else None)
+        if plan is None or plan.frame != tuple(frames.shape[1:3]):  # size unknown or not as probed
+            plan = self.transform.train_plan(*frames.shape[1:3])
+        return self.transform.apply(frames, plan)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return self._train_item(index) if self.train else self._eval_item(index)
@@ -282,9 +313,8 @@ class KineticsDataset(Dataset):
     def _train_item(self, index: int) -> dict[str, Tensor]:
         current = index
         for attempt in range(self.max_resample + 1):
-            rec = self.records[current]
             try:
-                frames = self._train_frames(rec)
+                video = self.train_clip(current)
             except VideoReadError as err:
                 # seeded through the worker's torch RNG (set by the loader's seed): reproducible
                 nxt = int(torch.randint(len(self.records), (1,)))
@@ -292,8 +322,9 @@ class KineticsDataset(Dataset):
                 current = nxt
                 continue
             return {
-                "video": self.transform.train(frames),
-                "label": torch.tensor(rec.label),
+                "video": video,
+                "aug": self.augment.draw(1)[0],
+                "label": torch.tensor(self.records[current].label),
                 "index": torch.tensor(current),
                 "resampled": torch.tensor(attempt),
             }
@@ -303,13 +334,15 @@ class KineticsDataset(Dataset):
         rec = self.records[index]
         s, views = self.transform.img_size, self.num_clips * self.num_crops
         try:
-            clips = read_clip_frames(
-                rec.path, lambda n: sample_test_clips(n, self.num_frames, self.frame_stride, self.num_clips, self.out_of_bounds)
+            info = probe(rec.path)
+            clips = self.decode(
+                rec.path, lambda n: sample_test_clips(n, self.num_frames, self.frame_stride, self.num_clips, self.out_of_bounds),
+                self.transform.eval_decode_size(info.height, info.width),
             )
             video, valid = self.transform.eval(clips, self.num_crops), True
         except VideoReadError as err:
             log.warning("corrupt evaluation video (counted, excluded from accuracy): %s", err)
-            video, valid = torch.zeros(views, 3, self.num_frames, s, s), False
+            video, valid = torch.zeros(views, self.num_frames, s, s, 3, dtype=torch.uint8), False
         return {"video": video, "label": torch.tensor(rec.label), "index": torch.tensor(index), "valid": torch.tensor(valid)}
 
 
@@ -333,6 +366,8 @@ class KineticsDataModule(BaseDataModule):
         color_jitter: [brightness, contrast, saturation, hue] (``v2.ColorJitter``), applied to a whole
             clip with probability ``color_jitter_prob``; ``grayscale_prob``: colour drop per clip.
         mean / std: per-channel normalisation on [0, 1] (0.5/0.5 = ViViT's [-1, 1] zero-centering).
+        decoder_resize_ratio: a source this many times (or more) larger than a clip needs is
+            scaled by the decoder (null: never; see :class:`ClipTransform`).
         val_clips × val_crops, test_clips × test_crops: evaluation views per video.
         test_split: annotation split evaluated by ``test`` (``val`` when test labels are withheld).
         out_of_bounds: ``loop`` or ``clamp`` frame indices of videos shorter than a clip.
@@ -364,6 +399,7 @@ class KineticsDataModule(BaseDataModule):
         test_split: Literal["train", "val", "test"] = "test",
         out_of_bounds: Literal["loop", "clamp"] = "loop",
         max_resample: int = 10,
+        decoder_resize_ratio: float | None = 1.5,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -386,9 +422,9 @@ class KineticsDataModule(BaseDataModule):
         if min(jitter) < img_size or eval_short < img_size:
             raise ConfigError(f"data.train_short_side {jitter} / eval_short_side {eval_short} must be >= img_size {img_size}")
         try:
-            self.transform = ClipTransform(
-                img_size, jitter, eval_short, train_crop, flip, mean or [0.5] * 3, std or [0.5] * 3,
-                color_jitter=color_jitter or (0.4, 0.4, 0.4, 0.1), color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob,
+            self.transform = ClipTransform(img_size, jitter, eval_short, train_crop, decoder_resize_ratio=decoder_resize_ratio)
+            self.augment = VideoAugment(
+                flip, color_jitter or (0.4, 0.4, 0.4, 0.1), color_jitter_prob, grayscale_prob, mean or [0.5] * 3, std or [0.5] * 3,
             )
         except ValueError as err:
             raise ConfigError(f"data.{err}") from None
@@ -553,7 +589,7 @@ class KineticsDataModule(BaseDataModule):
         records = self.records(split)
         common = dict(
             transform=self.transform, num_frames=self.num_frames, frame_stride=self.frame_stride,
-            out_of_bounds=self.out_of_bounds, root=self.root,
+            out_of_bounds=self.out_of_bounds, root=self.root, augment=self.augment,
         )
         if split == "train":
             return KineticsDataset(records, True, max_resample=self.max_resample, **common)  # type: ignore[arg-type]
@@ -561,3 +597,7 @@ class KineticsDataModule(BaseDataModule):
             raise ConfigError(f"kinetics {self.test_split} annotations carry no labels; evaluate with data.test_split=val")
         clips, crops = self.views[split]
         return KineticsDataset(records, False, num_clips=clips, num_crops=crops, **common)  # type: ignore[arg-type]
+
+    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        """uint8 clips from the workers -> flipped / colour-jittered / normalised float clips, batched on the device."""
+        return self.augment.batch(batch)

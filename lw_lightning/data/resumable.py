@@ -24,14 +24,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
-class EpochShardSampler(Sampler[int]):
+class EpochShardSampler(DistributedSampler):
     """Seeded per-epoch permutation, cut to a multiple of ``num_replicas``, dealt round-robin.
 
     Identical to ``DistributedSampler(shuffle=True, drop_last=True)`` for the same seed and epoch,
-    and usable without a process group (``num_replicas=1``). ``start`` skips the first ``start``
+    and usable without a process group (``num_replicas=1``). A ``DistributedSampler`` subclass so
+    that Lightning sees the loader as sharded and does not replace the sampler (which would
+    re-create the loader and lose its resume position). ``start`` skips the first ``start``
     samples of the global order (the part of the epoch already consumed by all ranks together).
 
     ``repeats > 1`` is repeated augmentation (DeiT's ``RASampler``): each index of the permutation
@@ -46,19 +48,12 @@ class EpochShardSampler(Sampler[int]):
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
+        # explicit replicas and rank: no process group is needed (sets epoch = 0, seed, shuffle)
+        super().__init__(range(dataset_len), num_replicas, rank, shuffle=shuffle, seed=seed, drop_last=True)
         self.repeats = repeats
         self.dataset_len = dataset_len
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
         self.start = 0
         self.total = (dataset_len // num_replicas) * num_replicas
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
-        self.epoch = epoch
 
     def global_order(self) -> list[int]:
         """The epoch's order over all ranks (before sharding)."""

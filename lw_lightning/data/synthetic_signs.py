@@ -17,14 +17,13 @@ import math
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from .base import BaseDataModule
 
 CLASS_NAMES = ["EMPTY", "50_SIGN", "70_SIGN", "80_SIGN"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "predict": 2}
 
 # seven-segment layout: segment -> (x0, y0, x1, y1) in a unit digit box (w=1, h=2)
@@ -131,7 +130,7 @@ class SyntheticSigns(Dataset):
         self.distractor_prob = distractor_prob
         # rendered samples kept per process (uint8 PIL images: 150 KB each at 224 px)
         self.cache: dict[int, tuple] | None = {} if cache else None
-        self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
 
     def __len__(self) -> int:
         return self.num_samples

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import BaseDataModule
 from .images import SkippingDataset, describe_dir, load_rgb, report_skipped
 from .synthetic_signs import CLASS_NAMES, render_sign

@@ -17,14 +17,12 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageOps
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data import auto_augment as timm_auto_augment
-from timm.data import create_transform
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
 
 
@@ -58,7 +56,7 @@ def imagenet_train_transform(
     transform = create_transform(
         input_size=(3, h, w), is_training=True, scale=tuple(scale), hflip=hflip, color_jitter=color_jitter,
         auto_augment=auto_augment, interpolation=interpolation, re_prob=re_prob, re_mode="pixel", re_count=1,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
     )
     return patch_posterize(transform)
 
@@ -92,7 +90,7 @@ def imagenet_eval_transform(image_size: int | Sequence[int], crop_pct: float = 0
     h, w = size2(image_size)
     return create_transform(
         input_size=(3, h, w), is_training=False, crop_pct=crop_pct, interpolation=interpolation,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
     )
 
 
@@ -126,7 +124,7 @@ class PadToMultiple(v2.Transform):
 
 def to_normalized() -> v2.Compose:
     """uint8 image -> float normalised with the ImageNet mean/std (masks and boxes untouched)."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
 
 
 # ------------------------------------------------------------------------------------------

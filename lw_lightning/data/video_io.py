@@ -13,18 +13,34 @@ PyAV (the FFmpeg the writer side uses) is the second decoder:
   copy alignment (24x20 and 48x36 videos raise ``from_size == to_size``). A video only counts as
   corrupt when PyAV cannot decode it either.
 * Rotation: phones store the display orientation as a display matrix (or, in old files, a
-  ``rotate`` tag) and leave the pixels as they were captured. decord honours it for some
-  containers (mp4) but not others (Matroska/WebM, where Kinetics has many files). A rotated
-  video is therefore decoded with PyAV, which reports the matrix exactly, and turned upright
-  here, so clips are never fed sideways whichever container they come in.
+  ``rotate`` tag) and leave the pixels as they were captured. decord honours it for MP4/MOV
+  (it rotates the frames itself) but not for others (Matroska/WebM, where Kinetics has many
+  files). MP4/MOV files therefore go to decord without a probe; any other file is probed once
+  with PyAV (an open and one decoded frame, cached per process), and a rotated one is decoded
+  with PyAV, which reports the matrix exactly, and turned upright here, so clips are never fed
+  sideways whichever container they come in.
+
+Cheap decoding:
+
+* decord seeks to the keyframe before each wanted frame that lies past the current keyframe
+  interval (``SeekAccurate``), so a late clip never decodes from frame 0; the frames of every
+  clip of one video (multi-view evaluation) come from one reader and one ``get_batch``.
+* PyAV scans the packets once (no decoding: timestamps and keyframe flags), seeks to the keyframe
+  before each clip and decodes forward from there; a file whose timestamps do not add up is
+  decoded from the start instead (exact for any codec).
+* ``size=(h, w)`` makes the decoder deliver frames at that size (decord ``VideoReader(width=,
+  height=)``, FFmpeg's scale filter; PyAV ``reformat``): a source much larger than what training
+  needs is never converted to RGB at full size.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,28 +67,40 @@ def _av() -> Any:
     return av
 
 
-def read_clip_frames(path: str | os.PathLike, choose: Callable[[int], np.ndarray]) -> np.ndarray:
+def read_clip_frames(
+    path: str | os.PathLike, choose: Callable[[int], np.ndarray], size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Open ``path``, pick indices with ``choose(num_frames)``, return ``[*idx.shape, H, W, 3]`` uint8 RGB.
 
-    Frames come out upright (the display rotation applied). ``choose`` gets the decodable length
-    so sampling and decoding see the same video; it may be called again when the first decoder
-    fails. A video that neither decord nor PyAV can decode raises :class:`VideoReadError`.
+    Frames come out upright (the display rotation applied), at ``size = (H, W)`` of the upright
+    frame when given (scaled by the decoder), else at the stored size. ``choose`` gets the
+    decodable length so sampling and decoding see the same video; it may be called again when
+    the first decoder fails. A video that neither decord nor PyAV can decode raises
+    :class:`VideoReadError`.
     """
-    rotation = display_rotation(path)
+    rotation = 0 if decord_rotates(path) else display_rotation(path)
+    decord_failed = False
     if rotation == 0:
+        decord_failed = True
         try:
-            return _decord_clip(path, choose)
+            frames = _decord_clip(path, choose, size)
+            _remember_size(path, frames, size)
+            return frames
         except VideoReadError as err:
             first = err
+        rotation = display_rotation(path)  # PyAV rotates an MP4 itself too, when decord failed on it
+    stored = None if size is None else (size[::-1] if rotation in (90, 270) else size)
     try:
-        frames = _pyav_clip(path, choose)
+        frames = _pyav_clip(path, choose, stored)
     except VideoReadError as err:
-        if rotation == 0:  # both decoders failed: name both reasons
+        if decord_failed:  # both decoders failed: name both reasons
             raise VideoReadError(f"{first}; PyAV: {_first_line(err)}") from None
         raise
-    if rotation == 0:
+    if decord_failed:
         log.info("decord failed, PyAV decoded %s (%s)", path, first)
-    return upright(frames, rotation)
+    frames = upright(frames, rotation)
+    _remember_size(path, frames, size)
+    return frames
 
 
 def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
@@ -81,36 +109,86 @@ def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=k, axes=(-3, -2))) if k else frames
 
 
-def display_rotation(path: str | os.PathLike) -> int:
-    """Counter-clockwise degrees (0, 90, 180, 270) to turn the stored frames to upright, 0 when unknown.
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the loader needs before decoding: display rotation and the upright frame size (0: unknown)."""
 
-    Read with PyAV from the first frame's display matrix; without one, from a legacy ``rotate``
-    tag (clockwise degrees, as old FFmpeg wrote and honoured it). Cached per file and version.
-    """
+    rotation: int = 0
+    height: int = 0
+    width: int = 0
+
+
+#: containers whose display matrix decord applies itself (FFmpeg's mov demuxer exports it)
+DECORD_ROTATES = (".mp4", ".m4v", ".mov")
+_SEEN_SIZES: dict[tuple[str, int, int], tuple[int, int]] = {}
+
+
+def decord_rotates(path: str | os.PathLike) -> bool:
+    """True for MP4/MOV files: decord turns their frames upright, no PyAV probe is needed."""
+    return os.fspath(path).lower().endswith(DECORD_ROTATES)
+
+
+def _file_key(path: str | os.PathLike) -> tuple[str, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
-        return 0  # missing: the decoders report it
-    return _display_rotation(str(path), st.st_mtime_ns, st.st_size)
+        return None
+    return (os.fspath(path), st.st_mtime_ns, st.st_size)
+
+
+def _remember_size(path: str | os.PathLike, frames: np.ndarray, size: tuple[int, int] | None) -> None:
+    """Record the upright size of an MP4 seen at its stored size (the next visit can plan a decoder resize)."""
+    if size is None and frames.ndim >= 3 and decord_rotates(path) and (key := _file_key(path)) is not None:
+        if len(_SEEN_SIZES) > 262144:  # bounded: one Kinetics-700 train split
+            _SEEN_SIZES.clear()
+        _SEEN_SIZES[key] = (int(frames.shape[-3]), int(frames.shape[-2]))
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """What the loader needs before decoding ``path``: rotation and upright size (0: unknown).
+
+    MP4/MOV: no probe (decord rotates them, so rotation 0 here); the size is the one this
+    process saw when it last decoded the file, else unknown. Other containers: one PyAV open and
+    one decoded frame, cached per file and version. The rotation is the counter-clockwise degrees
+    (0, 90, 180, 270) that turn the stored frames upright: the first frame's display matrix, else
+    a legacy ``rotate`` tag (clockwise degrees, as old FFmpeg wrote and honoured it). An
+    unreadable file gives ``VideoInfo()``; decoding then reports the real error.
+    """
+    key = _file_key(path)
+    if key is None:
+        return VideoInfo()  # missing: the decoders report it
+    if decord_rotates(path):
+        h, w = _SEEN_SIZES.get(key, (0, 0))
+        return VideoInfo(0, h, w)
+    return _probe(*key)
+
+
+def display_rotation(path: str | os.PathLike) -> int:
+    """Counter-clockwise degrees to turn the stored frames of ``path`` upright (PyAV probe, any container)."""
+    key = _file_key(path)
+    return 0 if key is None else _probe(*key).rotation
 
 
 @functools.lru_cache(maxsize=65536)
-def _display_rotation(path: str, mtime_ns: int, size: int) -> int:
+def _probe(path: str, mtime_ns: int, size: int) -> VideoInfo:
     av = _av()
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
             tags = {k.lower(): v for k, v in (stream.metadata or {}).items()}
             frame = next(container.decode(stream), None)
             degrees = float(frame.rotation) if frame is not None else 0.0
-    except Exception:  # unreadable: no rotation known; decoding reports the real error
-        return 0
+            h, w = (frame.height, frame.width) if frame is not None else (stream.height or 0, stream.width or 0)
+    except Exception:
+        return VideoInfo()
     if degrees == 0 and "rotate" in tags:
         try:
             degrees = -float(tags["rotate"])  # the tag is clockwise
         except ValueError:
-            return 0
-    return int(round(degrees / 90.0)) % 4 * 90
+            degrees = 0.0
+    rotation = int(round(degrees / 90.0)) % 4 * 90
+    return VideoInfo(rotation, *((w, h) if rotation in (90, 270) else (h, w)))
 
 
 def _check_indices(idx: np.ndarray, total: int, path: str | os.PathLike) -> np.ndarray:
@@ -120,10 +198,11 @@ def _check_indices(idx: np.ndarray, total: int, path: str | os.PathLike) -> np.n
     return flat
 
 
-def _decord_clip(path: str | os.PathLike, choose: Callable[[int], np.ndarray]) -> np.ndarray:
+def _decord_clip(path: str | os.PathLike, choose: Callable[[int], np.ndarray], size: tuple[int, int] | None = None) -> np.ndarray:
     decord = _decord()
+    h, w = size or (-1, -1)
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, width=w, height=h)
     except Exception as err:  # decord raises DECORDError / RuntimeError subclasses inconsistently
         raise VideoReadError(f"cannot open video {path}: {_first_line(err)}") from None
     try:
@@ -132,7 +211,8 @@ def _decord_clip(path: str | os.PathLike, choose: Callable[[int], np.ndarray]) -
             raise VideoReadError(f"video {path} has no frames")
         idx = np.asarray(choose(total), dtype=np.int64)
         flat = _check_indices(idx, total, path)
-        # decode each distinct frame once, in order (decord seeks are cheapest going forward)
+        # decode each distinct frame once, in order: decord decodes forward within a keyframe
+        # interval and seeks to the keyframe before a frame further ahead
         unique, inverse = np.unique(flat, return_inverse=True)
         batch = reader.get_batch(unique.tolist())
         frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)  # decord2 returns torch
@@ -144,10 +224,19 @@ def _decord_clip(path: str | os.PathLike, choose: Callable[[int], np.ndarray]) -
         del reader
     if frames.ndim != 4 or frames.shape[0] != unique.size or frames.shape[-1] != 3:
         raise VideoReadError(f"decoder returned {frames.shape} for {unique.size} frames of {path}")
+    if unique.size == flat.size and np.array_equal(unique, flat):  # sorted, no repeats (a training clip): no copy
+        return frames.reshape(*idx.shape, *frames.shape[1:])
     return frames[inverse].reshape(*idx.shape, *frames.shape[1:])
 
 
-def _pyav_frames(path: str | os.PathLike, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+def _rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
+    """A decoded frame as ``[H, W, 3]`` uint8 RGB, scaled to ``size = (H, W)`` when given."""
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", height=size[0], width=size[1], interpolation="BICUBIC")
+
+
+def _pyav_frames(path: str | os.PathLike, wanted: set[int], size: tuple[int, int] | None = None) -> tuple[dict[int, np.ndarray], int]:
     """Decode ``path`` from the start until every index in ``wanted`` is seen (or the end):
     ({index: frame}, frames decoded). Decoding in order is exact for any codec (no seeking)."""
     av = _av()
@@ -160,7 +249,7 @@ def _pyav_frames(path: str | os.PathLike, wanted: set[int]) -> tuple[dict[int, n
             stream.codec_context.thread_count = 1  # no decoder threads next to DataLoader workers
             for frame in container.decode(stream):
                 if n in wanted:
-                    got[n] = frame.to_ndarray(format="rgb24")
+                    got[n] = _rgb(frame, size)
                 n += 1
                 if n > last:
                     break
@@ -169,28 +258,98 @@ def _pyav_frames(path: str | os.PathLike, wanted: set[int]) -> tuple[dict[int, n
     return got, n
 
 
-def _pyav_count(path: str | os.PathLike) -> int:
-    """Frames in ``path``: the container's count, else its video packets, else a full decode."""
+@dataclass(frozen=True)
+class _PacketIndex:
+    """One packet scan of the video stream: frame count, and (when usable) every frame's
+    presentation timestamp in display order and the keyframes' timestamps."""
+
+    total: int
+    pts: list[int] | None
+    keys: list[int]
+
+
+def _pyav_scan(path: str | os.PathLike) -> _PacketIndex:
+    """Demux (no decoding) the video stream of ``path``; timestamps are dropped when a packet has
+    none or two packets share one (seeking by them would then be guesswork)."""
     av = _av()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            if stream.frames:
-                return int(stream.frames)
-            packets = sum(1 for p in container.demux(stream) if p.size)
+            pts: list[int | None] = []
+            keys: list[int] = []
+            for packet in container.demux(stream):
+                if not packet.size:  # the flush packet at the end
+                    continue
+                pts.append(packet.pts)
+                if packet.is_keyframe and packet.pts is not None:
+                    keys.append(int(packet.pts))
+            header = int(stream.frames or 0)
     except Exception as err:
         raise VideoReadError(f"cannot open video {path} with PyAV: {_first_line(err)}") from None
-    return packets
+    total = len(pts) or header
+    if not pts or any(p is None for p in pts) or len(set(pts)) != len(pts) or not keys:
+        return _PacketIndex(total, None, [])
+    return _PacketIndex(total, sorted(int(p) for p in pts), sorted(keys))  # type: ignore[arg-type]
 
 
-def _pyav_clip(path: str | os.PathLike, choose: Callable[[int], np.ndarray]) -> np.ndarray:
-    total = _pyav_count(path)
-    for _ in range(2):  # a header that overstates the length: choose again from what decoded
+def _pyav_seek_frames(
+    path: str | os.PathLike, wanted: set[int], index: _PacketIndex, size: tuple[int, int] | None = None,
+) -> dict[int, np.ndarray] | None:
+    """Frames ``wanted`` by seeking to the keyframe before each one that lies beyond the current
+    keyframe interval and decoding forward; None when the decoded timestamps do not match the scan."""
+    assert index.pts is not None
+    av = _av()
+    pts, keys = index.pts, index.keys
+    frame_of = {p: i for i, p in enumerate(pts)}
+    got: dict[int, np.ndarray] = {}
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            frames, pos = None, None  # decoding iterator and the pts it last gave
+            for i in sorted(wanted):
+                if i in got:
+                    continue
+                target = pts[i]
+                key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
+                if frames is None or pos is None or pos < key or pos >= target:
+                    container.seek(key, stream=stream, backward=True, any_frame=False)
+                    frames, pos = container.decode(stream), None
+                for frame in frames:
+                    if frame.pts is None:
+                        return None
+                    pos = int(frame.pts)
+                    j = frame_of.get(pos)
+                    if j is not None and j in wanted and j not in got:
+                        got[j] = _rgb(frame, size)
+                    if pos >= target:
+                        break
+                if i not in got:
+                    return None
+    except Exception as err:
+        raise VideoReadError(f"cannot decode video {path} with PyAV: {_first_line(err)}") from None
+    return got
+
+
+def _pyav_count(path: str | os.PathLike) -> int:
+    """Frames in ``path``: its video packets, else the container's count."""
+    return _pyav_scan(path).total
+
+
+def _pyav_clip(path: str | os.PathLike, choose: Callable[[int], np.ndarray], size: tuple[int, int] | None = None) -> np.ndarray:
+    index = _pyav_scan(path)
+    total = index.total
+    for attempt in range(2):  # packets that do not all decode: choose again from what decoded
         if total < 1:
             raise VideoReadError(f"video {path} has no frames")
         idx = np.asarray(choose(total), dtype=np.int64)
         flat = _check_indices(idx, total, path)
-        got, decoded = _pyav_frames(path, set(flat.tolist()))
+        wanted = set(flat.tolist())
+        got = _pyav_seek_frames(path, wanted, index, size) if index.pts is not None and attempt == 0 else None
+        if got is None:
+            got, decoded = _pyav_frames(path, wanted, size)
+        else:
+            decoded = total
         if all(int(i) in got for i in flat):
             frames = np.stack([got[int(i)] for i in flat]) if flat.size else np.zeros((0, 0, 0, 3), np.uint8)
             return frames.reshape(*idx.shape, *frames.shape[1:])

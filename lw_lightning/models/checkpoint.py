@@ -4,10 +4,14 @@ Official layout (``lookwhere_dinov2.pt``)::
 
     {"selector": {"backbone": <timm ViT state dict, depth-3 at 154 px>,
                   "head": {"w1.weight", "w1.bias", "w2.weight", "w2.bias"}},
-     "extractor": <timm ViT state dict at 518 px>}
+     "extractor": <timm ViT state dict at 518 px>,
+     "resize_mode": "pretraining"}   # only in our exports: the mode the selector was trained in
 
 Loading is strict on key names; positional embeddings are bicubic-resampled when the stored
-grid differs from the model's (e.g. a 518 px checkpoint into a 994 px extractor).
+grid differs from the model's (e.g. a 518 px checkpoint into a 994 px extractor), with the
+resampling of the model's ``resize_mode``. :func:`resolve_pretrained_config` fills what the file
+decides: ``selector_r`` from the head's shape, and ``resize_mode`` ("official" for the release,
+which has no ``resize_mode`` entry).
 
 ViT weights for the full-res ViT and the TokenLearner-ViT (``model.pretrained``) come from a timm
 state dict, from an ``ImageClassifier`` ``.ckpt`` of a full-res ViT trained here, or from a file
@@ -16,6 +20,8 @@ that timm's checkpoint filter for ``model.pretrained_name`` converts (the teache
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
 import pickle
 import struct
@@ -24,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from ..config import ConfigError
+from .config import ModelConfig
 from .lookwhere import FullResViT, LookWhere
 from .tokenlearner_vit import TokenLearnerViT
+from .vit import resample_grid
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
 _LEGACY_MAGIC = b"\x80\x02"  # the older format starts with a protocol-2 pickle
@@ -93,23 +100,31 @@ def read_weights(path: str | Path, what: str, weights_only: bool = True, header_
         raise ConfigError(f"{what} {path} is truncated or corrupt ({type(err).__name__}: {_first_line(err)[:160]})") from None
 
 
-def check_state_dict(expected: Mapping[str, Tensor], got: Mapping[str, Any], what: str) -> None:
-    """One-line :class:`ConfigError` unless ``got`` has exactly ``expected``'s keys and shapes:
-    names the first missing / unexpected keys, or the first key whose shape differs."""
+def check_state_dict(expected: Mapping[str, Tensor], got: Mapping[str, Any], what: str, target: str = "the model") -> None:
+    """One-line :class:`ConfigError` unless ``got`` has exactly ``expected``'s keys and shapes.
+
+    A key both have with another shape is reported first (another architecture: the key and both
+    shapes); then missing and unexpected keys, each with their number and the first three."""
+    for key, value in expected.items():
+        if key in got:
+            shape = tuple(getattr(got[key], "shape", ()))
+            if tuple(value.shape) != shape:
+                raise ConfigError(f"{what} does not fit {target}: '{key}' has shape {list(shape)} in the checkpoint, {list(value.shape)} in the model")
     own, theirs = set(expected), set(got)
     if own != theirs:
         missing, unexpected = sorted(own - theirs), sorted(theirs - own)
-        more = lambda keys: f"{keys[:3]}{f' (+{len(keys) - 3} more)' if len(keys) > 3 else ''}"  # noqa: E731
-        raise ConfigError(f"{what} does not fit the model (key mismatch): missing keys {more(missing)}, unexpected keys {more(unexpected)}")
-    for key, value in expected.items():
-        other = got[key]
-        shape = tuple(getattr(other, "shape", ()))
-        if tuple(value.shape) != shape:
-            raise ConfigError(f"{what} does not fit the model: '{key}' has shape {list(shape)} in the checkpoint, {list(value.shape)} in the model")
+
+        def listed(keys: list[str], kind: str) -> str:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            return f"{len(keys)} {kind} key{'s' if len(keys) != 1 else ''} {keys[:3]}{more}"
+
+        parts = [listed(keys, kind) for keys, kind in ((missing, "missing"), (unexpected, "unexpected")) if keys]
+        raise ConfigError(f"{what} does not fit {target} (key mismatch): {', '.join(parts)}")
 
 
-def export_official(model: LookWhere) -> dict[str, dict]:
-    """The model's weights in the official release layout (CPU tensors)."""
+def export_official(model: LookWhere) -> dict[str, Any]:
+    """The model's weights in the official release layout (CPU tensors), plus the
+    ``resize_mode`` its selector ran with (the released code reads only the two weight keys)."""
 
     def cpu(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.detach().cpu().clone() for k, v in sd.items()}
@@ -117,6 +132,7 @@ def export_official(model: LookWhere) -> dict[str, dict]:
     return {
         "selector": {"backbone": cpu(model.selector.backbone.state_dict()), "head": cpu(model.selector.head.state_dict())},
         "extractor": cpu(model.extractor.backbone.state_dict()),
+        "resize_mode": model.cfg.resize,
     }
 
 
@@ -142,8 +158,9 @@ def _stored_prefix(state: Mapping[str, Tensor]) -> int:
     return cls + reg
 
 
-def adapt_vit_state(state: Mapping[str, Tensor], vit: VisionTransformer) -> dict[str, Tensor]:
-    """Resample a stored patch ``pos_embed`` to ``vit``'s grid (prefix-free layout only).
+def adapt_vit_state(state: Mapping[str, Tensor], vit: VisionTransformer, antialias: bool = True) -> dict[str, Tensor]:
+    """Resample a stored patch ``pos_embed`` to ``vit``'s grid (prefix-free layout only), with
+    timm's antialiased bicubic or (``antialias=False``) the released code's plain bicubic.
 
     A ``pos_embed`` that also covers the prefix tokens (timm's original-ViT layout, e.g. AugReg
     ViT-B/16: 1 + 196 positions) is folded into them: the prefix tokens are constants, so
@@ -163,7 +180,7 @@ def adapt_vit_state(state: Mapping[str, Tensor], vit: VisionTransformer) -> dict
                 state["reg_token"] = state["reg_token"] + pe[:, 1:prefix]
             pe = pe[:, prefix:]
         old = _grid_of(pe.shape[1], target)  # type: ignore[arg-type]
-        state["pos_embed"] = pe if old == target else resample_abs_pos_embed(pe, new_size=list(target), old_size=list(old), num_prefix_tokens=0)
+        state["pos_embed"] = resample_grid(pe, target, old, antialias=antialias)  # type: ignore[arg-type]
     return state
 
 
@@ -173,23 +190,86 @@ def _load_strict(module: torch.nn.Module, state: Mapping[str, Tensor], what: str
     module.load_state_dict(state, strict=True)
 
 
+def _official_parts(weights: Any) -> tuple[Mapping, Mapping, Mapping]:
+    """(selector backbone, selector head, extractor) of official-layout ``weights``."""
+    ok = isinstance(weights, Mapping) and {"selector", "extractor"} <= set(weights)
+    if not ok or not isinstance(weights["selector"], Mapping) or not {"backbone", "head"} <= set(weights["selector"]):
+        raise ValueError("not a LookWhere checkpoint: expected keys selector.backbone, selector.head, extractor")
+    return weights["selector"]["backbone"], weights["selector"]["head"], weights["extractor"]
+
+
+def recorded_resize_mode(weights: Mapping) -> str:
+    """The ``resize_mode`` official-layout ``weights`` were made with: our exports record it, the
+    release (which does not) is the released inference code's, "official"."""
+    mode = weights.get("resize_mode", "official")
+    if mode not in ("official", "pretraining"):
+        raise ValueError(f"the checkpoint records resize_mode={mode!r}; expected 'official' or 'pretraining'")
+    return str(mode)
+
+
+def head_selector_r(head: Mapping[str, Tensor]) -> int:
+    """The sub-patch block side r of a stored selector head (its ``w2`` predicts r² logits)."""
+    w2 = head.get("w2.weight")
+    n = int(w2.shape[0]) if w2 is not None and getattr(w2, "ndim", 0) == 2 else 0
+    r = math.isqrt(n)
+    if n == 0 or r * r != n:
+        raise ValueError(f"selector head w2.weight of shape {list(getattr(w2, 'shape', []))}: expected r*r outputs per token")
+    return r
+
+
+def resolve_pretrained_config(cfg: ModelConfig) -> ModelConfig:
+    """Fill the LookWhere settings that ``cfg.pretrained`` (official layout) decides and the
+    config leaves None: ``selector_r`` from the stored head's shape (the release: r = 4) and
+    ``resize_mode`` (the release: "official"; our exports: the mode they record). Any other config,
+    or one that sets both, is returned as it is. A bad file is a one-line :class:`ConfigError`."""
+    if cfg.arch != "lookwhere" or not cfg.pretrained or (cfg.selector_r is not None and cfg.resize_mode is not None):
+        return cfg
+    weights = read_weights(cfg.pretrained, "model.pretrained")  # memory-mapped: only the head is read
+    try:
+        _, head, _ = _official_parts(weights)
+        r = cfg.selector_r if cfg.selector_r is not None else head_selector_r(head)
+        mode = cfg.resize_mode or recorded_resize_mode(weights)
+    except ValueError as err:
+        raise ConfigError(f"model.pretrained {cfg.pretrained}: {err}") from None
+    return dataclasses.replace(cfg, selector_r=r, resize_mode=mode)
+
+
+def resolved_model_config(cfg: ModelConfig, hparams: Any) -> ModelConfig:
+    """:func:`resolve_pretrained_config` for a LightningModule: what the file decided is also
+    written into ``hparams["model"]``, so the module's checkpoints rebuild the same model
+    without the pretrained file (evaluation skips ``model.pretrained``)."""
+    resolved = resolve_pretrained_config(cfg)
+    if resolved is not cfg and "model" in hparams:
+        decided = {"selector_r": resolved.selector_r, "resize_mode": resolved.resize_mode}
+        model = hparams["model"]
+        hparams["model"] = {**model, **decided} if isinstance(model, Mapping) else dataclasses.replace(model, **decided)
+    return resolved
+
+
 def load_official(model: LookWhere, weights: str | Path | Mapping) -> LookWhere:
-    """Load official-layout weights into ``model`` (strict names, pos-embed resampling)."""
+    """Load official-layout weights into ``model`` (strict names, pos-embed resampling).
+
+    A model built with ``resize_mode`` None takes the file's mode (the release: "official"), as
+    long as that does not change the selector's input size it was built for (non-square inputs:
+    build with :func:`resolve_pretrained_config`, or set ``resize_mode``)."""
     if not isinstance(weights, Mapping):
         weights = read_weights(weights, "LookWhere weights")
-    if not isinstance(weights, Mapping) or not {"selector", "extractor"} <= set(weights) or not {"backbone", "head"} <= set(weights["selector"]):
-        raise ValueError("not a LookWhere checkpoint: expected keys selector.backbone, selector.head, extractor")
+    sel_state, head, ext_state = _official_parts(weights)
+    cfg = model.cfg
+    if cfg.resize_mode is None:
+        mode = recorded_resize_mode(weights)
+        hw = tuple(cfg.img_size)
+        if dataclasses.replace(cfg, resize_mode=mode).selector_size_for(hw) != cfg.selector_size_for(hw):  # type: ignore[arg-type]
+            raise ValueError(f"the checkpoint is for model.resize_mode={mode}, which sizes the selector input differently: set model.resize_mode")
+        cfg.resize_mode = mode
     sel = model.selector
-    _load_strict(sel.backbone, adapt_vit_state(weights["selector"]["backbone"], sel.backbone), "selector.backbone")
-    head = weights["selector"]["head"]
-    if head["w2.weight"].shape != sel.head.w2.weight.shape:
-        raise ValueError(
-            f"selector head predicts {head['w2.weight'].shape[0]} sub-patch logits per token, the model "
-            f"{sel.head.w2.weight.shape[0]}: set model.selector_r={math.isqrt(head['w2.weight'].shape[0])}"
-        )
+    _load_strict(sel.backbone, adapt_vit_state(sel_state, sel.backbone, antialias=cfg.antialias), "selector.backbone")
+    r = head_selector_r(head)
+    if r != sel.head.r:
+        raise ValueError(f"selector head predicts {r * r} sub-patch logits per token, the model {sel.head.r ** 2}: set model.selector_r={r} (or leave it unset)")
     _load_strict(sel.head, head, "selector.head")
     ext = model.extractor.backbone
-    _load_strict(ext, adapt_vit_state(weights["extractor"], ext), "extractor")
+    _load_strict(ext, adapt_vit_state(ext_state, ext, antialias=cfg.antialias), "extractor")
     return model
 
 
@@ -231,28 +311,65 @@ def load_pretrained(model: torch.nn.Module, path: str | Path, name: str | None =
 
 
 def create_timm_vit(name: str, path: str | Path | None, what: str, pretrained: bool = False, img_size: list[int] | None = None) -> VisionTransformer:
-    """timm ViT ``name`` (no head) with the weights of the local file ``path`` (converted by timm's
-    checkpoint filter: HF safetensors, AugReg ``.npz``, DINOv2 ``.pth``), or downloaded when
-    ``pretrained`` and online. A file that does not fit is one line naming ``what``."""
+    """timm ViT ``name`` (no head) with the weights of the local file ``path`` (see
+    :func:`load_timm_file`: HF/timm safetensors, an original DINOv2 ``.pth``, an AugReg ``.npz``),
+    or downloaded when ``pretrained`` and online. A file that does not fit is one line naming ``what``."""
     import timm
 
     kwargs: dict = {"num_classes": 0}
     if img_size:
         kwargs["img_size"] = tuple(img_size)
-    if path is not None:
-        check_weights_file(path, what)  # timm's own errors on a bad file are tracebacks
-        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(path).expanduser())}
-    try:
-        vit = timm.create_model(name, pretrained=path is not None or pretrained, **kwargs)
-    except RuntimeError as err:
-        # load_state_dict lists every mismatch over many lines: report the first one
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip().startswith(("size mismatch", "Missing key", "Unexpected key"))]
-        if path is None or not lines:
-            raise
-        raise ConfigError(f"{what} {path} does not fit {name}: {lines[0][:300]}") from None
+    vit = timm.create_model(name, pretrained=pretrained and path is None, **kwargs)
     if not isinstance(vit, VisionTransformer):
         raise ValueError(f"{what}: {name} is not a timm VisionTransformer")
+    if path is not None:
+        load_timm_file(vit, path, what, name)
     return vit
+
+
+def load_timm_file(vit: VisionTransformer, path: str | Path, what: str, name: str) -> None:
+    """Load a local weights file into the timm ViT ``vit`` (model ``name``) the way timm's
+    ``pretrained_cfg_overlay={"file": ...}`` does, but strictly and with one-line errors.
+
+    timm's own pieces do the conversion: its file reader (safetensors or torch; EMA /
+    ``state_dict`` / ``model`` wrappers, DDP prefixes) and the model family's
+    ``checkpoint_filter_fn`` (original DINOv2 names -> timm's, pos-embed resampled to the model's
+    grid). The classifier is dropped (the model has none). timm itself loads non-strictly whenever
+    the model's ``num_classes`` differs from the weights' (a file with missing keys would then load
+    half-random), so names and shapes are checked here: another architecture names the first key
+    whose shape differs, missing keys are counted. ``.npz`` (big_vision) goes to timm's own reader.
+    """
+    from timm.models import load_state_dict as timm_read_file
+
+    path = Path(path).expanduser()
+    where = f"{what} {path}"
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise ConfigError(f"{what} not found: {path}")
+        try:
+            vit.load_pretrained(str(path))
+        except Exception as err:  # timm's npz reader: KeyError on a missing array, ValueError on a bad file
+            raise ConfigError(f"{where} cannot be read as {name} weights ({type(err).__name__}: {_first_line(err)[:200]})") from None
+        return
+    check_weights_file(path, what)  # truncated / not a checkpoint: one line (timm's reader would give a traceback)
+    try:
+        state = timm_read_file(str(path))
+    except Exception as err:
+        raise ConfigError(f"{where} is truncated or corrupt ({type(err).__name__}: {_first_line(err)[:200]})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConfigError(f"{where} is not a state dict of tensors (one name -> tensor per weight)")
+    filter_fn = getattr(importlib.import_module(type(vit).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(dict(state), vit)
+        except Exception as err:  # a layout the filter does not know (e.g. pos_embed missing)
+            raise ConfigError(f"{where}: timm's checkpoint filter for {name} cannot convert it ({type(err).__name__}: {_first_line(err)[:200]})") from None
+    own = vit.state_dict()
+    classifier = (getattr(vit, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    state = {k: v for k, v in state.items() if k in own or k.rsplit(".", 1)[0] not in heads}
+    check_state_dict(own, state, where, target=name)
+    vit.load_state_dict(state, strict=True)
 
 
 def vit_from_lightning_checkpoint(path: Path, what: str) -> VisionTransformer:

@@ -38,6 +38,7 @@ PRESETS: dict[str, dict] = {
 }
 
 ARCHS = ("lookwhere", "vit", "tokenlearner")
+RESIZE_MODES = ("official", "pretraining")
 TOKENLEARNER_POOLS = ("cls", "gap")
 
 
@@ -66,9 +67,15 @@ class ModelConfig:
     selector_img_size: int | list[int] = 154
     #: sub-patch block side of the selector head; None: ceil(high-res grid / low-res grid).
     selector_r: int | None = None
-    #: antialias the image->low-res and map->grid resizes (JAX pretraining did; the released
-    #: PyTorch inference code does not: set False for output parity with it).
-    antialias: bool = True
+    #: LookWhere resize semantics (selector image and map resizes, positional-embedding
+    #: resampling, K-NN tie-break). "official": the released PyTorch inference code
+    #: (antofuller/lookwhere ``LookWhereDownstream``): no antialiasing, a square selector input
+    #: for an int ``selector_img_size``, pos-embeds bicubic without antialias, K-NN neighbours the
+    #: first of a full ``argsort``. "pretraining": the JAX pretraining's antialiased resizes, the
+    #: aspect ratio kept for non-square inputs, timm's antialiased pos-embed resampling, top-k
+    #: neighbours. None: what ``pretrained`` decides ("official" for the released
+    #: ``lookwhere_dinov2.pt``, the recorded mode for our exports), else "pretraining".
+    resize_mode: str | None = None
     # extractor ("what")
     #: default number of selected patches: int count or float fraction of the grid.
     k: int | float = 0.1
@@ -100,6 +107,8 @@ class ModelConfig:
         for side in self.img_size:
             if side % self.patch_size:
                 raise ValueError(f"model.img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.resize_mode is not None and self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"model.resize_mode must be one of {RESIZE_MODES} (or null), got {self.resize_mode!r}")
         if self.arch == "tokenlearner":
             self.tokenlearner_block()  # a bad insertion point fails when the config is built
             if self.tokenlearner_version not in ("v1.0", "v1.1"):
@@ -134,6 +143,22 @@ class ModelConfig:
     def grid(self) -> tuple[int, int]:
         return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
 
+    @property
+    def resize(self) -> str:
+        """``resize_mode`` resolved: "pretraining" unless set (a pretrained file is read by
+        :func:`~lw_lightning.models.checkpoint.resolve_pretrained_config` before building)."""
+        return self.resize_mode or "pretraining"
+
+    @property
+    def antialias(self) -> bool:
+        """Whether selector resizes and pos-embed resampling antialias (pretraining mode)."""
+        return self.resize == "pretraining"
+
+    @property
+    def knn_tie_break(self) -> str:
+        """How :func:`~lw_lightning.models.knn_upsample.knn_upsample` picks among equal distances."""
+        return "argsort" if self.resize == "official" else "topk"
+
     def selector_size_for(self, hw: tuple[int, int]) -> tuple[int, int]:
         """Low-res selector input size for a high-res ``hw`` input (multiples of the patch)."""
         if not isinstance(self.selector_img_size, int):
@@ -141,7 +166,8 @@ class ModelConfig:
             return (int(h), int(w))
         side = self.selector_img_size
         h, w = hw
-        if h == w:
+        # the released code resizes every input to a fixed square (its selector's native grid)
+        if h == w or self.resize == "official":
             return (side, side)
         p = self.patch_size
         # keep the aspect ratio: the short side gets ``side``, the long one the nearest multiple
@@ -164,6 +190,8 @@ def model_config(preset: str = "base", **overrides) -> ModelConfig:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ValueError(f"unknown model preset '{preset}'{hint}; choose from {sorted(PRESETS)}")
     names = {f.name for f in dataclasses.fields(ModelConfig)}
+    if "antialias" in overrides:  # the switch before resize_mode existed
+        raise ValueError("model.antialias is replaced by model.resize_mode: 'official' (no antialiasing, the released code) or 'pretraining'")
     unknown = set(overrides) - names
     if unknown:
         raise ValueError(f"unknown model option(s) {sorted(unknown)}")

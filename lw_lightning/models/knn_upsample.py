@@ -14,12 +14,23 @@ def grid_coords(grid: tuple[int, int], device: torch.device | None = None) -> Te
     return torch.cartesian_prod(rows, cols)
 
 
-def knn_upsample(tokens: Tensor, index: Tensor, grid: tuple[int, int], knn: int = 5, eps: float = 1e-8) -> Tensor:
+TIE_BREAKS = ("topk", "argsort")
+
+
+def knn_upsample(
+    tokens: Tensor, index: Tensor, grid: tuple[int, int], knn: int = 5, eps: float = 1e-8, tie_break: str = "topk"
+) -> Tensor:
     """Fill the whole grid from the tokens at ``index`` by inverse-distance K-NN interpolation.
 
     For every cell, the ``knn`` nearest selected cells (Euclidean distance in grid units) are
     averaged with weights ``1 / (d + eps)``, normalised to sum to one (the reference formula).
     Selected cells then get their own token exactly (the reference's 1e8 weight, without rounding).
+
+    On a grid many distances are equal, so which of the cells tied at the ``knn``-th distance is
+    used depends on the selection op: ``tie_break="topk"`` takes ``topk(largest=False)``'s pick,
+    ``"argsort"`` the first ``knn`` of a full ``argsort`` over the k distances, as the released
+    inference code does (torch's default, unstable sort: the same op gives the same ties on the
+    same device).
 
     Args:
         tokens: (B, k, D) features of the selected cells.
@@ -28,6 +39,8 @@ def knn_upsample(tokens: Tensor, index: Tensor, grid: tuple[int, int], knn: int 
     Returns:
         (B, gh*gw, D) features.
     """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     b, k, d = tokens.shape
     coords = grid_coords(grid, tokens.device)  # (N, 2)
     n = coords.shape[0]
@@ -35,7 +48,11 @@ def knn_upsample(tokens: Tensor, index: Tensor, grid: tuple[int, int], knn: int 
     # exact distances: the matmul-based cdist path can turn a zero distance into ~1e-3
     dist = torch.cdist(coords.expand(b, n, 2), sel, compute_mode="donot_use_mm_for_euclid_dist")
     kk = min(knn, k)
-    near_d, near_i = dist.topk(kk, dim=-1, largest=False)  # (B, N, kk)
+    if tie_break == "argsort":
+        near_i = dist.argsort(dim=-1)[..., :kk]
+        near_d = dist.gather(-1, near_i)
+    else:
+        near_d, near_i = dist.topk(kk, dim=-1, largest=False)  # (B, N, kk)
     w = 1.0 / (near_d + eps)
     w = w / w.sum(-1, keepdim=True)
     picked = tokens.gather(1, near_i.reshape(b, n * kk, 1).expand(-1, -1, d)).reshape(b, n, kk, d)

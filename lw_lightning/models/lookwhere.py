@@ -2,11 +2,15 @@
 
 Data flow (Fuller et al., 2025; official ``modeling.py``):
 
-    image (B,3,H,W) --antialiased resize--> low-res copy --Selector ViT--> CLS+registers, tokens
+    image (B,3,H,W) --bilinear resize--> low-res copy --Selector ViT--> CLS+registers, tokens
     tokens --SelectorHead (D -> 4D -> r²)--> r×r sub-patch logits per token --bilinear--> map (B, N)
     keep = top-k(map)                       (hard, descending; no gradient through the indices)
     Extractor ViT on [selector CLS+registers ; embed(pixels[keep]) + pos[keep]]
     -> CLS features, k patch features --K-NN inverse distance--> dense features on the grid.
+
+``model.resize_mode`` picks the resize semantics: "pretraining" (the JAX pretraining: antialiased
+resizes) or "official" (the released PyTorch inference code: none antialiased, a square selector
+input, its pos-embed resampling and K-NN tie-break); see :class:`~.config.ModelConfig`.
 """
 
 from __future__ import annotations
@@ -72,10 +76,11 @@ class Selector(nn.Module):
     def forward(self, images: Tensor, grid: tuple[int, int]) -> dict[str, Tensor]:
         """Return ``map`` (B, gh*gw) logits, ``prefix`` (B, P, D) and low-res ``tokens``."""
         lo = self.cfg.selector_size_for((images.shape[-2], images.shape[-1]))
-        x = F.interpolate(images, size=lo, mode="bilinear", align_corners=False, antialias=self.cfg.antialias)
+        aa = self.cfg.antialias
+        x = F.interpolate(images, size=lo, mode="bilinear", align_corners=False, antialias=aa)
         vit = self.backbone
         lo_grid = patch_grid(vit, lo)
-        patches = embed_all(vit, x) + grid_pos_embed(vit, lo_grid)
+        patches = embed_all(vit, x) + grid_pos_embed(vit, lo_grid, antialias=aa)
         out = run_blocks(vit, prefix_tokens(vit, x.shape[0]), patches)
         prefix, tokens = out[:, : self.num_prefix], out[:, self.num_prefix :]
         r = self.head.r
@@ -86,7 +91,7 @@ class Selector(nn.Module):
         sub = sub.reshape(b, 1, lo_grid[0] * r, lo_grid[1] * r)
         # fp32 map under mixed precision: stable top-k and map loss, and the antialiased resize has
         # no bf16 backward on CPU
-        smap = F.interpolate(sub.float(), size=grid, mode="bilinear", align_corners=False, antialias=self.cfg.antialias)
+        smap = F.interpolate(sub.float(), size=grid, mode="bilinear", align_corners=False, antialias=aa)
         return {"map": smap.flatten(1), "prefix": prefix, "tokens": tokens}
 
 
@@ -117,7 +122,7 @@ class Extractor(nn.Module):
         """
         vit = self.backbone
         grid = patch_grid(vit, (images.shape[-2], images.shape[-1]))
-        pos = grid_pos_embed(vit, grid).expand(images.shape[0], -1, -1)
+        pos = grid_pos_embed(vit, grid, antialias=self.cfg.antialias).expand(images.shape[0], -1, -1)
         if gather_pixels:
             patches = embed_selected(vit, images, keep) + gather_tokens(pos, keep)
         else:
@@ -207,7 +212,7 @@ class LookWhere(nn.Module):
 
     def densify(self, tokens: Tensor, keep: Tensor, grid: tuple[int, int]) -> Tensor:
         """K-NN fill of the sparse tokens to (B, D, gh, gw)."""
-        full = knn_upsample(tokens, keep, grid, knn=self.cfg.knn)
+        full = knn_upsample(tokens, keep, grid, knn=self.cfg.knn, tie_break=self.cfg.knn_tie_break)
         return full.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
 
 

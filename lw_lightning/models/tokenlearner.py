@@ -187,8 +187,10 @@ class TokenLearnerEncoder(nn.Module):
     or, with ``use_fuser``, TokenLearner → block → TokenFuser at every block ≥ ``loc``
     (``EncoderModFuser``, each layer with its own modules). ``num_tokens=0`` disables both.
 
-    ``loc = L`` means blocks ``0 … L-1`` see all tokens; ``loc = len(blocks)`` applies TokenLearner
-    after the last block. No positional embedding is re-added after TokenLearner (P11).
+    ``loc = L`` means blocks ``0 … L-1`` see all tokens. ``loc = len(blocks)`` follows scenic
+    (``lyr == tokenlearner_loc`` never holds): no TokenLearner is built or applied, unless
+    ``after_last`` asks for one after the last block (the image TokenLearner-ViT's GAP variant).
+    No positional embedding is re-added after TokenLearner (P11).
     """
 
     def __init__(
@@ -201,17 +203,20 @@ class TokenLearnerEncoder(nn.Module):
         use_fuser: bool = False,
         dropout: float = 0.0,
         use_sum_pooling: bool = True,
+        after_last: bool = False,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         depth = len(self.blocks)
-        self.num_tokens = num_tokens
         self.loc = depth // 2 if loc is None else loc
-        self.use_fuser = use_fuser and num_tokens > 0
         if num_tokens > 0 and not 0 <= self.loc <= depth:
             raise ValueError(f"tokenlearner_loc={self.loc} must lie in [0, {depth}] for {depth} blocks")
-        if self.use_fuser and self.loc == depth:
+        if use_fuser and num_tokens > 0 and self.loc == depth and after_last:
             raise ValueError("use_fuser needs tokenlearner_loc < depth (the fuser wraps blocks)")
+        if self.loc == depth and not after_last:
+            num_tokens = 0  # scenic: TokenLearner at index depth is never reached
+        self.num_tokens = num_tokens
+        self.use_fuser = use_fuser and num_tokens > 0
         make = partial(build_token_learner, version, dim, num_tokens, dropout, use_sum_pooling)
         self.token_learner: nn.Module | None = None
         self.token_learners = nn.ModuleList()

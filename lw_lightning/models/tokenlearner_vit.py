@@ -52,6 +52,7 @@ class TokenLearnerViT(nn.Module):
             loc=cfg.tokenlearner_block(),
             version=cfg.tokenlearner_version,
             use_fuser=cfg.tokenlearner_fuser,
+            after_last=True,  # loc == depth with a GAP head: TokenLearner after the last block (documented image variant)
         )
         self.embed_dim = cfg.embed_dim
         self.num_prefix = self.backbone.num_prefix_tokens

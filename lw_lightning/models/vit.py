@@ -84,17 +84,24 @@ def patch_size(vit: VisionTransformer) -> int:
     return int(vit.patch_embed.patch_size[0])
 
 
-def grid_pos_embed(vit: VisionTransformer, grid: Size2) -> Tensor:
-    """Patch positional embeddings ``(1, gh*gw, D)`` for ``grid``, bicubic-resampled if needed.
+def resample_grid(pos: Tensor, new: Size2, old: Size2, antialias: bool = True) -> Tensor:
+    """A prefix-free ``(1, gh*gw, D)`` pos-embed grid ``old`` -> ``new``, bicubic in float32.
 
-    Same interpolation as timm's own resampling (bicubic, antialiased, in float32)."""
+    ``antialias=True`` is timm's default resampling; ``False`` is the plain bicubic of the DINOv2 /
+    released LookWhere ``interpolate_pos_encoding`` (the two differ even when upsampling: the
+    antialiased kernel is PIL's, a = -0.5, the plain one a = -0.75)."""
+    if tuple(new) == tuple(old):
+        return pos
+    return resample_abs_pos_embed(pos, new_size=list(new), old_size=list(old), num_prefix_tokens=0, antialias=antialias)
+
+
+def grid_pos_embed(vit: VisionTransformer, grid: Size2, antialias: bool = True) -> Tensor:
+    """Patch positional embeddings ``(1, gh*gw, D)`` for ``grid``, bicubic-resampled if needed
+    (see :func:`resample_grid`)."""
     pos = vit.pos_embed
     if not vit.no_embed_class:  # timm ViTs that also embed the prefix positions (e.g. DeiT, AugReg)
         pos = pos[:, vit.num_prefix_tokens :]
-    native = tuple(vit.patch_embed.grid_size)
-    if tuple(grid) == native:
-        return pos
-    return resample_abs_pos_embed(pos, new_size=list(grid), old_size=list(native), num_prefix_tokens=0)
+    return resample_grid(pos, grid, tuple(vit.patch_embed.grid_size), antialias=antialias)
 
 
 def embed_all(vit: VisionTransformer, images: Tensor) -> Tensor:

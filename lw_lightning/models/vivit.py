@@ -1,16 +1,24 @@
 """ViViT (Arnab et al., 2021) on timm blocks, with TokenLearner per temporal slice.
 
-* ``variant="joint"`` (Model 1): tubelet Conv3d -> tokens in (t, h, w) order + one learned posemb
-  over all ``nt·nh·nw`` tokens -> blocks ``0…L-1`` on every token -> TokenLearner on each temporal
-  slice (``[B·nt, nh·nw, C] -> [B, nt·S, C]``) -> remaining blocks with joint space-time attention on
-  ``nt·S`` tokens -> LayerNorm -> mean over tokens -> zero-initialised head. No CLS token (P11).
-* ``variant="factorised"`` (Model 2): the spatial encoder runs on each temporal slice
-  (``[B·nt, nh·nw, C]``, shared weights) and ends with a per-frame TokenLearner (S tokens per slice)
-  or, without one, a mean over the slice (1 token). A randomly initialised temporal encoder with a
-  learned per-slice time embedding then attends over the ``nt·S`` tokens.
+* ``variant="joint"`` (Model 1): tubelet Conv3d -> tokens in (t, h, w) order (+ a CLS token with
+  ``classifier="token"``) + one learned posemb over all ``P + nt·nh·nw`` tokens -> blocks ``0…L-1``
+  on every token -> TokenLearner on each temporal slice (``[B·nt, nh·nw, C] -> [B, nt·S, C]``; the
+  CLS token passes by) -> remaining blocks with joint space-time attention -> LayerNorm -> CLS token
+  or mean over tokens -> zero-initialised head. scenic's TokenLearner-ViViT is the ``gap`` form (P11);
+  ``token`` is the layout of scenic's / HF's ViViT-B K400 checkpoint (see :mod:`.hf_vivit`).
+* ``variant="factorised"`` (Model 2, scenic ``SpaceTimeViViT``): the spatial encoder runs on each
+  temporal slice (``[B·nt, P + nh·nw, C]``, shared weights, one CLS parameter for all slices) and
+  ends with its LayerNorm; each slice is then summarised by its CLS token, the mean of its tokens
+  (scenic: norm first, then the mean), or S TokenLearner tokens. A randomly initialised temporal
+  encoder with a learned per-slice time embedding (and its own CLS token) attends over them.
+
+The tubelet conv has VALID padding: frames / pixels that do not fill a whole tubelet are dropped
+(224 px with 10 px tubelets: 22×22 tokens). Blocks trained from scratch get scenic's init
+(:func:`scenic_block_init_`), the activation is tanh GELU unless ``activation="gelu"``.
 
 Image-ViT initialisation (:func:`load_image_vit`): tubelet kernel by central frame (default) or
-averaging, spatial posemb resampled to the grid and tiled over time, blocks and final norm copied.
+averaging, spatial posemb resampled to the grid and tiled over time, CLS token and its posemb,
+blocks and final norm copied. HF ViViT video weights: :func:`.hf_vivit.load_hf_vivit`.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,12 +36,15 @@ from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models.vision_transformer import Block
 from torch import Tensor
 
-from .tokenlearner import LayerNorm, TokenLearnerEncoder
+from .tokenlearner import LayerNorm, TokenLearnerEncoder, build_token_learner
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("joint", "factorised")
 EMBED_INITS = ("central", "average")
+CLASSIFIERS = ("gap", "token")
+#: block MLP activations: flax's / scenic's ``nn.gelu`` and HF's ``gelu_fast`` are the tanh form.
+ACTIVATIONS: dict[str, type[nn.Module] | partial] = {"gelu_tanh": partial(nn.GELU, approximate="tanh"), "gelu": nn.GELU}
 
 #: Named sizes. ``tiny`` is for tests and the CPU demo (trained from scratch).
 PRESETS: dict[str, dict] = {
@@ -50,7 +62,7 @@ class ViViTConfig:
     variant: str = "joint"
     img_size: int = 224
     num_frames: int = 32
-    #: tubelet (t, h, w): Conv3d kernel = stride.
+    #: tubelet (t, h, w): Conv3d kernel = stride, VALID padding (a remainder is dropped).
     tubelet: list[int] = field(default_factory=lambda: [2, 16, 16])
     embed_dim: int = 768
     depth: int = 12
@@ -58,10 +70,16 @@ class ViViTConfig:
     mlp_ratio: float = 4.0
     #: factorised only: layers of the (randomly initialised) temporal encoder.
     temporal_depth: int = 4
+    #: "gap": mean over the final tokens; "token": a CLS token (zero init, its own posemb) read
+    #: after the final LayerNorm (scenic ``classifier='token'``, HF ``VivitForVideoClassification``).
+    classifier: str = "gap"
+    #: block MLP activation: "gelu_tanh" (scenic / flax, HF "gelu_fast") or "gelu" (exact erf).
+    activation: str = "gelu_tanh"
     #: TokenLearner tokens per temporal slice; 0 disables TokenLearner.
     num_tokens: int = 0
-    #: blocks run on all tokens before TokenLearner; None: half the depth (joint) / the whole
-    #: spatial encoder (factorised).
+    #: blocks run on all tokens before TokenLearner; None: half the depth (joint) / after the whole
+    #: spatial encoder, as its per-slice summary (factorised). ``depth`` in Model 1: no TokenLearner
+    #: (scenic's semantics).
     tokenlearner_loc: int | None = None
     tokenlearner_version: str = "v1.1"
     use_fuser: bool = False
@@ -69,27 +87,34 @@ class ViViTConfig:
     drop_path_rate: float = 0.0
     #: how a 2-D patch kernel becomes a tubelet kernel when loading image weights.
     embed_init: str = "central"
-    #: image ViT weights: a local file (.safetensors / .pth / .pt) or a timm model name.
+    #: weights: an image ViT (a local .safetensors / .pth / .pt file or a timm model name), or an
+    #: HF ViViT (a snapshot folder with config.json + model.safetensors, or ``hf:<repo id>``).
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.embed_init not in EMBED_INITS:
-            raise ValueError(f"model.embed_init must be one of {EMBED_INITS}, got {self.embed_init!r}")
-        if len(self.tubelet) != 3:
-            raise ValueError(f"model.tubelet must be [t, h, w], got {self.tubelet}")
-        t, h, w = self.tubelet
-        if self.num_frames % t or self.img_size % h or self.img_size % w:
+        for name, allowed in (("variant", VARIANTS), ("embed_init", EMBED_INITS), ("classifier", CLASSIFIERS), ("activation", tuple(ACTIVATIONS))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if len(self.tubelet) != 3 or any(int(v) < 1 for v in self.tubelet):
+            raise ValueError(f"model.tubelet must be [t, h, w] of positive sizes, got {self.tubelet}")
+        if min(self.grid) < 1:
+            raise ValueError(f"model.tubelet {self.tubelet} is larger than the input ({self.num_frames} frames of {self.img_size}^2)")
+        if self.variant == "factorised" and self.classifier == "token" and self.num_tokens > 0 and self.tokenlearner_loc in (None, self.depth):
             raise ValueError(
-                f"num_frames={self.num_frames} / img_size={self.img_size} are not multiples of the tubelet {self.tubelet}"
+                "model.classifier=token reads each slice's CLS token, so a TokenLearner after the spatial encoder would be unused: "
+                f"set model.tokenlearner_loc below {self.depth} or model.classifier=gap"
             )
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        """Token grid (nt, nh, nw)."""
+        """Token grid (nt, nh, nw), floored as VALID padding does."""
         t, h, w = self.tubelet
         return (self.num_frames // t, self.img_size // h, self.img_size // w)
+
+    @property
+    def num_prefix(self) -> int:
+        """CLS tokens before the patch tokens (1 with ``classifier="token"``)."""
+        return 1 if self.classifier == "token" else 0
 
 
 def vivit_config(preset: str = "base", **overrides) -> ViViTConfig:
@@ -116,22 +141,58 @@ def inflate_patch_kernel(weight2d: Tensor, t: int, method: str = "central") -> T
     raise ValueError(f"unknown embed_init {method!r}; choose from {EMBED_INITS}")
 
 
+def lecun_normal_(weight: Tensor) -> Tensor:
+    """flax's default kernel init: truncated normal (±2σ) with variance 1 / fan_in."""
+    fan_in = weight[0].numel()
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # the stddev of a unit normal truncated at ±2
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
 class TubeletEmbed(nn.Module):
-    """Conv3d with kernel = stride = (t, h, w): ``[B, C, T, H, W] -> [B, nt·nh·nw, D]``, (t h w) order."""
+    """Conv3d with kernel = stride = (t, h, w): ``[B, C, T, H, W] -> [B, nt·nh·nw, D]``, (t h w) order.
+
+    Like scenic's VALID padding, frames and pixels beyond the last whole tubelet are dropped.
+    Initialised as flax's ``nn.Conv`` (lecun-normal kernel, zero bias).
+    """
 
     def __init__(self, tubelet: tuple[int, int, int], embed_dim: int, in_chans: int = 3) -> None:
         super().__init__()
         self.tubelet = tubelet
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=tubelet, stride=tubelet)
+        lecun_normal_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self, video: Tensor) -> Tensor:
         return self.proj(video).flatten(2).transpose(1, 2)  # [B, D, nt, nh, nw] -> time-major tokens (P8)
 
 
+def scenic_block_init_(block: Block) -> Block:
+    """scenic's ``EncoderBlock`` init on a timm block: xavier-uniform q, k, v and output kernels
+    with zero biases (``MultiHeadDotProductAttention(kernel_init=xavier_uniform)``; flax computes
+    the fans of each of q / k / v as a ``[D, D]`` matrix, so the fused ``qkv`` is done in thirds),
+    xavier-uniform MLP kernels with N(0, 1e-6) biases (``MlpBlock``), LayerNorms at 1 / 0."""
+    with torch.no_grad():
+        for part in block.attn.qkv.weight.chunk(3, dim=0):
+            nn.init.xavier_uniform_(part)
+        nn.init.zeros_(block.attn.qkv.bias)
+        nn.init.xavier_uniform_(block.attn.proj.weight)
+        nn.init.zeros_(block.attn.proj.bias)
+        for fc in (block.mlp.fc1, block.mlp.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.normal_(fc.bias, std=1e-6)
+        for norm in (block.norm1, block.norm2):
+            nn.init.ones_(norm.weight)
+            nn.init.zeros_(norm.bias)
+    return block
+
+
 def _blocks(cfg: ViViTConfig, depth: int) -> list[nn.Module]:
     dpr = [cfg.drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
+    act = ACTIVATIONS[cfg.activation]
     return [
-        Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, proj_drop=cfg.dropout, drop_path=dpr[i], norm_layer=LayerNorm)
+        scenic_block_init_(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, proj_drop=cfg.dropout, drop_path=dpr[i], act_layer=act, norm_layer=LayerNorm)
+        )
         for i in range(depth)
     ]
 
@@ -143,20 +204,33 @@ class ViViT(nn.Module):
         super().__init__()
         self.cfg = cfg
         nt, nh, nw = cfg.grid
-        d = cfg.embed_dim
+        d, p = cfg.embed_dim, cfg.num_prefix
         self.patch_embed = TubeletEmbed(tuple(cfg.tubelet), d)  # type: ignore[arg-type]
         self.pos_drop = nn.Dropout(cfg.dropout)
         tl = dict(num_tokens=cfg.num_tokens, version=cfg.tokenlearner_version, use_fuser=cfg.use_fuser, dropout=cfg.dropout)
+        if p:  # one CLS parameter, zero-initialised (shared by all slices in Model 2)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.token_learner: nn.Module | None = None
         if cfg.variant == "joint":
-            self.pos_embed = nn.Parameter(torch.empty(1, nt * nh * nw, d))
+            self.pos_embed = nn.Parameter(torch.empty(1, p + nt * nh * nw, d))
             self.encoder = TokenLearnerEncoder(_blocks(cfg, cfg.depth), d, loc=cfg.tokenlearner_loc, **tl)
+            if cfg.num_tokens > 0 and self.encoder.num_tokens == 0:
+                log.info("ViViT: tokenlearner_loc=%d = depth: no TokenLearner (scenic's semantics)", self.encoder.loc)
         else:
-            self.pos_embed = nn.Parameter(torch.empty(1, nh * nw, d))
+            self.pos_embed = nn.Parameter(torch.empty(1, p + nh * nw, d))
+            pool = cfg.num_tokens > 0 and cfg.tokenlearner_loc in (None, cfg.depth)
             loc = cfg.depth if cfg.tokenlearner_loc is None else cfg.tokenlearner_loc
-            self.encoder = TokenLearnerEncoder(_blocks(cfg, cfg.depth), d, loc=loc, **tl)
+            self.encoder = TokenLearnerEncoder(_blocks(cfg, cfg.depth), d, loc=loc, **tl)  # loc = depth: none inside
             self.spatial_norm = LayerNorm(d)
+            if pool:  # S tokens per slice summarise the normalised spatial output (instead of the mean)
+                self.token_learner = build_token_learner(cfg.tokenlearner_version, d, cfg.num_tokens, cfg.dropout)
             self.time_embed = nn.Parameter(torch.empty(1, nt, 1, d))
             nn.init.normal_(self.time_embed, std=0.02)
+            if p:
+                # scenic's temporal CLS (zeros) plus its position embedding (N(0, 0.02)): two constants
+                # added to each other, kept as their sum
+                self.temporal_cls_token = nn.Parameter(torch.empty(1, 1, d))
+                nn.init.normal_(self.temporal_cls_token, std=0.02)
             self.temporal_encoder = nn.Sequential(*_blocks(cfg, cfg.temporal_depth))
         nn.init.normal_(self.pos_embed, std=0.02)
         self.norm = LayerNorm(d)
@@ -164,13 +238,36 @@ class ViViT(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         if cfg.pretrained:
-            load_image_vit(self, cfg.pretrained)
+            from .hf_vivit import is_hf_vivit_source, load_hf_vivit
+
+            if is_hf_vivit_source(cfg.pretrained):
+                load_hf_vivit(self, cfg.pretrained)
+            else:
+                load_image_vit(self, cfg.pretrained)
+
+    def _slice_tokens(self) -> int:
+        """Tokens per temporal slice that enter the temporal encoder (Model 2)."""
+        c = self.cfg
+        if c.classifier == "token" or c.num_tokens == 0:
+            return 1
+        return c.num_tokens
 
     @property
     def num_output_tokens(self) -> int:
-        """Tokens entering the last block (what TokenLearner saves compute on)."""
+        """Tokens entering the last block (what TokenLearner saves compute on), CLS included."""
         nt, nh, nw = self.cfg.grid
-        return self.encoder.output_tokens(nt * nh * nw, nt) if self.cfg.variant == "joint" else nt * max(1, self.cfg.num_tokens)
+        if self.cfg.variant == "joint":
+            return self.cfg.num_prefix + self.encoder.output_tokens(nt * nh * nw, nt)
+        return self.cfg.num_prefix + nt * self._slice_tokens()
+
+    def set_activation(self, name: str) -> None:
+        """Swap every block's MLP activation (``gelu_tanh`` / ``gelu``); weights are unchanged."""
+        if name not in ACTIVATIONS:
+            raise ValueError(f"model.activation must be one of {tuple(ACTIVATIONS)}, got {name!r}")
+        for module in self.modules():
+            if isinstance(module, Block):
+                module.mlp.act = ACTIVATIONS[name]()
+        self.cfg = dataclasses.replace(self.cfg, activation=name)
 
     def _check_input(self, video: Tensor) -> None:
         c = self.cfg
@@ -178,25 +275,38 @@ class ViViT(nn.Module):
         if tuple(video.shape[1:]) != want:
             raise ValueError(f"ViViT expects video [B, 3, T, H, W] = [B, {', '.join(map(str, want[1:]))}], got {list(video.shape)}")
 
+    def _with_cls(self, x: Tensor) -> Tensor:
+        if not self.cfg.num_prefix:
+            return x
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+
     def forward_features(self, video: Tensor) -> Tensor:
-        """Final token features ``[B, N, D]`` (before pooling)."""
+        """Final normalised tokens ``[B, P + N, D]`` (P = 1 CLS token with ``classifier="token"``)."""
         self._check_input(video)
         nt, nh, nw = self.cfg.grid
+        p = self.cfg.num_prefix
         x = self.patch_embed(video)
         b, _, d = x.shape
         if self.cfg.variant == "joint":
-            x = self.pos_drop(x + self.pos_embed)
-            return self.norm(self.encoder(x, temporal_dims=nt, grid=(nh, nw)))
+            x = self.pos_drop(self._with_cls(x) + self.pos_embed)
+            return self.norm(self.encoder(x, temporal_dims=nt, grid=(nh, nw), num_prefix=p))
         # factorised: every temporal slice through the spatial encoder with shared weights
-        x = self.pos_drop(x.reshape(b * nt, nh * nw, d) + self.pos_embed)
-        x = self.encoder(x, temporal_dims=1, grid=(nh, nw))
-        if self.cfg.num_tokens == 0:
-            x = x.mean(dim=1, keepdim=True)  # one token per slice (scenic classifier='gap')
-        x = self.spatial_norm(x).reshape(b, nt, -1, d) + self.time_embed
-        return self.norm(self.temporal_encoder(x.reshape(b, -1, d)))
+        x = self.pos_drop(self._with_cls(x.reshape(b * nt, nh * nw, d)) + self.pos_embed)
+        x = self.spatial_norm(self.encoder(x, temporal_dims=1, grid=(nh, nw), num_prefix=p))
+        if p:
+            x = x[:, :1]  # the slice's CLS token
+        elif self.token_learner is not None:
+            x = self.token_learner(x, (nh, nw))  # S tokens per slice
+        elif self.cfg.num_tokens == 0:
+            x = x.mean(dim=1, keepdim=True)  # scenic classifier='gap': encoder_norm, then the mean
+        x = self.pos_drop(x.reshape(b, nt, -1, d) + self.time_embed).reshape(b, -1, d)
+        if p:
+            x = torch.cat([self.temporal_cls_token.expand(b, -1, -1), x], dim=1)
+        return self.norm(self.temporal_encoder(x))
 
     def forward(self, video: Tensor) -> Tensor:
-        return self.head(self.forward_features(video).mean(dim=1))
+        x = self.forward_features(video)
+        return self.head(x[:, 0] if self.cfg.classifier == "token" else x.mean(dim=1))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,23 +336,26 @@ def read_state_dict(source: str) -> dict[str, Tensor]:
     return timm.create_model(source.removeprefix("timm:"), pretrained=True, num_classes=0).state_dict()
 
 
-def _spatial_pos_embed(pos: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Strip prefix (CLS / register) positions from a timm posemb and resample it to ``grid``."""
+def _split_pos_embed(pos: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """A timm posemb -> (its prefix positions ``[1, P, D]`` (CLS / registers; P may be 0), its
+    patch grid resampled to ``grid``)."""
     n = pos.shape[1]
     prefix = next((p for p in range(0, 9) if math.isqrt(n - p) ** 2 == n - p), None)
     if prefix is None:
         raise ValueError(f"cannot read a square patch grid from a pos_embed with {n} positions")
     side = math.isqrt(n - prefix)
-    return resample_abs_pos_embed(pos[:, prefix:].float(), new_size=list(grid), old_size=[side, side], num_prefix_tokens=0)
+    spatial = resample_abs_pos_embed(pos[:, prefix:].float(), new_size=list(grid), old_size=[side, side], num_prefix_tokens=0)
+    return pos[:, :prefix].float(), spatial
 
 
 def load_image_vit(model: ViViT, source: str | dict[str, Tensor], embed_init: str | None = None) -> dict[str, list[str]]:
     """Initialise ``model`` from image-ViT weights (timm key names). Returns loaded / skipped keys.
 
     Tubelet kernel inflated by ``embed_init`` (default ``model.cfg.embed_init``); posemb resampled to
-    the spatial grid and, for Model 1, tiled over time so same-position tokens start equal; blocks
-    ``i < depth`` and the final norm copied (``spatial_norm`` for Model 2). Head, TokenLearner and
-    the temporal encoder keep their fresh initialisation.
+    the spatial grid and, for Model 1, tiled over time so same-position tokens start equal; with
+    ``classifier="token"`` the CLS token and its position (zero when the image ViT adds none to its
+    CLS) are copied; blocks ``i < depth`` and the final norm copied (``spatial_norm`` for Model 2).
+    Head, TokenLearner and the temporal encoder keep their fresh initialisation.
     """
     cfg = model.cfg
     state = read_state_dict(source) if isinstance(source, str) else source
@@ -257,8 +370,17 @@ def load_image_vit(model: ViViT, source: str | dict[str, Tensor], embed_init: st
     new["patch_embed.proj.weight"] = inflate_patch_kernel(w2d, t, embed_init or cfg.embed_init)
     if "patch_embed.proj.bias" in state:
         new["patch_embed.proj.bias"] = state["patch_embed.proj.bias"]
-    spatial = _spatial_pos_embed(state["pos_embed"], (nh, nw))
-    new["pos_embed"] = spatial.repeat(1, nt, 1) if cfg.variant == "joint" else spatial
+    prefix_pos, spatial = _split_pos_embed(state["pos_embed"], (nh, nw))
+    pos = spatial.repeat(1, nt, 1) if cfg.variant == "joint" else spatial
+    used = {"pos_embed", "norm.weight", "norm.bias"}
+    if cfg.num_prefix and "cls_token" in state:
+        new["cls_token"] = state["cls_token"]
+        cls_pos = prefix_pos[:, :1] if prefix_pos.shape[1] else torch.zeros_like(pos[:, :1])
+        pos = torch.cat([cls_pos, pos], dim=1)
+        used.add("cls_token")
+    elif cfg.num_prefix:  # an image ViT without a CLS token: the CLS and its position keep their init
+        pos = torch.cat([model.pos_embed[:, :1].detach().float(), pos], dim=1)
+    new["pos_embed"] = pos
     norm = "norm" if cfg.variant == "joint" else "spatial_norm"
     too_deep = []
     for key, value in state.items():
@@ -278,8 +400,6 @@ def load_image_vit(model: ViViT, source: str | dict[str, Tensor], embed_init: st
     with torch.no_grad():
         for k in loaded:
             own[k].copy_(new[k])
-    ignored = too_deep + sorted(
-        k for k in state if not (k.startswith("blocks.") or k.startswith("patch_embed") or k in ("pos_embed", "norm.weight", "norm.bias"))
-    )
+    ignored = too_deep + sorted(k for k in state if not (k.startswith("blocks.") or k.startswith("patch_embed") or k in used))
     log.info("ViViT: loaded %d tensors from image weights; unused: %s", len(loaded), skipped + ignored)
     return {"loaded": loaded, "skipped": skipped + ignored}

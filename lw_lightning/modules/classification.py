@@ -7,14 +7,17 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from ..flops import count_flops
+from ..models.checkpoint import load_pretrained, resolved_model_config
 from ..models.config import ModelConfig, check_k, model_config
-from ..models.checkpoint import load_pretrained
 from ..models.lookwhere import LookWhere, build_model
+from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
 from .valid import keep_valid
 
@@ -86,6 +89,7 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = model_config(**model) if isinstance(model, dict) else model
+        self.model_cfg = resolved_model_config(self.model_cfg, self.hparams)
         self.net = build_model(self.model_cfg)
         if isinstance(self.net, LookWhere):  # k is ignored by the full-res ViT
             n = self.model_cfg.grid[0] * self.model_cfg.grid[1]
@@ -262,3 +266,13 @@ class ImageClassifier(pl.LightningModule):
         # a trainable selector may learn slower than the rest (its distilled map is easy to wreck)
         scales = {"net.selector.": hp.selector_lr_scale} if hp.selector_lr_scale != 1.0 else None
         return adamw_warmup_cosine(self.named_parameters(), hp.lr, hp.weight_decay, total, hp.warmup, hp.min_lr_ratio, scales)
+
+    # -- hooks read by the callbacks (lw_lightning.callbacks.perf / .images) --------------------
+    def flops_per_sample(self) -> int:
+        """FLOPs of one evaluation forward pass on one image of the configured size, at ``eval_k``."""
+        return count_flops(self, torch.zeros(1, 3, *self.model_cfg.img_size, device=self.device), k=self.hparams.eval_k)
+
+    def example_images(self, batch: dict[str, Tensor], ncols: int = 4) -> dict[str, Image.Image]:
+        """Tag -> picture of where the model looks on ``batch`` (selections at ``eval_k``, token maps)."""
+        images = batch["image"].to(self.device)
+        return image_model_pictures(self.net, images, k=self.hparams.eval_k, boxes=batch.get("box"), ncols=ncols)

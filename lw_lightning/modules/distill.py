@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric, SumMetric
 
+from ..flops import count_flops
 from ..models.checkpoint import init_from_teacher as copy_teacher_weights
 from ..models.checkpoint import save_official
 from ..models.config import ModelConfig, check_k, model_config, resolve_k
@@ -20,6 +22,7 @@ from ..models.knn_upsample import knn_upsample
 from ..models.lookwhere import LookWhere
 from ..models.teacher import Teacher, TeacherConfig, build_teacher
 from ..models.vit import gather_tokens
+from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
 from .valid import keep_valid
 
@@ -121,7 +124,7 @@ class LookWhereDistill(pl.LightningModule):
         x = student.extractor(images, keep, sel["prefix"])
         tokens = x[:, student.num_prefix :]
         if self.hparams.patch_distill == "upsample":
-            l_pat = patch_loss(knn_upsample(tokens, keep, grid, knn=self.model_cfg.knn), target["patch"])
+            l_pat = patch_loss(knn_upsample(tokens, keep, grid, knn=self.model_cfg.knn, tie_break=self.model_cfg.knn_tie_break), target["patch"])
         else:
             l_pat = patch_loss(tokens, gather_tokens(target["patch"], keep))
         parts = {"cls": cls_loss(x[:, 0], target["cls"]), "patch": l_pat, "map": map_loss(sel["map"], target["attn"])}
@@ -148,8 +151,7 @@ class LookWhereDistill(pl.LightningModule):
             if batch["image"].shape[0] == 0:
                 return
         images = batch["image"]
-        g = self.student.grid(images)
-        k = resolve_k(self.hparams.val_k if self.hparams.val_k is not None else self.hparams.k_max, g[0] * g[1])
+        k = self._eval_k(images)
         parts, extra = self.losses(images, k)
         # "where" quality: share of the teacher's top-k attention positions the selector kept
         top_t = extra["teacher_attn"].topk(k, dim=1).indices
@@ -165,6 +167,21 @@ class LookWhereDistill(pl.LightningModule):
         hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
         return adamw_warmup_cosine(self.student.named_parameters(), hp.lr, hp.weight_decay, total, hp.warmup, hp.min_lr_ratio)
+
+    # -- hooks read by the callbacks (lw_lightning.callbacks.perf / .images) --------------------
+    def _eval_k(self, images: Tensor) -> int:
+        g = self.student.grid(images)
+        return resolve_k(self.hparams.val_k if self.hparams.val_k is not None else self.hparams.k_max, g[0] * g[1])
+
+    def flops_per_sample(self) -> int:
+        """FLOPs of the student's forward pass on one image of the configured size, at the validation k."""
+        images = torch.zeros(1, 3, *self.model_cfg.img_size, device=self.device)
+        return count_flops(self.student, images, k=self._eval_k(images))
+
+    def example_images(self, batch: dict[str, Tensor], ncols: int = 4) -> dict[str, Image.Image]:
+        """Tag -> picture of the student's selections on ``batch`` at the validation k."""
+        images = batch["image"].to(self.device)
+        return image_model_pictures(self.student, images, k=self._eval_k(images), boxes=batch.get("box"), ncols=ncols)
 
     def on_fit_end(self) -> None:
         if not self.hparams.export or self.trainer.fast_dev_run:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 #: Parameter names (suffixes) never decayed, as timm's ``no_weight_decay()``: embeddings/tokens.
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "time_embed")
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "time_embed", "temporal_cls_token")
 
 
 def param_groups(

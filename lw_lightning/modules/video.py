@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+import logging
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torchmetrics import MeanMetric, SumMetric
 
+from ..flops import count_flops
 from ..models.vivit import ViViT, ViViTConfig, vivit_config
+from ..viz import video_token_pictures
 from .classification import accuracy_metrics
 from .optim import param_groups, scheduled
 
 STAGES = ("train", "val", "test")
+VIEW_AVERAGES = ("softmax", "logits")
+log = logging.getLogger(__name__)
 
 
 class VideoClassifier(pl.LightningModule):
     """ViViT classifier on clips ``[B, C, T, H, W]``; evaluation batches carry views ``[B, V, C, T, H, W]``.
 
-    Evaluation averages the softmax over a video's V views (clips × crops) and logs top-1/top-5 per
-    video (``{stage}/acc1``, ``{stage}/acc5``) and per view (``{stage}/clip_acc1``, ``…clip_acc5``).
+    Evaluation averages the softmax (or, ``view_average="logits"``, the logits as scenic's
+    ``test_step``) over a video's V views (clips × crops) and logs top-1/top-5 per video (``{stage}/acc1``, ``{stage}/acc5``) and per view (``{stage}/clip_acc1``, ``…clip_acc5``).
     Videos the DataModule could not decode (``valid=False``) are excluded from accuracy and counted
     in ``{stage}/corrupt_videos``; training logs how many corrupt videos were replaced
     (``train/corrupt_resampled``).
@@ -36,6 +43,10 @@ class VideoClassifier(pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         eval_chunk: views per forward pass in evaluation (bounds memory for 4×3-view tests);
             None: the whole batch at once.
+        view_average: ``softmax`` (mean probability over views) or ``logits`` (mean logits).
+
+    A checkpoint written before ``model.activation`` existed was trained with exact GELU: loading
+    it switches the blocks back to exact GELU (one logged line), so it computes what it learned.
     """
 
     def __init__(
@@ -50,11 +61,14 @@ class VideoClassifier(pl.LightningModule):
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
         eval_chunk: int | None = None,
+        view_average: Literal["softmax", "logits"] = "softmax",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"module.optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+        if view_average not in VIEW_AVERAGES:
+            raise ValueError(f"module.view_average must be one of {VIEW_AVERAGES}, got {view_average!r}")
         self.model_cfg = vivit_config(**model) if isinstance(model, dict) else model
         self.net = ViViT(self.model_cfg, num_classes)
         # one metric object per stage (keys must not shadow nn.Module.train, hence the suffix)
@@ -104,10 +118,32 @@ class VideoClassifier(pl.LightningModule):
         probs = logits.softmax(-1)
         self.losses[stage + "_"](loss, weight=b)
         self.clip_metrics[stage + "_"](probs.view(b * v, k), per_view_label)
-        self.metrics[stage + "_"](probs.mean(1), label)  # video score = mean softmax over its views
+        self.metrics[stage + "_"](self.video_scores(logits), label)
         self.log(f"{stage}/loss", self.losses[stage + "_"], on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=b)
         self.log_dict(self.metrics[stage + "_"], on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=b)
         self.log_dict(self.clip_metrics[stage + "_"], on_step=False, on_epoch=True, batch_size=b * v)
+
+    def video_scores(self, logits: Tensor) -> Tensor:
+        """``[B, V, K]`` view logits -> ``[B, K]`` video probabilities: the mean softmax, or the
+        softmax of the mean logits."""
+        if self.hparams.get("view_average", "softmax") == "logits":
+            return logits.mean(1).softmax(-1)
+        return logits.softmax(-1).mean(1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints from before ``model.activation`` keep the exact GELU they were trained with."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("model")
+        fields = saved if isinstance(saved, dict) else (vars(saved) if dataclasses.is_dataclass(saved) else None)
+        if fields is None or "activation" in fields:
+            return
+        if self.model_cfg.activation != "gelu":
+            log.warning("checkpoint predates model.activation: it was trained with exact GELU, which is restored "
+                        "(model.activation=gelu; set it in the config to silence this)")
+            self.net.set_activation("gelu")
+            self.model_cfg = self.net.cfg
+        if fields.get("variant") == "factorised":
+            log.warning("checkpoint predates the Model 2 pooling fix (now LayerNorm, then the mean, as scenic): "
+                        "its outputs change; fine-tune it again")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -117,8 +153,8 @@ class VideoClassifier(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         video = batch["video"] if batch["video"].ndim == 6 else batch["video"].unsqueeze(1)
-        probs = self.view_logits(video).softmax(-1).mean(1)
-        score, pred = probs.max(-1)
+        scores = self.video_scores(self.view_logits(video))
+        score, pred = scores.max(-1)
         valid = batch.get("valid", torch.ones_like(pred, dtype=torch.bool))
         pred = torch.where(valid, pred, torch.full_like(pred, -1))  # undecodable: no prediction
         return {"index": batch["index"], "label": batch["label"], "pred": pred, "score": score * valid}
@@ -130,3 +166,13 @@ class VideoClassifier(pl.LightningModule):
         else:
             optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=(0.9, 0.999))
         return scheduled(optimizer, int(self.trainer.estimated_stepping_batches), self.hparams.warmup, self.hparams.min_lr_ratio)
+
+    # -- hooks read by the callbacks (lw_lightning.callbacks.perf / .images) --------------------
+    def flops_per_sample(self) -> int:
+        """FLOPs of one forward pass on one clip of the configured size."""
+        c = self.model_cfg
+        return count_flops(self, torch.zeros(1, 3, c.num_frames, c.img_size, c.img_size, device=self.device))
+
+    def example_images(self, batch: dict[str, Tensor], ncols: int = 4) -> dict[str, Image.Image]:
+        """Tag -> TokenLearner maps per temporal slice of each clip in ``batch`` (empty without TokenLearner)."""
+        return video_token_pictures(self.net, self.model_cfg, batch["video"].to(self.device))

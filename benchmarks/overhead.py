@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..modules.classification import ImageClassifier
-from ..modules.optim import param_groups, resolve_warmup, warmup_cosine
+from lw_lightning.modules.classification import ImageClassifier
+from lw_lightning.modules.optim import param_groups, resolve_warmup, warmup_cosine
+
 from .common import Env
 from .config import OverheadSuite
 

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..flops import count_flops
-from ..models.vivit import ViViT, vivit_config
+from lw_lightning.flops import count_flops
+from lw_lightning.models.vivit import ViViT, vivit_config
+
 from .common import Case, CudaPeak, Env, maybe_compile, saved_activation_bytes, time_interleaved, timing_fields
 from .config import VideoSuite
 
@@ -82,6 +83,7 @@ def run_preset(suite: VideoSuite, preset: str, env: Env, log: Callable[[str], No
             for b in suite.batch_sizes if mode is None else suite.batch_sizes[:1]:
                 row.update(timing_fields(by_name[f"{v['name']}{tag} | infer b={b}"], f"{key}infer_b{b}"))
         if train:
+            row["train_batch"] = suite.train_batch
             row.update(timing_fields(by_name[f"{v['name']} | train b={suite.train_batch}"], "train"))
             if suite.memory:
                 _memory(v["model"], row, suite.train_batch, shape, env, log)

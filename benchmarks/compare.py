@@ -1,4 +1,4 @@
-"""``python -m lw_lightning.compare``: full-res ViT vs LookWhere vs TokenLearner-ViT on the demo task.
+"""``python -m benchmarks.compare``: full-res ViT vs LookWhere vs TokenLearner-ViT on the demo task.
 
 Same data, same schedule, one evaluation and one timing run for all three ideas:
 
@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, load_config
+from lw_lightning.config import load_config
+from lw_lightning.errors import ConfigError
 
 #: Demo fine-tuning settings a TokenLearner run takes over: what "the same data and schedule" means.
 CARRIED = (
@@ -163,7 +164,7 @@ def finished_run(cfg: DictConfig) -> tuple[Path, Path] | None:
 def train_tokenlearner(runs: DemoRuns, loc: float, tokens: int, output_dir: Path, extra: list[str], reuse: bool = True) -> tuple[Path, Path, float]:
     """Fine-tune one TokenLearner-ViT from the teacher (or, with ``reuse``, take a finished run of
     the same config); returns (best checkpoint, run config, seconds of training done now)."""
-    from .demo import CONF, best_checkpoint, run_stage
+    from lw_lightning.demo import CONF, best_checkpoint, run_stage
 
     base = [f"output_dir={output_dir}", f"name=compare_tl_at{round(loc * 100)}", f"module.model.pretrained={runs.teacher_ckpt}",
             f"module.model.tokenlearner_loc={float(loc)}", f"module.model.tokenlearner_tokens={tokens}"]
@@ -191,8 +192,8 @@ def token_plan(cfg: Any, k: int | None) -> str:
 
 def evaluate_all(runs: DemoRuns, tl_runs: list[tuple[float, Path, Path]], env: Any, log: Any) -> list[dict[str, Any]]:
     """Test-split top-1 and GMACs of every variant, full-res ViT first."""
-    from .bench.accuracy import evaluate_run
-    from .bench.config import AccuracyRun, AccuracySuite
+    from .accuracy import evaluate_run
+    from .config import AccuracyRun, AccuracySuite
 
     ks = list(OmegaConf.select(OmegaConf.load(runs.finetune_config), "module.eval_ks") or [0.05, 0.1, 0.2])
     suite = AccuracySuite(ks=ks, split="test")
@@ -215,7 +216,7 @@ def evaluate_all(runs: DemoRuns, tl_runs: list[tuple[float, Path, Path]], env: A
 
 def load_classifier(ckpt: str) -> Any:
     """The trained ``ImageClassifier`` of a checkpoint on CPU, without re-reading its init weights."""
-    from .modules.classification import ImageClassifier
+    from lw_lightning.modules.classification import ImageClassifier
 
     hp = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
     model = hp["model"] if isinstance(hp["model"], dict) else vars(hp["model"])
@@ -228,8 +229,8 @@ def time_all(rows: list[dict[str, Any]], env: Any, latency_batch: int, train_bat
 
     The trained models are timed (random inputs: cost does not depend on the pixels); a training
     step is forward + cross-entropy on the model's head + backward + AdamW, selector frozen."""
-    from .bench.common import Case, time_interleaved, timing_fields
-    from .bench.images import forward_fn, train_activation_bytes, train_step_fn
+    from .common import Case, time_interleaved, timing_fields
+    from .images import forward_fn, train_activation_bytes, train_step_fn
 
     modules: dict[str, Any] = {}
     for r in rows:
@@ -266,7 +267,7 @@ def time_all(rows: list[dict[str, Any]], env: Any, latency_batch: int, train_bat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lw_lightning.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-dir", default=None, help="a finished `python -m lw_lightning.demo` output dir (default: run the demo first)")
     parser.add_argument("--output-dir", default="runs/compare", help="where the TokenLearner runs, tables and plot go")
     parser.add_argument("--locs", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75], metavar="F",
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import one_line
+    from lw_lightning.cli import one_line
 
     args = build_parser().parse_args(argv)
     try:
@@ -297,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare(args: argparse.Namespace, argv: list[str]) -> Path:
     """The whole comparison; returns the path of ``compare.md``."""
-    from .bench import report
-    from .bench.common import load_average, machine_info, make_env
+    from lw_lightning.plots import accuracy_chance, plot_accuracy
+
+    from . import report
+    from .common import load_average, machine_info, make_env
 
     out = Path(args.output_dir)
     if args.demo_dir is not None:
@@ -307,9 +310,9 @@ def compare(args: argparse.Namespace, argv: list[str]) -> Path:
         if not 0.0 <= loc < 1.0:
             raise ConfigError(f"--locs {loc}: an insertion point is a fraction of the depth in [0, 1)")
     torch.set_float32_matmul_precision("high")
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), load_average()
     if args.demo_dir is None:
-        from .demo import run_demo
+        from lw_lightning.demo import run_demo
 
         demo_args = argparse.Namespace(quick=args.quick, no_progress=args.no_progress, set=args.set, set_a=[], set_b=[], set_c=[])
         run_demo(demo_args, seed=None, output_dir=out)
@@ -329,11 +332,12 @@ def compare(args: argparse.Namespace, argv: list[str]) -> Path:
     time_all(rows, env, latency_batch, train_batch, print)
 
     out.mkdir(parents=True, exist_ok=True)
-    command = "python -m lw_lightning.compare " + " ".join(shlex.quote(a) for a in argv)
+    command = "python -m benchmarks.compare " + " ".join(shlex.quote(a) for a in argv)
     info = machine_info(env)
-    info["load average at end (1/5/15 min)"] = load_average()
+    # machine_info reads the load now; the comparison started long before
+    info["load average at start (1/5/15 min)"], info["load average at end (1/5/15 min)"] = load_at_start, load_average()
     seconds = round(time.perf_counter() - started)
-    plot = report.plot_accuracy(rows, out / "compare_accuracy_vs_gmacs.png", chance=report.accuracy_chance(rows),
+    plot = plot_accuracy(rows, out / "compare_accuracy_vs_gmacs.png", chance=accuracy_chance(rows),
                                 title="demo task (synthetic signs), test split: same data and schedule")
     table = report.compare_md(rows, latency_batch, train_batch)
     results = {

@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, load_config
-from ..flops import image_model_flops
-from ..models.config import resolve_k
-from ..models.lookwhere import build_model
+from lw_lightning.config import load_config
+from lw_lightning.errors import ConfigError
+from lw_lightning.flops import image_model_flops
+from lw_lightning.models.config import resolve_k
+from lw_lightning.models.lookwhere import build_model
+
 from .common import Env
 from .config import AccuracyRun, AccuracySuite
 
@@ -45,7 +47,7 @@ def evaluate_run(run: AccuracyRun, suite: AccuracySuite, env: Env, log: Callable
     suite's k values, so the numbers are exactly what that command reports (one selector pass per
     batch for all k); no logger, callbacks or run directory.
     """
-    from ..tasks import run as run_command  # Lightning and data imports only when used
+    from lw_lightning.tasks import run as run_command  # Lightning and data imports only when used
 
     lookwhere = load_config([run.config], list(run.overrides)).module.model.get("arch", "lookwhere") == "lookwhere"
     ks = list(run.ks if run.ks is not None else suite.ks) if lookwhere else []

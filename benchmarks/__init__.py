@@ -1,5 +1,10 @@
 """Benchmarks: ``python -m lw_lightning bench --config conf/bench/<name>.yaml [key=value ...]``.
 
+Everything that measures lives in this package: the ``bench`` suites (this module and its
+siblings), the method comparison (:mod:`.compare`), the mixed-precision check (:mod:`.precision`)
+and the image-loader throughput (:mod:`.data_throughput`). ``lw_lightning.bench`` is only the
+entry point of the ``bench`` command.
+
 Runs the suites listed in ``bench.suites`` (images, video, data, overhead, accuracy) and writes
 under ``output_dir``: ``benchmarks.md`` (all tables plus the machine and the command),
 ``results.json`` (every measured value), ``speedup_vs_resolution.png`` and, when a checkpoint is
@@ -59,13 +64,15 @@ def run_bench(cfg: DictConfig, argv: list[str] | None = None) -> Path:
 
 def write_report(out: Path, results: dict[str, Any], bench: BenchConfig) -> Path:
     """``benchmarks.md`` and the plots from a results dict (also for re-rendering a results.json)."""
+    from lw_lightning.plots import accuracy_chance, plot_accuracy
+
     from . import report
 
     plots = []
     if results.get("images"):
         plots.append(report.plot_speedup(results["images"], bench, out / "speedup_vs_resolution.png"))
     if results.get("accuracy"):
-        plots.append(report.plot_accuracy(results["accuracy"], out / "accuracy_vs_flops.png", chance=report.accuracy_chance(results["accuracy"])))
+        plots.append(plot_accuracy(results["accuracy"], out / "accuracy_vs_flops.png", chance=accuracy_chance(results["accuracy"])))
     info = results["machine"]
     lines = [f"## Benchmarks on {info.get('gpu', info['cpu'])}", "", f"`{results['command']}` — {results['date']}, "
              f"{results.get('seconds', '?')} s, median of {bench.repeats} repeats after {bench.warmup} warm-up calls.", ""]

@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, suggest
+from lw_lightning.config import suggest
+from lw_lightning.errors import ConfigError
 
 SUITES = ("images", "video", "data", "overhead", "accuracy")
 
@@ -72,11 +73,14 @@ class DataSuite:
     video_dir: str | None = None
     #: (frames, stride) clip shapes, e.g. 16x4 and 32x2.
     clips: list[list[int]] = field(default_factory=lambda: [[16, 4], [32, 2]])
-    readers: list[str] = field(default_factory=lambda: ["decord", "pyav"])
+    #: decord / pyav: the training loader with that decoder; plain: decord alone in one process.
+    readers: list[str] = field(default_factory=lambda: ["plain", "decord", "pyav"])
     workers: list[int] = field(default_factory=lambda: [1, 2])
     batch_size: int = 4
     #: clips loaded per measurement (after one warm-up batch).
     clips_per_run: int = 32
+    #: interleaved rounds over all readers and worker counts; the median round counts.
+    rounds: int = 2
     img_size: int = 224
     #: ViViT preset whose training step rate is shown next to the loading rates (null: none).
     model_preset: str | None = "base"
@@ -179,8 +183,8 @@ def parse_bench_config(values: dict | None) -> BenchConfig:
     if cfg.repeats < 1 or cfg.warmup < 0:
         raise ConfigError("bench.repeats must be >= 1 and bench.warmup >= 0")
     for r in cfg.data.readers:
-        if r not in ("decord", "pyav"):
-            raise ConfigError(f"bench.data.readers: unknown reader {r!r} (decord or pyav)")
+        if r not in ("plain", "decord", "pyav"):
+            raise ConfigError(f"bench.data.readers: unknown reader {r!r} (plain, decord or pyav)")
     if cfg.accuracy.split not in ("val", "test"):
         raise ConfigError(f"bench.accuracy.split must be 'val' or 'test', got {cfg.accuracy.split!r}")
     return cfg

@@ -7,8 +7,11 @@ keyframe and decoding forward from it, as with real YouTube clips. Content is a 
 background, a moving object and sensor noise, so inter-frame coding has real work to do.
 
 Both readers decode with one thread (decord ``num_threads=1``, PyAV ``thread_count=1``): the
-parallelism comes from DataLoader workers, as in training. The training transform is the
-Kinetics recipe's (short side jittered in [256, 320], 224 crop, flip, normalise).
+parallelism comes from DataLoader workers, as in training. The workers run the Kinetics recipe's
+worker half (short side jittered in [256, 320], 224 crop, uint8 out); its device half (flip,
+colour jitter p=0.8, colour drop p=0.1, normalise) is timed with the model's training step.
+``plain`` is the yardstick: decord alone (open, ``get_batch`` of the same frame indices, copy
+out) in the same DataLoader workers.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
-from ..data.kinetics import ClipTransform, KineticsDataset, VideoRecord
-from ..data.video_io import VideoReadError, read_clip_frames
-from ..data.sampling import sample_train_clip
-from ..models.vivit import ViViT, vivit_config
+from lw_lightning.data.kinetics import ClipTransform, KineticsDataset, VideoRecord
+from lw_lightning.data.sampling import clip_indices, max_start
+from lw_lightning.data.video_augment import VideoAugment
+from lw_lightning.data.video_io import VideoReadError
+from lw_lightning.models.vivit import ViViT, vivit_config
 from .common import Case, Env, time_interleaved
 from .config import DataSuite
-
 
 # ------------------------------------------------------------------------------------------------
 # realistic test videos
@@ -89,9 +93,9 @@ def make_videos(root: Path, suite: DataSuite, log: Callable[[str], None]) -> lis
 # ------------------------------------------------------------------------------------------------
 
 
-def read_clip_frames_pyav(path: str, choose: Callable[[int], np.ndarray]) -> np.ndarray:
+def read_clip_frames_pyav(path: str, choose: Callable[[int], np.ndarray], size: tuple[int, int] | None = None) -> np.ndarray:
     """PyAV counterpart of :func:`read_clip_frames`: seek to the keyframe before the first wanted
-    frame, decode forward to the last, convert only the wanted frames to RGB."""
+    frame, decode forward to the last, convert only the wanted frames to RGB (at ``size`` when given)."""
     import av
 
     try:
@@ -113,10 +117,11 @@ def read_clip_frames_pyav(path: str, choose: Callable[[int], np.ndarray]) -> np.
         container.seek(first_pts, stream=stream, backward=True, any_frame=False)
         got: dict[int, np.ndarray] = {}
         last = int(unique[-1])
+        kw = {} if size is None else dict(height=size[0], width=size[1], interpolation="BICUBIC")
         for frame in container.decode(stream):
             i = int(round(float((frame.pts - start_time) * stream.time_base) * rate))
             if i in wanted:
-                got[i] = frame.to_ndarray(format="rgb24")
+                got[i] = frame.to_ndarray(format="rgb24", **kw)
             if i >= last:
                 break
     finally:
@@ -128,27 +133,80 @@ def read_clip_frames_pyav(path: str, choose: Callable[[int], np.ndarray]) -> np.
     return frames[inverse].reshape(*idx.shape, *frames.shape[1:])
 
 
-class PyAVKineticsDataset(KineticsDataset):
-    """The Kinetics training dataset with PyAV decoding in place of decord."""
+def fixed_clip(index: int, total: int, frames: int, stride: int) -> np.ndarray:
+    """A training clip whose start depends only on the sample index: every reader decodes the same frames."""
+    start = int(np.random.default_rng(index).integers(max_start(total, frames, stride) + 1))
+    return clip_indices(total, start, frames, stride)
 
-    def _train_frames(self, rec: VideoRecord) -> np.ndarray:
-        return read_clip_frames_pyav(rec.path, lambda n: sample_train_clip(n, self.num_frames, self.frame_stride, out_of_bounds=self.out_of_bounds))
+
+class BenchKineticsDataset(KineticsDataset):
+    """The Kinetics training dataset (worker half of the pipeline) on :func:`fixed_clip` indices,
+    decoding with decord (the default) or PyAV."""
+
+    def __init__(self, *args, reader: str = "decord", **kw) -> None:
+        super().__init__(*args, **kw)
+        self.reader = reader
+
+    def train_indices(self, index: int, total: int) -> np.ndarray:
+        return fixed_clip(index, total, self.num_frames, self.frame_stride)
+
+    def decode(self, path: str, choose: Callable[[int], np.ndarray], size: tuple[int, int] | None) -> np.ndarray:
+        if self.reader == "pyav":
+            return read_clip_frames_pyav(path, choose, size)
+        return super().decode(path, choose, size)
+
+
+class PlainDecordDataset(Dataset):
+    """The yardstick: decord alone on the same :func:`fixed_clip` indices (open a ``VideoReader``,
+    ``get_batch``, copy out to numpy), with no sampling logic, resize or augmentation.
+
+    ``crop=None`` returns only the frame count, so the loader moves no pixels: decoding alone.
+    ``crop=s`` returns the centre ``s x s`` crop of the frames (uint8 ``[T, s, s, 3]``), so the
+    loader moves as many bytes as the training pipeline's clips: decoding plus delivery.
+    """
+
+    def __init__(self, paths: list[str], frames: int, stride: int, crop: int | None = None) -> None:
+        self.paths, self.frames, self.stride, self.crop = paths, frames, stride, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        import decord
+
+        reader = decord.VideoReader(self.paths[index], ctx=decord.cpu(0), num_threads=1)
+        frames = reader.get_batch(fixed_clip(index, len(reader), self.frames, self.stride).tolist()).asnumpy()
+        del reader
+        if self.crop is None:
+            return {"video": torch.tensor(frames.shape[0])}
+        h, w, s = frames.shape[1], frames.shape[2], self.crop
+        top, left = max(0, (h - s) // 2), max(0, (w - s) // 2)
+        return {"video": torch.from_numpy(np.ascontiguousarray(frames[:, top : top + s, left : left + s]))}
+
+
+def recipe_transforms(img_size: int) -> tuple[ClipTransform, VideoAugment]:
+    """The Kinetics recipe's worker geometry and device augmentation (conf/data/kinetics400.yaml)."""
+    short = round(img_size * 256 / 224)
+    geometry = ClipTransform(img_size, [short, round(short * 1.25)], short, "scale_jitter")
+    augment = VideoAugment(flip=True, color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.1)
+    return geometry, augment
 
 
 def _dataset(reader: str, paths: list[Path], frames: int, stride: int, img_size: int, repeat: int) -> KineticsDataset:
-    short = round(img_size * 256 / 224)
-    transform = ClipTransform(img_size, [short, round(short * 1.25)], short, "scale_jitter", True, [0.5] * 3, [0.5] * 3)
+    geometry, augment = recipe_transforms(img_size)
     records = [VideoRecord(str(p), 0, p.stem) for p in paths] * repeat
-    cls = KineticsDataset if reader == "decord" else PyAVKineticsDataset
-    return cls(records, True, transform, frames, stride)
+    return BenchKineticsDataset(records, True, geometry, frames, stride, augment=augment, reader=reader)
 
 
 def measure_loader(reader: str, paths: list[Path], frames: int, stride: int, workers: int, suite: DataSuite) -> float:
     """Clips/s of a training DataLoader over ``suite.clips_per_run`` clips after one warm-up batch."""
     repeat = -(-(suite.clips_per_run + suite.batch_size * (workers + 1)) // len(paths)) + 1
-    ds = _dataset(reader, paths, frames, stride, suite.img_size, repeat)
-    loader = DataLoader(ds, batch_size=suite.batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                        generator=torch.Generator().manual_seed(0))
+    if reader == "plain":
+        ds: Dataset = PlainDecordDataset([str(p) for p in paths] * repeat, frames, stride)
+    else:
+        ds = _dataset(reader, paths, frames, stride, suite.img_size, repeat)
+    loader = DataLoader(ds, batch_size=suite.batch_size, shuffle=False, num_workers=workers, drop_last=True,
+                        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
     it = iter(loader)
     next(it)  # workers started and their first batches decoded
     n, start = 0, time.perf_counter()
@@ -165,11 +223,16 @@ def run_data(suite: DataSuite, env: Env, log: Callable[[str], None] = print, out
     rows: list[dict[str, Any]] = []
     for frames, stride in suite.clips:
         row: dict[str, Any] = dict(clip=f"{frames}x{suite.img_size}² (stride {stride})", frames=frames, stride=stride)
-        for reader in suite.readers:
-            for w in suite.workers:
-                rates = [measure_loader(reader, paths, frames, stride, w, suite) for _ in range(2)]
-                row[f"{reader}_w{w}"] = statistics.median(rates)
-                log(f"data {frames}x{stride} {reader} workers={w}: {row[f'{reader}_w{w}']:.2f} clips/s")
+        cases = [(r, w) for r in suite.readers for w in suite.workers]
+        rates: dict[str, list[float]] = {}
+        for _ in range(suite.rounds):  # interleaved: a load change on a shared machine hits every case alike
+            for reader, w in cases:
+                rates.setdefault(f"{reader}_w{w}", []).append(measure_loader(reader, paths, frames, stride, w, suite))
+        for reader, w in cases:
+            key = f"{reader}_w{w}"
+            row[key] = statistics.median(rates[key])
+            row[key + "_all"] = rates[key]
+            log(f"data {frames}x{stride} {reader} workers={w}: {row[key]:.2f} clips/s ({', '.join(f'{r:.2f}' for r in rates[key])})")
         if suite.model_preset:
             row.update(_model_rate(suite, frames, env, log))
         rows.append(row)
@@ -177,16 +240,20 @@ def run_data(suite: DataSuite, env: Env, log: Callable[[str], None] = print, out
 
 
 def _model_rate(suite: DataSuite, frames: int, env: Env, log: Callable[[str], None]) -> dict[str, Any]:
-    """Training clips/s of the ViViT preset on clips of ``frames`` frames (forward+backward+SGD)."""
+    """Training clips/s of the ViViT preset on clips of ``frames`` frames: the device half of the
+    input pipeline (flip / colour jitter / normalise of a uint8 batch) + forward + backward + SGD."""
     torch.manual_seed(0)
     cfg = vivit_config(suite.model_preset, num_frames=frames)
     model = ViViT(cfg, 400).to(env.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
-    x = torch.randn(suite.model_batch, 3, frames, cfg.img_size, cfg.img_size, device=env.device)
+    _, augment = recipe_transforms(cfg.img_size)
+    clips = torch.randint(0, 256, (suite.model_batch, frames, cfg.img_size, cfg.img_size, 3), dtype=torch.uint8, device=env.device)
+    params = augment.draw(suite.model_batch, torch.Generator().manual_seed(0))
     y = torch.randint(400, (suite.model_batch,), device=env.device)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
+        x = augment.apply(clips, params)
         with env.autocast():
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         loss.backward()
@@ -195,5 +262,4 @@ def _model_rate(suite: DataSuite, frames: int, env: Env, log: Callable[[str], No
     name = f"ViViT-{suite.model_preset} train {frames} frames b={suite.model_batch}"
     short = Env(env.device, env.dtype, warmup=1, repeats=suite.model_repeats)  # steps are long on CPU
     case = time_interleaved([Case(name, step, items=suite.model_batch)], short, log)[0]
-    del model, opt
     return {"model": f"ViViT-{suite.model_preset[0].upper()}/16x2", "model_clips_s": suite.model_batch / case.median if case.times else float("nan")}

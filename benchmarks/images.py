@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..flops import count_flops
-from ..models.config import model_config, resolve_k
-from ..models.lookwhere import LookWhere, build_model
+from lw_lightning.flops import count_flops
+from lw_lightning.models.config import model_config, resolve_k
+from lw_lightning.models.lookwhere import LookWhere, build_model
+
 from .common import Case, CudaPeak, Env, maybe_compile, saved_activation_bytes, time_interleaved, timing_fields
 from .config import ImageGroup, ImageSuite
 
