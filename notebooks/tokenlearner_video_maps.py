@@ -49,12 +49,12 @@ from IPython.display import Image as ShowImage
 from IPython.display import display
 from PIL import Image
 
-from lw_lightning.callbacks.images import tokenlearner_maps
 from lw_lightning.config import load_config
 from lw_lightning.data.synthetic_kinetics import SyntheticKineticsSpec, make_synthetic_kinetics
 from lw_lightning.demo import CONF
 from lw_lightning.modules.video import VideoClassifier
 from lw_lightning.tasks import run
+from lw_lightning.viz import tokenlearner_maps
 
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 torch.manual_seed(SEED)
