@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch.utils.data import default_collate
 
 from lw_lightning.data import ade20k, imagenet, traffic_signs
 from lw_lightning.data.ade20k import ADE20KDataModule, colorize
@@ -181,6 +182,8 @@ summary["Swedish Traffic Signs"] = ([raw] + [with_box(denormalize(a["image"]), a
 # square moving left or right, so a class needs both appearance and motion. Training takes one clip of
 # `num_frames` frames every `frame_stride`, short-side scale jitter and a random crop (no flip here: it
 # would swap "left" and "right"); evaluation takes `test_clips` clips × `test_crops` crops per video.
+# The workers deliver uint8 clips; flips, colour changes and normalisation run on the collated batch
+# (`on_after_batch_transfer`).
 
 # %%
 kin_root = work / "kinetics"
@@ -189,8 +192,9 @@ if not (kin_root / "annotations").exists():
 kin_dm = KineticsDataModule(root=str(kin_root), num_frames=8, frame_stride=2, img_size=32, train_short_side=[32, 40], eval_short_side=36,
                             flip=False, test_clips=2, test_crops=3, batch_size=4, num_workers=0, seed=SEED)
 kin_dm.setup("fit")
-batch = next(iter(kin_dm.train_dataloader()))
-print({k: tuple(v.shape) for k, v in batch.items()}, "classes:", kin_dm.class_names)
+raw_batch = next(iter(kin_dm.train_dataloader()))  # uint8 [B, T, H, W, 3] clips and their augmentation parameters
+batch = kin_dm.on_after_batch_transfer(raw_batch, 0)  # flip / colour / normalise on the device, as Lightning calls it
+print({k: tuple(v.shape) for k, v in raw_batch.items()}, "->", tuple(batch["video"].shape), "classes:", kin_dm.class_names)
 
 
 def clip_frames(video):
@@ -204,9 +208,9 @@ for v, y in zip(batch["video"][:2], batch["label"][:2]):
 # %%
 rec = kin_dm.datasets["train"].records[0]
 raw = read_frames(rec.path, list(range(0, 16, 2)))  # the file's own frames, no augmentation
-aug = clip_frames(kin_dm.datasets["train"][0]["video"])
+aug = clip_frames(kin_dm.on_after_batch_transfer(default_collate([kin_dm.datasets["train"][0]]), 0)["video"][0])
 kin_dm.setup("test")
-views = kin_dm.datasets["test"][0]["video"]  # [clips x crops, 3, T, H, W]
+views = kin_dm.on_after_batch_transfer(default_collate([kin_dm.datasets["test"][0]]), 0)["video"][0]  # [clips x crops, 3, T, H, W]
 print(f"{rec.path.split('/')[-1]}: {count_frames(rec.path)} frames of {raw.shape[1]}x{raw.shape[2]}; "
       f"a test video gives {views.shape[0]} views of {tuple(views.shape[1:])}")
 show_row(list(raw[::2]) + aug[::2], ["file t=0", "file t=4", "file t=8", "file t=12", "aug t=0", "aug t=4", "aug t=8", "aug t=12"], size=1.3,

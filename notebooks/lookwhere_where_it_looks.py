@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import torch
 import torch.nn.functional as F
@@ -59,7 +58,7 @@ from omegaconf import OmegaConf
 
 from benchmarks.compare import find_demo_runs, load_classifier
 from lw_lightning.config import instantiate
-from lw_lightning.data.synthetic_signs import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, render_sample
+from lw_lightning.data.synthetic_signs import CLASS_NAMES, SyntheticSigns
 from lw_lightning.demo import best_checkpoint, run_stage
 from lw_lightning.flops import image_model_flops
 from lw_lightning.models.checkpoint import load_official
@@ -278,9 +277,8 @@ plt.show()
 if LOOKWHERE_WEIGHTS:
     big = LookWhere(model_config(LOOKWHERE_PRESET, img_size=[LOOKWHERE_SIZE, LOOKWHERE_SIZE])).eval()
     load_official(big, LOOKWHERE_WEIGHTS)
-    pil, label, big_box, _ = render_sample(SEED, "test", 1, (LOOKWHERE_SIZE, LOOKWHERE_SIZE), sign_fraction=0.02)
-    x = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1).float().div(255)
-    x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    big_sample = SyntheticSigns(8, (LOOKWHERE_SIZE, LOOKWHERE_SIZE), split="test", seed=SEED, sign_fraction=0.02)[1]
+    x, big_box = big_sample["image"], big_sample["box"].tolist()
     bn = big.cfg.grid[0] * big.cfg.grid[1]
     bk = resolve_k(0.1, bn)
     with torch.no_grad():

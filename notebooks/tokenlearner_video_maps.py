@@ -48,13 +48,14 @@ import torch.nn.functional as F
 from IPython.display import Image as ShowImage
 from IPython.display import display
 from PIL import Image
+from torch.utils.data import default_collate
 
-from lw_lightning.callbacks.images import tokenlearner_maps
 from lw_lightning.config import load_config
 from lw_lightning.data.synthetic_kinetics import SyntheticKineticsSpec, make_synthetic_kinetics
 from lw_lightning.demo import CONF
 from lw_lightning.modules.video import VideoClassifier
 from lw_lightning.tasks import run
+from lw_lightning.viz import tokenlearner_maps
 
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 torch.manual_seed(SEED)
@@ -120,12 +121,11 @@ picked = {}
 for i in range(len(ds)):
     label = int(ds.records[i].label)
     picked.setdefault(label, i)
-clips, labels = [], []
-for label, i in sorted(picked.items()):
-    views = ds[i]["video"]  # [clips·crops, 3, T, H, W]
-    clips.append(views[1])  # clip 0, centre crop
-    labels.append(label)
-video = torch.stack(clips)
+labels = sorted(picked)
+# the workers deliver uint8 [V, T, H, W, 3] views; the DataModule normalises a collated batch on the
+# device (what Lightning calls after the transfer) -> [B, V, 3, T, H, W]
+batch = test.datamodule.on_after_batch_transfer(default_collate([ds[picked[label]] for label in labels]), 0)
+video = batch["video"][:, 1]  # per video: clip 0, centre crop
 with torch.no_grad():
     probs = module(video).softmax(-1)
 maps = tokenlearner_maps(module.net).reshape(len(clips), nt, -1, nh, nw)  # [B, nt, S, h, w]
