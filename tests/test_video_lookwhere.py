@@ -240,3 +240,24 @@ def test_unknown_option_and_bad_input_shape():
         tiny()(torch.randn(1, 3, 6, 32, 32))
     with pytest.raises(ConfigError, match="k=70"):
         tiny().resolve_k(70)
+
+
+def test_video_teacher_targets_and_attention_block():
+    from lw_lightning.models.teacher import attention_target
+
+    teacher = _teacher()
+    x = torch.randn(2, 3, 8, 32, 32)
+    out = VideoTeacher(teacher)(x)
+    feats = teacher.forward_features(x)
+    torch.testing.assert_close(out["patch"], feats)
+    torch.testing.assert_close(out["cls"], feats.mean(1))  # a gap teacher: its head reads the mean
+    seq = teacher.patch_embed(x) + teacher.pos_embed
+    seq = teacher.encoder.blocks[0](seq)
+    torch.testing.assert_close(VideoTeacher(teacher, attn_block=1)(x)["attn"], attention_target(teacher.encoder.blocks[1], seq, 0))
+    assert out["attn"].shape == (2, 64)
+    with pytest.raises(ConfigError, match="attn_block=3"):
+        VideoTeacher(teacher, attn_block=3)
+    with pytest.raises(ConfigError, match="attn_query=cls needs a ViViT with a CLS token"):
+        VideoTeacher(teacher, attn_query="cls")
+    with pytest.raises(ConfigError, match="without TokenLearner"):
+        VideoTeacher(ViViT(vivit_config("tiny", img_size=32, num_frames=8, tubelet=[2, 8, 8], num_tokens=2, tokenlearner_loc=1), 4))

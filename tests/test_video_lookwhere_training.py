@@ -231,7 +231,7 @@ def _cli(args: list[str]):
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lw_lightning", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "lw_lightning", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -242,7 +242,8 @@ def test_ddp_distill_same_k_on_all_ranks_and_finetune_validate_parity(tmp_path, 
     validating a fine-tuned checkpoint gives the single-process numbers (7 clips: shards 4 + 3)."""
     ddp = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
     probe = ["callbacks.probe._target_=tests.scale_helpers.RankProbe", f"callbacks.probe.folder={tmp_path / 'ranks'}"]
-    args = [*distill_args(tmp_path), "data.num_train=16", "data.batch_size=8", "trainer.max_epochs=2", "callbacks.images=null", *probe]
+    args = [*distill_args(tmp_path), "data.num_train=16", "data.batch_size=8", "trainer.max_epochs=2", "callbacks.images=null",
+            "callbacks.flops=null", "trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=1", *probe]
     proc = _cli(["fit", *args, *ddp])
     assert proc.stdout.count("fit done:") == 1
     ranks = [json.loads((tmp_path / "ranks" / f"rank_{r}.json").read_text()) for r in (0, 1)]

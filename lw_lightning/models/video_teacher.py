@@ -3,8 +3,9 @@
 * :class:`VideoTeacher`: a ViViT Model 1 (ours, from a VideoClassifier ``.ckpt``, or any ViViT
   config, e.g. with HF weights as ``pretrained``). "What": its final normalised tubelet tokens
   and its pooled feature (the CLS token for ``classifier: token``, else the mean of the tokens,
-  what its head reads). "Where": the last block's head- and query-averaged pre-softmax attention
-  logits over tubelet keys (:func:`~.teacher.attention_target`, the image recipe).
+  what its head reads). "Where": the head- and query-averaged pre-softmax attention logits over
+  tubelet keys of its last block (:func:`~.teacher.attention_target`, the image recipe), or of
+  another block (``attn_block``).
 * :class:`FrameTeacher`: an image ViT (DINOv2 in the paper) applied to the central frame of each
   temporal slice, resized so its patch grid is the slice's tubelet grid. Per-frame CLS averaged
   over slices, per-frame patch tokens and attention logits laid out in (t, h, w) order.
@@ -41,14 +42,21 @@ class VideoTeacherConfig:
     #: query tokens averaged for the attention target: "patch" (every tubelet) or "cls" (needs a
     #: CLS-token ViViT).
     attn_query: str = "patch"
+    #: the block whose attention is the "where" target (negative: from the end; -1 = the last, the
+    #: paper's choice; the reference code's ``aggregate_layers`` knob picks others).
+    attn_block: int = -1
 
 
 class VideoTeacher(nn.Module):
     """A frozen ViViT Model 1 returning ``cls`` (B,D), ``patch`` (B,N,D) and ``attn`` (B,N)."""
 
-    def __init__(self, vivit: ViViT, attn_query: str = "patch") -> None:
+    def __init__(self, vivit: ViViT, attn_query: str = "patch", attn_block: int = -1) -> None:
         super().__init__()
         cfg = vivit.cfg
+        depth = len(vivit.encoder.blocks)
+        if not -depth <= attn_block < depth:
+            raise ConfigError(f"module.teacher.attn_block={attn_block}: a block index of the teacher's {depth} blocks (-{depth}..{depth - 1})")
+        self.attn_block = attn_block % depth
         if cfg.variant != "joint" or cfg.num_tokens:
             raise ConfigError("the video teacher must be a ViViT Model 1 without TokenLearner (variant joint, num_tokens 0): "
                               "its tokens are the tubelet grid the student is distilled on")
@@ -76,11 +84,11 @@ class VideoTeacher(nn.Module):
         else:
             x = x + tubelet_pos_embed(v)
         x = v.pos_drop(x)
-        blocks = v.encoder.blocks
-        for block in blocks[:-1]:
+        for i, block in enumerate(v.encoder.blocks):
+            if i == self.attn_block:
+                attn = attention_target(block, x, p, self.attn_query)
             x = block(x)
-        attn = attention_target(blocks[-1], x, p, self.attn_query)
-        x = v.norm(blocks[-1](x))
+        x = v.norm(x)
         patch = x[:, p:]
         return {"cls": x[:, 0] if p else patch.mean(1), "patch": patch, "attn": attn}
 
@@ -97,7 +105,7 @@ def build_video_teacher(cfg: VideoTeacherConfig) -> VideoTeacher:
         vivit = ViViT(vivit_config(**dict(cfg.model)), num_classes=1)
     else:
         raise ConfigError("module.teacher needs checkpoint (a ViViT VideoClassifier .ckpt) or model (ViViT fields)")
-    return VideoTeacher(vivit, cfg.attn_query)
+    return VideoTeacher(vivit, cfg.attn_query, cfg.attn_block)
 
 
 @dataclass
