@@ -67,7 +67,7 @@ def parse_tl(spec: str) -> tuple[int, float]:
 
 def train(title: str, stage: str, name: str, overrides: list[str], out: Path, reuse: bool) -> tuple[Path, Path, float]:
     """Fit one stage (or reuse a finished run of the same config): (best checkpoint, run config, seconds)."""
-    from .compare import finished_run
+    from benchmarks.compare import finished_run
     from .demo import CONF, best_checkpoint, run_stage
 
     recipe = RECIPES[stage]
@@ -142,7 +142,7 @@ def token_plan(cfg: Any, k: int | None) -> str:
 def time_all(rows: list[dict[str, Any]], modules: dict[str, Any], env: Any, train_batch: int, log: Any) -> None:
     """Latency (batch 1), training step (forward + cross-entropy + backward + AdamW; LookWhere's
     selector frozen) and training activation memory of every row, timed interleaved."""
-    from .bench.common import Case, saved_activation_bytes, time_interleaved, timing_fields
+    from benchmarks.common import Case, saved_activation_bytes, time_interleaved, timing_fields
 
     c = modules[rows[0]["ckpt"]].model_cfg
     torch.manual_seed(0)
@@ -184,7 +184,7 @@ def time_all(rows: list[dict[str, Any]], modules: dict[str, Any], env: Any, trai
 
 def vivit_b_side_by_side(env: Any, k: float, log: Any) -> list[dict[str, Any]]:
     """ViViT-B/16x2 vs video LookWhere-B at 32 × 224² (random weights): FLOPs and latency, interleaved."""
-    from .bench.common import Case, time_interleaved, timing_fields
+    from benchmarks.common import Case, time_interleaved, timing_fields
     from .flops import count_flops
     from .models.video_lookwhere import VideoLookWhere, video_lookwhere_config
     from .models.vivit import ViViT, vivit_config
@@ -216,8 +216,8 @@ def vivit_b_side_by_side(env: Any, k: float, log: Any) -> list[dict[str, Any]]:
 
 def results_md(rows: list[dict[str, Any]], train_batch: int) -> str:
     """The comparison table (ratios against the first row, the full ViViT) and its Pareto front."""
-    from .bench.common import fmt_bytes, fmt_time
-    from .bench.report import _g, _rate, _table, _x, pareto_front
+    from benchmarks.common import fmt_bytes, fmt_time
+    from benchmarks.report import _g, _rate, _table, _x, pareto_front
 
     full = rows[0]
     nan = float("nan")
@@ -241,8 +241,8 @@ def results_md(rows: list[dict[str, Any]], train_batch: int) -> str:
 
 
 def vivit_b_md(rows: list[dict[str, Any]]) -> str:
-    from .bench.common import fmt_time
-    from .bench.report import _g, _table, _x
+    from benchmarks.common import fmt_time
+    from benchmarks.report import _g, _table, _x
 
     full = rows[0]
     table = [[r["name"], _g(r["flops"]), _x(full["flops"] / r["flops"]), fmt_time(r["latency_s"]), _x(full["latency_s"] / r["latency_s"])]
@@ -253,7 +253,7 @@ def vivit_b_md(rows: list[dict[str, Any]]) -> str:
 def plot(rows: list[dict[str, Any]], path: Path, chance: float, title: str) -> Path:
     import matplotlib.pyplot as plt
 
-    from .bench.report import accuracy_figure
+    from .plots import accuracy_figure
 
     fig = accuracy_figure(rows, title, chance)
     fig.axes[0].set_xlabel("GMACs per clip (log)")
@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
     """The whole comparison; returns the path of ``compare_video.md``."""
-    from .bench.common import load_average, machine_info, make_env
-    from .compare import loc_name
+    from benchmarks.common import load_average, machine_info, make_env
+    from benchmarks.compare import loc_name
 
     for k in args.ks:
         if not 0.0 < k <= 1.0:
