@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 
-from .conftest import ROOT
+from benchmarks import gpu_suite_report
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_suite_report  # noqa: E402
+from .conftest import ROOT
 
 
 def test_gpu_suite_dry_run_writes_one_table(tmp_path):
@@ -22,7 +21,8 @@ def test_gpu_suite_dry_run_writes_one_table(tmp_path):
     md = (out / "gpu_suite.md").read_text()
     assert md.startswith("## GPU suite (DRY RUN") and md.count("| part | case | result | compared |") == 1
     rows = [ln.split(" | ") for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| part")]
-    steps = {r[2]: r[3] for r in rows if r[0] == "| step"}
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in md.splitlines() if ln.startswith("| step ")]
+    steps = {c[3]: c[2] for c in cells}  # "log: images.log" -> "ok, 16 s"
     assert len(steps) == 5 and all(v.startswith("ok") for v in steps.values()), steps
     cases = {r[0].strip("| "): [] for r in rows}
     for r in rows:

@@ -19,6 +19,7 @@ from transformers import VivitConfig, VivitForVideoClassification, VivitImagePro
 from lw_lightning.cli import main  # noqa: E402
 from lw_lightning.config import ConfigError, load_config  # noqa: E402
 from lw_lightning.data.kinetics import ClipTransform  # noqa: E402
+from lw_lightning.data.video_augment import VideoAugment  # noqa: E402
 from lw_lightning.models import hf_vivit  # noqa: E402
 from lw_lightning.models.hf_vivit import load_hf_vivit, processor_data_overrides, save_hf_vivit, vivit_from_hf  # noqa: E402
 from lw_lightning.models.vivit import ViViT, vivit_config  # noqa: E402
@@ -232,10 +233,12 @@ def test_eval_transform_reproduces_vivit_image_processor(normalize):
     data = processor_data_overrides(processor.to_dict())
     assert (data["eval_short_side"], data["img_size"]) == (256, 224)
     assert (data["mean"], data["std"]) == (([0.75] * 3, [0.25] * 3) if normalize else ([0.5] * 3, [0.5] * 3))
-    transform = ClipTransform(data["img_size"], [256, 320], data["eval_short_side"], "scale_jitter", False, data["mean"], data["std"])
+    # workers crop (uint8), the device normalises (VideoAugment, as KineticsDataModule.on_after_batch_transfer)
+    transform = ClipTransform(data["img_size"], [256, 320], data["eval_short_side"], "scale_jitter")
+    device_side = VideoAugment(mean=data["mean"], std=data["std"])
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(1, 4, 256, 340, 3), dtype=np.uint8)  # a Kinetics-sized clip, short side 256
-    ours = transform.eval(frames, num_crops=1)[0]  # [C, T, H, W]
+    ours = device_side.normalize(transform.eval(frames, num_crops=1))[0]  # [C, T, H, W]
     ref = torch.from_numpy(processor(list(frames[0]), return_tensors="np")["pixel_values"][0]).permute(1, 0, 2, 3)  # [T, C, H, W] -> [C, T, H, W]
     torch.testing.assert_close(ours, ref.float(), rtol=0, atol=1e-5)
     lo, hi = (-3.0, 1.0) if normalize else (-1.0, 1.0)

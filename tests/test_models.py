@@ -178,3 +178,18 @@ def test_selector_size_keeps_aspect_for_non_square():
     cfg = model_config("base", img_size=[966, 1288])
     assert cfg.selector_size_for((966, 1288)) == (154, 210)
     assert cfg.selector_size_for((518, 518)) == (154, 154)
+    # the released code resizes every input to its 154 px square
+    assert model_config("base", img_size=[966, 1288], resize_mode="official").selector_size_for((966, 1288)) == (154, 154)
+
+
+def test_knn_argsort_tie_break_is_the_first_of_a_full_argsort():
+    torch.manual_seed(2)
+    grid = (7, 5)
+    keep = torch.randperm(35)[:9].unsqueeze(0)
+    weights = knn_upsample(torch.eye(9).unsqueeze(0), keep, grid, tie_break="argsort")[0]
+    dist = torch.cdist(grid_coords(grid), grid_coords(grid)[keep[0]])
+    first = dist.argsort(dim=-1)[:, :5]
+    for cell in set(range(35)) - set(keep[0].tolist()):
+        assert set((weights[cell] > 0).nonzero().flatten().tolist()) == set(first[cell].tolist())
+    with pytest.raises(ValueError, match="tie_break must be one of"):
+        knn_upsample(torch.eye(9).unsqueeze(0), keep, grid, tie_break="stable")

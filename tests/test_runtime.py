@@ -39,7 +39,8 @@ def test_gpu_recipes_are_marked_and_demo_recipes_are_not():
     assert "requires" in TOP_LEVEL_KEYS
     marked = {p.stem for p in EXPERIMENTS.glob("*.yaml") if load_config([p], allow_missing=True).get("requires") == "gpu"}
     unmarked = {p.stem for p in EXPERIMENTS.glob("*.yaml")} - marked
-    assert unmarked == {"demo_vit", "demo_teacher", "demo_distill", "demo_finetune", "demo_tokenlearner", "demo_seg", "demo_video"}
+    assert unmarked == {"demo_vit", "demo_teacher", "demo_distill", "demo_finetune", "demo_tokenlearner", "demo_seg", "demo_video",
+                        "demo_vlw_vivit", "demo_vlw_tokenlearner", "demo_vlw_distill", "demo_vlw_finetune"}
     assert {"lookwhere_sts_994_k5", "vit_sts_native", "lookwhere_in1k_224_k128", "lookwhere_ade20k_518_k512", "vivit_b_tl16_k600"} <= marked
 
 

@@ -7,6 +7,9 @@ whose model has nothing to show (the full-resolution ViT), is skipped. What the 
 * LookWhere (classification, segmentation, distillation): the selector map as a heat layer over
   the image, the selected high-res patches outlined, and the ground-truth sign box when the data
   has one (``box``: synthetic signs, traffic signs). Tag ``images/selection``.
+* video LookWhere (distillation, fine-tuning): one row per clip, one column per temporal slice:
+  the slice's central frame, the selector map over it, the kept tubelets and the target's box on
+  synthetic motion. Tag ``images/video_selection``.
 * ViViT with TokenLearner: for each sample, one row per temporal slice: the slice's middle frame,
   then each learned token's attention map over that frame. Tag ``images/tokenlearner/<i>``.
 * TokenLearner-ViT (images): one row per sample: the image, then each learned token's attention

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import BaseDataModule
 from .sampling import sample_test_clips, sample_train_clip
 from .video_augment import VideoAugment

@@ -33,7 +33,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .config import ModelConfig
 from .lookwhere import FullResViT, LookWhere
 from .tokenlearner_vit import TokenLearnerViT

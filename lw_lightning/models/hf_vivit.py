@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .vivit import ViViT, ViViTConfig, vivit_config
 
 log = logging.getLogger(__name__)

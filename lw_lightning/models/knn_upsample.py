@@ -6,19 +6,18 @@ import torch
 from torch import Tensor
 
 
-def grid_coords(grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
-    """(row, col) float coordinates of every cell of a ``gh×gw`` grid, row-major, (N, 2)."""
-    gh, gw = grid
-    rows = torch.arange(gh, device=device, dtype=torch.float32)
-    cols = torch.arange(gw, device=device, dtype=torch.float32)
-    return torch.cartesian_prod(rows, cols)
+def grid_coords(grid: tuple[int, ...], device: torch.device | None = None) -> Tensor:
+    """Float coordinates of every cell of a grid, row-major, (N, len(grid)): (row, col) for a
+    ``gh×gw`` patch grid, (t, row, col) for a ``nt×nh×nw`` tubelet grid."""
+    axes = [torch.arange(g, device=device, dtype=torch.float32) for g in grid]
+    return torch.cartesian_prod(*axes) if len(axes) > 1 else axes[0].unsqueeze(1)
 
 
 TIE_BREAKS = ("topk", "argsort")
 
 
 def knn_upsample(
-    tokens: Tensor, index: Tensor, grid: tuple[int, int], knn: int = 5, eps: float = 1e-8, tie_break: str = "topk"
+    tokens: Tensor, index: Tensor, grid: tuple[int, ...], knn: int = 5, eps: float = 1e-8, tie_break: str = "topk"
 ) -> Tensor:
     """Fill the whole grid from the tokens at ``index`` by inverse-distance K-NN interpolation.
 
@@ -35,18 +34,18 @@ def knn_upsample(
     Args:
         tokens: (B, k, D) features of the selected cells.
         index: (B, k) flat row-major indices of the selected cells.
-        grid: (gh, gw).
+        grid: (gh, gw), or (nt, nh, nw) for video tubelets (distances in grid units on every axis).
     Returns:
         (B, gh*gw, D) features.
     """
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     b, k, d = tokens.shape
-    coords = grid_coords(grid, tokens.device)  # (N, 2)
-    n = coords.shape[0]
-    sel = coords[index]  # (B, k, 2)
+    coords = grid_coords(grid, tokens.device)  # (N, axes)
+    n, axes = coords.shape
+    sel = coords[index]  # (B, k, axes)
     # exact distances: the matmul-based cdist path can turn a zero distance into ~1e-3
-    dist = torch.cdist(coords.expand(b, n, 2), sel, compute_mode="donot_use_mm_for_euclid_dist")
+    dist = torch.cdist(coords.expand(b, n, axes), sel, compute_mode="donot_use_mm_for_euclid_dist")
     kk = min(knn, k)
     if tie_break == "argsort":
         near_i = dist.argsort(dim=-1)[..., :kk]

@@ -38,6 +38,16 @@ class LossWeights:
     map: float = 0.1
 
 
+def draw_k(k_min: int | float, k_max: int | float, n: int, seed: int, step: int) -> int:
+    """The k of training step ``step``: uniform in [k_min, k_max] (counts or fractions of ``n``)
+    from a generator seeded by (seed, step), so every DDP rank draws the same k without
+    communicating, and a resumed run draws the k the interrupted one would have."""
+    lo, hi = resolve_k(k_min, n), resolve_k(k_max, n)
+    if lo > hi:
+        raise ValueError(f"k_min ({lo}) > k_max ({hi})")
+    return random.Random(seed * 1_000_003 + step).randint(lo, hi)
+
+
 class LookWhereDistill(pl.LightningModule):
     """Trains a LookWhere student to imitate a frozen teacher.
 
@@ -109,10 +119,7 @@ class LookWhereDistill(pl.LightningModule):
 
     def sample_k(self, n: int, step: int) -> int:
         """The step's k: same on every rank (seeded by step, no communication)."""
-        lo, hi = resolve_k(self.hparams.k_min, n), resolve_k(self.hparams.k_max, n)
-        if lo > hi:
-            raise ValueError(f"k_min ({lo}) > k_max ({hi})")
-        return random.Random(self.hparams.seed * 1_000_003 + step).randint(lo, hi)
+        return draw_k(self.hparams.k_min, self.hparams.k_max, n, self.hparams.seed, step)
 
     def losses(self, images: Tensor, k: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Loss parts for one batch at ``k`` kept patches, and the tensors they came from."""

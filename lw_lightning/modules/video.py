@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, SumMetric
 
 from ..flops import count_flops
-from ..models.vivit import ViViT, ViViTConfig, vivit_config
+from ..models.vivit import ViViTConfig
 from ..viz import video_token_pictures
 from .classification import accuracy_metrics
 from .optim import param_groups, scheduled
@@ -34,7 +34,8 @@ class VideoClassifier(pl.LightningModule):
     (``train/corrupt_resampled``).
 
     Args:
-        model: :class:`~lw_lightning.models.vivit.ViViTConfig` fields, e.g. ``{preset: base, num_tokens: 8}``.
+        model: :class:`~lw_lightning.models.vivit.ViViTConfig` fields, e.g. ``{preset: base, num_tokens: 8}``;
+            ``pretrained`` may be a ViViT VideoClassifier ``.ckpt`` (its weights, TokenLearner new).
         num_classes: filled from the DataModule when left out of the config.
         optimizer: ``sgd`` (momentum, ViViT's recipe) or ``adamw``.
         lr / momentum / weight_decay: peak LR; SGD momentum; decay on weight matrices only.
@@ -69,13 +70,20 @@ class VideoClassifier(pl.LightningModule):
             raise ValueError(f"module.optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
         if view_average not in VIEW_AVERAGES:
             raise ValueError(f"module.view_average must be one of {VIEW_AVERAGES}, got {view_average!r}")
-        self.model_cfg = vivit_config(**model) if isinstance(model, dict) else model
-        self.net = ViViT(self.model_cfg, num_classes)
+        self.model_cfg, self.net = self.build_net(model, num_classes)
         # one metric object per stage (keys must not shadow nn.Module.train, hence the suffix)
         self.metrics = torch.nn.ModuleDict({f"{s}_": accuracy_metrics(num_classes, f"{s}/") for s in STAGES})
         self.clip_metrics = torch.nn.ModuleDict({f"{s}_": accuracy_metrics(num_classes, f"{s}/clip_") for s in ("val", "test")})
         self.losses = torch.nn.ModuleDict({f"{s}_": MeanMetric() for s in STAGES})
         self.corrupt = torch.nn.ModuleDict({f"{s}_": SumMetric() for s in STAGES})
+
+    def build_net(self, model: ViViTConfig | dict, num_classes: int) -> tuple[ViViTConfig, torch.nn.Module]:
+        """(config, network): a ViViT; ``model.pretrained`` may also be a ViViT VideoClassifier
+        ``.ckpt`` to start from (:func:`~lw_lightning.models.video_checkpoint.build_vivit`).
+        Subclasses (video LookWhere fine-tuning) build other networks."""
+        from ..models.video_checkpoint import build_vivit
+
+        return build_vivit(model, num_classes)
 
     def forward(self, video: Tensor) -> Tensor:
         """Logits ``[B, num_classes]`` for clips ``[B, C, T, H, W]``."""
@@ -134,8 +142,8 @@ class VideoClassifier(pl.LightningModule):
         """Checkpoints from before ``model.activation`` keep the exact GELU they were trained with."""
         saved = (checkpoint.get("hyper_parameters") or {}).get("model")
         fields = saved if isinstance(saved, dict) else (vars(saved) if dataclasses.is_dataclass(saved) else None)
-        if fields is None or "activation" in fields:
-            return
+        if fields is None or "activation" in fields or not hasattr(self.model_cfg, "activation"):
+            return  # new checkpoints, and networks without the option (video LookWhere) are as saved
         if self.model_cfg.activation != "gelu":
             log.warning("checkpoint predates model.activation: it was trained with exact GELU, which is restored "
                         "(model.activation=gelu; set it in the config to silence this)")
