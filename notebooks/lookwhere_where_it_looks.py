@@ -40,8 +40,8 @@ LOOKWHERE_SIZE = 518  # input size for LOOKWHERE_WEIGHTS
 WORK_DIR = None  # where the training runs go; None: a temporary folder
 SEED = 0
 KS = None  # patch counts of the accuracy-vs-k sweep; None: 2, 4, 8, ... and all patches
-TRAIN_IMAGES = 640  # training images of the pipeline trained here (more: higher accuracy, longer)
-TEACHER_EPOCHS = 4  # epochs of its teacher (distillation: 1, fine-tuning: 2)
+TRAIN_IMAGES = 800  # training images of the pipeline trained here (more: higher accuracy, longer)
+TEACHER_EPOCHS = 5  # epochs of its teacher (distillation: 1, fine-tuning: 2)
 
 # %%
 import logging

@@ -128,7 +128,7 @@ batch = test.datamodule.on_after_batch_transfer(default_collate([ds[picked[label
 video = batch["video"][:, 1]  # per video: clip 0, centre crop
 with torch.no_grad():
     probs = module(video).softmax(-1)
-maps = tokenlearner_maps(module.net).reshape(len(clips), nt, -1, nh, nw)  # [B, nt, S, h, w]
+maps = tokenlearner_maps(module.net).reshape(len(labels), nt, -1, nh, nw)  # [B, nt, S, h, w]
 S = maps.shape[2]
 tub_t = cfg.num_frames // nt
 
