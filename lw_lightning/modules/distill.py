@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -46,6 +48,25 @@ def draw_k(k_min: int | float, k_max: int | float, n: int, seed: int, step: int)
     if lo > hi:
         raise ValueError(f"k_min ({lo}) > k_max ({hi})")
     return random.Random(seed * 1_000_003 + step).randint(lo, hi)
+
+
+def map_recall(teacher_attn: Tensor, keep: Tensor, k: int) -> Tensor:
+    """"Where" quality: the share of the teacher's top-k attention positions among the kept ones."""
+    top_t = teacher_attn.topk(k, dim=1).indices
+    hit = torch.zeros_like(teacher_attn, dtype=torch.bool).scatter(1, keep, True)
+    return hit.gather(1, top_t).float().mean()
+
+
+def export_student(module: pl.LightningModule, save: Callable[[Any, Path], Path], what: str) -> None:
+    """At the end of ``fit``: ``save(module.student, <run dir>/<hparams.export>)`` on global rank 0
+    (nothing for ``export: null`` or a fast_dev_run)."""
+    trainer = module.trainer
+    if not module.hparams.export or trainer.fast_dev_run:
+        return
+    log_dir = trainer.log_dir  # a broadcast under DDP: read it on every rank
+    if trainer.is_global_zero and log_dir:
+        path = save(module.student, Path(log_dir) / module.hparams.export)
+        rank_zero_info(f"exported {what}: {path}")
 
 
 class LookWhereDistill(pl.LightningModule):
@@ -160,10 +181,7 @@ class LookWhereDistill(pl.LightningModule):
         images = batch["image"]
         k = self._eval_k(images)
         parts, extra = self.losses(images, k)
-        # "where" quality: share of the teacher's top-k attention positions the selector kept
-        top_t = extra["teacher_attn"].topk(k, dim=1).indices
-        hit = torch.zeros_like(extra["teacher_attn"], dtype=torch.bool).scatter(1, extra["keep"], True)
-        parts["map_recall"] = hit.gather(1, top_t).float().mean()
+        parts["map_recall"] = map_recall(extra["teacher_attn"], extra["keep"], k)
         bsz = images.shape[0]
         for name, metric in self.val_parts.items():
             metric.update(parts[name], weight=bsz)
@@ -191,10 +209,5 @@ class LookWhereDistill(pl.LightningModule):
         return image_model_pictures(self.student, images, k=self._eval_k(images), boxes=batch.get("box"), ncols=ncols)
 
     def on_fit_end(self) -> None:
-        if not self.hparams.export or self.trainer.fast_dev_run:
-            return
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: read it on every rank
-        if self.trainer.is_global_zero and log_dir:
-            path = save_official(self.student, Path(log_dir) / self.hparams.export)
-            rank_zero_info(f"exported LookWhere weights (official layout): {path}")
+        export_student(self, save_official, "LookWhere weights (official layout)")
 

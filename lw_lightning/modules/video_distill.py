@@ -9,12 +9,10 @@ drawn per step exactly as for images (:func:`.distill.draw_k`).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric, SumMetric
 
@@ -28,7 +26,7 @@ from ..models.video_lookwhere import (
 )
 from ..models.video_teacher import FrameTeacherConfig, VideoTeacherConfig, build_frame_teacher, build_video_teacher
 from ..models.vit import gather_tokens
-from .distill import PARTS, LossWeights, draw_k
+from .distill import PARTS, LossWeights, draw_k, export_student, map_recall
 from .optim import adamw_warmup_cosine
 from .valid import keep_valid
 
@@ -179,10 +177,7 @@ class VideoLookWhereDistill(pl.LightningModule):
         hp = self.hparams
         k = resolve_k(hp.val_k if hp.val_k is not None else hp.k_max, self.model_cfg.num_tubelets)
         parts, extra = self.losses(video, k)
-        # "where" quality: share of the teacher's top-k attention positions the selector kept
-        top_t = extra["teacher_attn"].topk(k, dim=1).indices
-        hit = torch.zeros_like(extra["teacher_attn"], dtype=torch.bool).scatter(1, extra["keep"], True)
-        parts["map_recall"] = hit.gather(1, top_t).float().mean()
+        parts["map_recall"] = map_recall(extra["teacher_attn"], extra["keep"], k)
         bsz = video.shape[0]
         names = ["cls", "patch", "map", "total", "map_recall"]
         if "track" in batch and batch["video"].ndim == 5:  # synthetic motion: the target's tubelets kept
@@ -217,12 +212,7 @@ class VideoLookWhereDistill(pl.LightningModule):
         return video_lookwhere_pictures(self.student, batch, distill_flops_k(self), self.device)
 
     def on_fit_end(self) -> None:
-        if not self.hparams.export or self.trainer.fast_dev_run:
-            return
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: read it on every rank
-        if self.trainer.is_global_zero and log_dir:
-            path = save_video_lookwhere(self.student, Path(log_dir) / self.hparams.export)
-            rank_zero_info(f"exported video LookWhere weights: {path}")
+        export_student(self, save_video_lookwhere, "video LookWhere weights")
 
 
 def distill_flops_k(module: Any) -> int:
