@@ -15,7 +15,7 @@ from lw_lightning.models.config import model_config
 
 
 def _recipe(root, name, *overrides):
-    return load_config([root / "conf/experiment" / name], list(overrides))
+    return load_config(root / "conf/experiment" / name, list(overrides))
 
 
 def test_tokenlearner_recipe_has_the_finetuning_data_and_schedule(root):

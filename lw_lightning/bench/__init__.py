@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m lw_lightning bench --config conf/bench/<name>.yaml [key=value ...]``.
+"""Benchmarks: ``python -m lw_lightning bench bench=<name> [key=value ...]`` (``conf/bench/<name>.yaml``).
 
 Runs the suites listed in ``bench.suites`` (images, video, data, overhead, accuracy) and writes
 under ``output_dir``: ``benchmarks.md`` (all tables plus the machine and the command),
