@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import BENCH_CONFIG, CONF_DIR, RUN_CONFIG, ConfigError, expand_sweep, finalize, prepare_overrides, suggest
+from .config import BENCH_CONFIG, CONF_DIR, RUN_CONFIG, ConfigError, compose, expand_sweep, finalize, prepare_overrides, suggest
 
 COMMANDS = ("fit", "validate", "test", "predict", "bench")
 
@@ -137,8 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         prepared = prepare_overrides(args.overrides, config_name, dirs)
         # every job of a sweep is composed and checked before the first one starts
-        from .config import compose
-
         for job in expand_sweep(prepared, args.multirun):
             finalize(compose(config_name, job, dirs), allow_missing=args.cfg is not None,
                      evaluation=command in ("validate", "test", "predict"), validate_tree=command != "bench")

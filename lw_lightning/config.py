@@ -218,6 +218,8 @@ def prepare_overrides(overrides: Sequence[str], config_name: str = RUN_CONFIG, d
             plain.append(o)
     if not plain:
         return list(overrides)
+    # a callback added on the command line names its class: callbacks.NAME._target_=...
+    new_nodes = {o.key_or_group.rpartition(".")[0] for o in plain if o.key_or_group.startswith("callbacks.") and o.key_or_group.endswith("._target_")}
     base = compose(config_name, base_overrides, dirs)
     OmegaConf.set_struct(base, False)  # (struct mode raises on a missing key where we look)
     rewritten: dict[int, str] = {}
@@ -238,11 +240,11 @@ def prepare_overrides(overrides: Sequence[str], config_name: str = RUN_CONFIG, d
             target = f" for {node[TARGET_KEY]}" if isinstance(node, DictConfig) and TARGET_KEY in node else ""
             hint = suggest(missing, [*allowed, *existing], where)
             raise ConfigError(f"unknown key '{where}{missing}'{hint}{target}")
-        if allowed is None and parent and parent[0] == "callbacks" and len(parent) == 1:
+        if allowed is None and parent == ["callbacks"] and f"callbacks.{missing}" not in new_nodes:
             names = [str(k) for k in node] if isinstance(node, DictConfig) else []
             raise ConfigError(
-                f"unknown callback '{missing}'{suggest(missing, names, 'callbacks.')}: add a new one with "
-                f"+callbacks.{missing}={{_target_:...}}"
+                f"unknown callback '{missing}'{suggest(missing, names, 'callbacks.')}: a new one needs its class, "
+                f"callbacks.{missing}._target_=package.module.Class"
             )
         rewritten[id(o)] = f"++{o.input_line}"
     return [rewritten.get(id(o), o.input_line) for o in parsed]
