@@ -207,22 +207,24 @@ def prepare_overrides(overrides: Sequence[str], config_name: str = RUN_CONFIG, d
     recipe does not hold become ``++key=value`` when their node accepts them (else ConfigError)."""
     parsed = parse_overrides(overrides)
     base_overrides, plain = [], []
+    rewritten: dict[int, str] = {}
     for o in parsed:
         key = o.key_or_group
         if o.is_hydra_override() or o.is_delete() or o.is_add() or o.is_force_add():
             base_overrides.append(_first_job_line(o))
         elif group_options(key, dirs) is not None and not isinstance(o.value(), dict):
             _check_group_choice(key, _values(o), dirs)
-            base_overrides.append(_first_job_line(o))
+            if not o.is_sweep_override() and o.value() is None:  # logger=null: Hydra deselects a group with ~logger
+                rewritten[id(o)] = f"~{key}"
+            base_overrides.append(rewritten.get(id(o), _first_job_line(o)))
         else:
             plain.append(o)
     if not plain:
-        return list(overrides)
+        return [rewritten.get(id(o), o.input_line) for o in parsed]
     # a callback added on the command line names its class: callbacks.NAME._target_=...
     new_nodes = {o.key_or_group.rpartition(".")[0] for o in plain if o.key_or_group.startswith("callbacks.") and o.key_or_group.endswith("._target_")}
     base = compose(config_name, base_overrides, dirs)
     OmegaConf.set_struct(base, False)  # (struct mode raises on a missing key where we look)
-    rewritten: dict[int, str] = {}
     for o in plain:
         parts = o.key_or_group.split(".")
         have = _exists(base, parts)

@@ -234,3 +234,9 @@ def test_worker_wrapped_config_error_prints_its_own_line():
     assert str(caught.value).startswith("Caught ConfigError in DataLoader worker process 3.")
     assert one_line(caught.value) == "data/x.png: size (1, 2) differs from its image (3, 4)"
     assert one_line(ConfigError("plain\nsecond line")) == "plain"
+
+
+def test_a_group_set_to_null_is_left_out():
+    """`logger=null` / `callbacks=null` (as the bench's accuracy suite passes them) drop the group."""
+    cfg = load_config(DEMO, ["logger=null", "callbacks=null"])
+    assert cfg.get("logger") is None and cfg.get("callbacks") is None
