@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m lw_lightning bench --config conf/bench/<name>.yaml [key=value ...]``.
+"""Benchmarks: ``python -m lw_lightning bench bench=<name> [key=value ...]`` (``conf/bench/<name>.yaml``).
 
 Everything that measures lives in this package: the ``bench`` suites (this module and its
 siblings), the method comparison (:mod:`.compare`), the mixed-precision check (:mod:`.precision`)

@@ -32,8 +32,8 @@ def run_accuracy(suite: AccuracySuite, env: Env, log: Callable[[str], None] = pr
     for run in suite.runs:  # fail before any evaluation, not after the first run
         if not Path(run.ckpt_path).is_file():
             raise ConfigError(f"bench.accuracy.runs: checkpoint not found: {run.ckpt_path}")
-        if not Path(run.config).is_file():
-            raise ConfigError(f"bench.accuracy.runs: recipe not found: {run.config}")
+        if str(run.config).endswith((".yaml", ".yml")) and not Path(run.config).is_file():
+            raise ConfigError(f"bench.accuracy.runs: config file not found: {run.config}")
     rows: list[dict[str, Any]] = []
     for run in suite.runs:
         rows += evaluate_run(run, suite, env, log)
@@ -49,7 +49,7 @@ def evaluate_run(run: AccuracyRun, suite: AccuracySuite, env: Env, log: Callable
     """
     from lw_lightning.tasks import run as run_command  # Lightning and data imports only when used
 
-    lookwhere = load_config([run.config], list(run.overrides)).module.model.get("arch", "lookwhere") == "lookwhere"
+    lookwhere = load_config(run.config, list(run.overrides), evaluation=True).module.model.get("arch", "lookwhere") == "lookwhere"
     ks = list(run.ks if run.ks is not None else suite.ks) if lookwhere else []
     limit = "limit_val_batches" if suite.split == "val" else "limit_test_batches"
     overrides = [
@@ -61,7 +61,7 @@ def evaluate_run(run: AccuracyRun, suite: AccuracySuite, env: Env, log: Callable
         *([f"trainer.{limit}={suite.max_batches}"] if suite.max_batches is not None else []),
     ]
     with tempfile.TemporaryDirectory(prefix="lw_bench_acc_") as scratch:  # the run's summary file, nothing kept
-        cfg = load_config([run.config], [*overrides, f"output_dir={scratch}", f"trainer.default_root_dir={scratch}"])
+        cfg = load_config(run.config, [*overrides, f"output_dir={scratch}", f"trainer.default_root_dir={scratch}"], evaluation=True)
         result = run_command(cfg, "validate" if suite.split == "val" else "test")
     module, datamodule = result.module, result.datamodule
     dataset = datamodule.datasets[suite.split]

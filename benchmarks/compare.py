@@ -47,7 +47,7 @@ CARRIED = (
 )
 #: Data settings that define the test split: they must agree between the demo's runs.
 TEST_DATA_KEYS = ("image_size", "num_test", "sign_fraction", "distractor_prob", "seed")
-RECIPE = "demo_tokenlearner.yaml"
+RECIPE = "demo_tokenlearner"
 _ABSENT = object()
 
 
@@ -164,13 +164,13 @@ def finished_run(cfg: DictConfig) -> tuple[Path, Path] | None:
 def train_tokenlearner(runs: DemoRuns, loc: float, tokens: int, output_dir: Path, extra: list[str], reuse: bool = True) -> tuple[Path, Path, float]:
     """Fine-tune one TokenLearner-ViT from the teacher (or, with ``reuse``, take a finished run of
     the same config); returns (best checkpoint, run config, seconds of training done now)."""
-    from lw_lightning.demo import CONF, best_checkpoint, run_stage
+    from lw_lightning.demo import best_checkpoint, run_stage
 
     base = [f"output_dir={output_dir}", f"name=compare_tl_at{round(loc * 100)}", f"module.model.pretrained={runs.teacher_ckpt}",
             f"module.model.tokenlearner_loc={float(loc)}", f"module.model.tokenlearner_tokens={tokens}"]
-    carried = carried_overrides(OmegaConf.load(runs.finetune_config), load_config([CONF / RECIPE], base))
+    carried = carried_overrides(OmegaConf.load(runs.finetune_config), load_config(RECIPE, base))
     overrides = [*base, *carried, *extra]
-    if reuse and (done := finished_run(load_config([CONF / RECIPE], overrides))) is not None:
+    if reuse and (done := finished_run(load_config(RECIPE, overrides))) is not None:
         print(f"\n=== TokenLearner-ViT at {loc_name(loc)}: reusing the finished run {done[1].parent}", flush=True)
         return done[0], done[1], 0.0
     result, seconds = run_stage(f"TokenLearner-ViT, {tokens} tokens at {loc_name(loc)} of the depth", RECIPE, overrides)

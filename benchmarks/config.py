@@ -108,6 +108,7 @@ class AccuracyRun:
     """One trained classifier: the recipe it was trained with (so data and model are built the
     same way) and its checkpoint. LookWhere runs are evaluated at every k, the full-res ViT once."""
 
+    #: an experiment name (``demo_finetune``), its file, or the run's saved ``config.yaml``
     config: str
     ckpt_path: str
     #: LookWhere k values (counts or fractions); null: the suite's ``ks``.

@@ -6,7 +6,7 @@
 #   - the Kinetics loader with N workers vs plain decord, next to ViViT-B's training rate
 #   - pytest -m gpu
 #   - python -m benchmarks.precision (fp32 vs bf16 vs fp16 losses)
-# The timings come from `python -m lw_lightning bench --config conf/bench/gpu.yaml`, one suite per
+# The timings come from `python -m lw_lightning bench bench=gpu`, one suite per
 # call so that a suite cut short by its time limit loses only itself.
 #
 #   bash benchmarks/gpu_suite.sh [--out DIR]      # on the GPU machine, from the repo root
@@ -33,7 +33,7 @@ PY="${PYTHON:-python}"
 mkdir -p "$OUT"
 : > "$OUT/steps.tsv"
 
-GPU=(--config conf/bench/gpu.yaml)
+GPU=(bench=gpu)
 if [ "$DRY" = 1 ]; then
     # the same config and suites, shrunk to seconds on a CPU
     COMMON=("${GPU[@]}" bench.device=cpu bench.precision=fp32 bench.threads=1 bench.warmup=0 bench.repeats=1)

@@ -1,58 +1,56 @@
-"""Command line: ``python -m lw_lightning {fit,validate,test,predict,bench} --config FILE [key=value ...]``.
+"""Command line: ``python -m lw_lightning {fit,validate,test,predict,bench} experiment=NAME [key=value ...]``.
 
-Tests call :func:`main` in-process with an argv list. User mistakes (unknown key, wrong type,
-missing file, unresolvable interpolation, a broken dataset file) print one line on stderr and
-return exit status 2, also when a DataLoader worker raised them; a training run stopped by a
-non-finite loss prints one line and returns 3. Under DDP only global rank 0 prints (errors and
-the final one-line summary).
+Hydra is the config layer: the words after the command are Hydra's (overrides, ``--cfg job``,
+``-m`` sweeps, ``--help``). Before Hydra runs, the overrides of every job are checked
+(:mod:`lw_lightning.config`) without importing torch or Lightning, so a mistake is one line on
+stderr with exit status 2 within a couple of seconds. Tests call :func:`main` in-process with an
+argv list.
 
-SIGTERM (``kill PID``, a scheduler's pre-emption notice): ``fit`` finishes the current batch,
-writes ``last.ckpt`` (``ckpt_path=last`` resumes from it), prints one line and returns 143
-(128 + 15, the shell's status for SIGTERM); validate/test/predict stop with 143 too. SIGINT
-(Ctrl-C) is left to Lightning: it tears the run down and exits with status 1, without a new
-checkpoint (the step checkpoints in ``last.ckpt`` stay).
+Exit status: 2 for user mistakes (unknown key, wrong type, missing file, unresolvable
+interpolation, a broken dataset file, also when a DataLoader worker raised them); 3 for a training
+run stopped by a non-finite loss; 143 for SIGTERM (``fit`` finishes the current batch, writes
+``last.ckpt``, ``ckpt_path=last`` resumes from it; validate/test/predict stop too). SIGINT (Ctrl-C)
+is left to Lightning: status 1, no new checkpoint. In a sweep the status is the first failing
+job's (the other jobs still run). Under DDP only global rank 0 prints.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from .config import ConfigError, load_config, to_yaml
+from .config import BENCH_CONFIG, CONF_DIR, RUN_CONFIG, ConfigError, compose, expand_sweep, finalize, prepare_overrides, suggest
 
 COMMANDS = ("fit", "validate", "test", "predict", "bench")
 
-EPILOG = """examples:
-  python -m lw_lightning fit --config conf/experiment/demo_vit.yaml trainer.max_epochs=2
-  python -m lw_lightning test --config conf/experiment/demo_vit.yaml ckpt_path=last
-  python -m lw_lightning predict --config conf/experiment/demo_vit.yaml ckpt_path=runs/demo_vit/version_3/checkpoints/last.ckpt
-  python -m lw_lightning fit --config conf/experiment/demo_vit.yaml --print-config
-  python -m lw_lightning bench --config conf/bench/cpu.yaml output_dir=runs/bench/cpu
+USAGE = """usage: python -m lw_lightning {fit,validate,test,predict} experiment=NAME [key=value ...] [--cfg job [--resolve]] [-m]
+       python -m lw_lightning bench bench=NAME [key=value ...]
+
+examples:
+  python -m lw_lightning fit experiment=demo_vit trainer.max_epochs=2
+  python -m lw_lightning test experiment=demo_vit ckpt_path=last
+  python -m lw_lightning predict experiment=demo_vit ckpt_path=runs/demo_vit/version_3/checkpoints/last.ckpt
+  python -m lw_lightning fit experiment=demo_vit --cfg job --resolve       # print the config
+  python -m lw_lightning fit -m experiment=demo_finetune module.train_k=13,25,51 module.model.pretrained=...
+  python -m lw_lightning fit -m experiment=lookwhere_in1k_224_k128 launch=slurm trainer.num_nodes=2
+  python -m lw_lightning bench bench=cpu output_dir=runs/bench/cpu
 
 ckpt_path=last is the newest <output_dir>/<name>/version_*/checkpoints/last.ckpt of the recipe
 (fit resumes it; validate/test/predict evaluate it and log into that version_N folder).
+`python -m lw_lightning fit --help` lists the config groups and their options.
 """
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lw_lightning",
-        description="Train and evaluate adaptive-computation vision transformers.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("command", choices=COMMANDS, help="what to run")
-    parser.add_argument("--config", "-c", action="append", default=[], metavar="FILE", help="YAML config (repeatable; later files win)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, applied last")
-    return parser
-
 
 # torch re-raises an error from a DataLoader worker as the same type, with the message
 # "Caught <Type> in DataLoader worker process <n>.\nOriginal Traceback ...": the worker's whole traceback
 _WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+#: set by a sweep job before Lightning starts its DDP processes: the job's own overrides, so that a
+#: process started with the sweep's command line runs that one job (see :func:`_ddp_child_argv`)
+JOB_OVERRIDES_ENV = "LW_LIGHTNING_JOB_OVERRIDES"
 
 
 def one_line(err: BaseException) -> str:
@@ -69,31 +67,121 @@ def one_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def legacy_command(command: str, args: Sequence[str]) -> str | None:
+    """The new form of a pre-Hydra command line (``--config FILE``, ``--print-config``), or None."""
+    if not any(a in ("--config", "--print-config") or a.startswith("--config=") or (a == "-c" and i + 1 < len(args) and args[i + 1].endswith((".yaml", ".yml")))
+               for i, a in enumerate(args)):
+        return None
+    new: list[str] = []
+    words = list(args)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in ("--config", "-c") or word.startswith("--config="):
+            path = word.split("=", 1)[1] if "=" in word else (words[i + 1] if i + 1 < len(words) else "")
+            i += 1 if "=" in word else 2
+            p = Path(path)
+            group = p.parent.name
+            if group in ("experiment", "launch", "bench", "data") and p.suffix in (".yaml", ".yml"):
+                new.append(f"{group}={p.stem}")
+            else:
+                new.append(f"--config-dir DIR experiment={p.stem}  (with the recipe as DIR/experiment/{p.name}, '# @package _global_' on top)")
+            continue
+        new.append("--cfg job --resolve" if word == "--print-config" else word)
+        i += 1
+    return f"python -m lw_lightning {command} " + " ".join(new)
+
+
+def _ddp_child_argv(args: list[str]) -> list[str]:
+    """A DDP process that Lightning started for one job of a local sweep re-runs the sweep's
+    command line with ``hydra.run.dir=...`` appended: run that one job instead (its overrides come
+    from the environment of the job's first process)."""
+    job = os.environ.get(JOB_OVERRIDES_ENV)
+    if job is None or "LOCAL_RANK" not in os.environ or not any(a in ("-m", "--multirun") for a in args):
+        return args
+    import json
+
+    tail = [a for a in args if a.startswith(("hydra.run.dir=", "hydra.job.name=", "hydra.output_subdir="))]
+    return [*json.loads(job), *tail]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], _ddp_child_argv(argv[1:])
+    if command not in COMMANDS:
+        return _error(f"unknown command '{command}'{suggest(command, COMMANDS)}: one of {', '.join(COMMANDS)}")
+    new = legacy_command(command, rest)
+    if new is not None:
+        return _error(f"--config/--print-config are gone (configs are Hydra groups now); run: {new}")
+
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
     try:
-        args = parser.parse_intermixed_args(argv)
-    except SystemExit as exc:  # argparse already printed its one-line usage error
+        args = parser.parse_args(rest)
+    except SystemExit as exc:  # argparse printed its usage error
         return int(exc.code or 0)
+    config_name = BENCH_CONFIG if command == "bench" else RUN_CONFIG
+    dirs = [CONF_DIR, *([Path(args.config_dir)] if args.config_dir else [])]
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return _run_hydra(command, args, parser, config_name, [], argv)
     try:
-        evaluation = args.command in ("validate", "test", "predict")
-        cfg = load_config(args.config, args.overrides, allow_missing=args.print_config, evaluation=evaluation)
+        prepared = prepare_overrides(args.overrides, config_name, dirs)
+        # every job of a sweep is composed and checked before the first one starts
+        for job in expand_sweep(prepared, args.multirun):
+            finalize(compose(config_name, job, dirs), allow_missing=args.cfg is not None,
+                     evaluation=command in ("validate", "test", "predict"), validate_tree=command != "bench")
     except ConfigError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
-    if args.command == "bench":
+        return _error(one_line(err))
+    args.overrides = prepared
+    if args.cfg is None and not args.multirun and not any(o.startswith("hydra.output_subdir=") for o in prepared):
+        args.overrides.append("hydra.output_subdir=null")  # a single run's record is its run dir's config.yaml
+    statuses: list[int] = []
+    _run_hydra(command, args, parser, config_name, statuses, argv)
+    return next((s for s in statuses if s != 0), 0)
+
+
+def _run_hydra(command: str, args: Any, parser: Any, config_name: str, statuses: list[int], argv: list[str]) -> int:
+    """Hand the parsed command line to Hydra; each job's exit status is appended to ``statuses``."""
+    from hydra._internal.utils import _run_hydra as run_hydra
+
+    def task(cfg: Any) -> None:
+        statuses.append(run_job(command, cfg, argv))
+
+    task.__module__ = "lw_lightning"  # Hydra names the job after the task's module: hydra.job.name
+    try:
+        run_hydra(args=args, args_parser=parser, task_function=task, config_path=str(CONF_DIR), config_name=config_name)
+    except SystemExit as exc:  # --help, or a Hydra error it already printed
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        statuses.append(code)
+        return code
+    return 0
+
+
+def run_job(command: str, cfg: Any, argv: list[str] | None = None) -> int:
+    """One job: finalize the composed config, run the command, print its summary; the exit status
+    (``argv``: the command line, recorded by bench)."""
+    evaluation = command in ("validate", "test", "predict")
+    try:
+        cfg = finalize(cfg, evaluation=evaluation, validate_tree=command != "bench")
+    except ConfigError as err:
+        return _error(one_line(err))
+    if command == "bench":
         from .bench import run_bench
 
         try:
             run_bench(cfg, argv)
         except ConfigError as err:
-            print(f"error: {one_line(err)}", file=sys.stderr)
-            return 2
+            return _error(one_line(err))
         return 0
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
@@ -101,8 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .callbacks.sigterm import SIGTERM_EXIT_STATUS, StoppedBySignal
     from .tasks import run  # heavy imports only when running
 
+    cfg = _sweep_job_run_dir(cfg)
     try:
-        result = run(cfg, args.command)
+        result = run(cfg, command)
     except ConfigError as err:
         if getattr(rank_zero_only, "rank", 0) == 0:
             print(f"error: {one_line(err)}", file=sys.stderr)
@@ -115,12 +204,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(rank_zero_only, "rank", 0) == 0:
             print(str(stop), file=sys.stderr, flush=True)
         return SIGTERM_EXIT_STATUS
+    finally:
+        os.environ.pop(JOB_OVERRIDES_ENV, None)
     if result.extras.get("note"):  # e.g. resuming a run that already reached its limits
         if result.trainer.is_global_zero:
-            print(f"{args.command}: {result.extras['note']}")
+            print(f"{command}: {result.extras['note']}")
         return 0
     if result.trainer.is_global_zero:
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or args.command == "fit")
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or command == "fit")
         where = f"  [run dir: {result.log_dir}]" if result.log_dir else ""
-        print(f"{args.command} done: {shown or 'no metrics'}{where}")
+        print(f"{command} done: {shown or 'no metrics'}{where}")
     return 0
+
+
+def _sweep_job_run_dir(cfg: Any) -> Any:
+    """In a sweep, each job's run dir is Hydra's job dir (``<sweep dir>/<job number>``, where
+    Hydra keeps its ``.hydra/`` record): the logger logs there unless ``logger.version`` is set.
+    The job's overrides go to the environment, for the DDP processes Lightning may start."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return cfg
+    import json
+
+    hydra_cfg = HydraConfig.get()
+    job = list(hydra_cfg.overrides.task)
+    logger = cfg.get("logger")
+    if logger and logger.get("version") is None and "save_dir" in logger:
+        base = Path(str(logger.save_dir)) / str(logger.get("name") or "")
+        version = os.path.relpath(hydra_cfg.runtime.output_dir, base)
+        cfg = cfg.copy()
+        OmegaConf.update(cfg, "logger.version", version, force_add=True)
+        job.append(f"++logger.version={version}")
+    os.environ[JOB_OVERRIDES_ENV] = json.dumps(job)
+    return cfg

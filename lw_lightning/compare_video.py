@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from .config import ConfigError, load_config
 
-RECIPES = {"vivit": "demo_vlw_vivit.yaml", "distill": "demo_vlw_distill.yaml", "finetune": "demo_vlw_finetune.yaml",
-           "tokenlearner": "demo_vlw_tokenlearner.yaml"}
+RECIPES = {"vivit": "demo_vlw_vivit", "distill": "demo_vlw_distill", "finetune": "demo_vlw_finetune",
+           "tokenlearner": "demo_vlw_tokenlearner"}
 #: what --quick shrinks every stage to (seconds-long smoke run, for tests)
 QUICK = ["data.num_frames=8", "data.img_size=32", "data.num_train=16", "data.num_val=8", "data.num_test=8", "data.batch_size=8",
          "data.eval_batch_size=8", "trainer.max_epochs=1", "module.model.num_frames=8", "module.model.img_size=32"]
@@ -68,11 +68,11 @@ def parse_tl(spec: str) -> tuple[int, float]:
 def train(title: str, stage: str, name: str, overrides: list[str], out: Path, reuse: bool) -> tuple[Path, Path, float]:
     """Fit one stage (or reuse a finished run of the same config): (best checkpoint, run config, seconds)."""
     from benchmarks.compare import finished_run
-    from .demo import CONF, best_checkpoint, run_stage
+    from .demo import best_checkpoint, run_stage
 
     recipe = RECIPES[stage]
     overrides = [f"output_dir={out}", f"name={name}", *overrides]
-    if reuse and (done := finished_run(load_config([CONF / recipe], overrides))) is not None:
+    if reuse and (done := finished_run(load_config(recipe, overrides))) is not None:
         print(f"\n=== {title}: reusing the finished run {done[1].parent}", flush=True)
         return done[0], done[1], 0.0
     result, seconds = run_stage(title, recipe, overrides)
@@ -88,7 +88,7 @@ def evaluate(config: Path, ckpt: Path) -> Any:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="lw_compare_video_") as scratch:
-        cfg = load_config([config], [*overrides, f"output_dir={scratch}", f"trainer.default_root_dir={scratch}"], evaluation=True)
+        cfg = load_config(config, [*overrides, f"output_dir={scratch}", f"trainer.default_root_dir={scratch}"], evaluation=True)
         return run(cfg, "test")
 
 
@@ -325,7 +325,7 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
 
     from .models.vivit import vivit_config
 
-    depth = vivit_config(**OmegaConf.to_container(load_config([vivit_cfg]).module.model)).depth  # type: ignore[arg-type]
+    depth = vivit_config(**OmegaConf.to_container(load_config(vivit_cfg).module.model)).depth  # type: ignore[arg-type]
     for tokens, loc in tl_specs:
         title = f"(d) ViViT + TokenLearner, {tokens} tokens at {loc_name(loc)}"
         block = int(round(loc * depth, 6))  # as the image TokenLearner-ViT reads a fraction of the depth
@@ -354,7 +354,7 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
         print(f"  {row['name']}: test top-1 {row['acc1'] * 100:.1f}% at {row['flops'] / 2e9:.4f} GMACs", flush=True)
     warmup, repeats = (0, 1) if args.quick else (args.warmup, args.repeats)
     env = make_env("cpu", "fp32", None, warmup, repeats)
-    train_batch = int(load_config([runs[0][3]]).data.batch_size)
+    train_batch = int(load_config(runs[0][3]).data.batch_size)
     time_all(rows, modules, env, train_batch, print)
     big = [] if args.no_vivit_b or args.quick else vivit_b_side_by_side(make_env("cpu", "fp32", None, 1, 3), 0.05, print)
 
@@ -405,9 +405,9 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
 
 def evaluate_dataset(config: Path) -> Any:
     """The test split of a run's DataModule (for the selection picture)."""
-    from .config import instantiate
+    from hydra.utils import instantiate
 
-    dm = instantiate(load_config([config]).data)
+    dm = instantiate(load_config(config).data, _convert_="all")
     dm.setup("test")
     return dm.datasets["test"]
 

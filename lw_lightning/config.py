@@ -1,37 +1,39 @@
-"""Config composition, validation and ``_target_`` instantiation (OmegaConf, no Hydra).
+"""Run configs: Hydra composition of ``conf/`` plus the checks Hydra does not make.
 
-A run's config is built as follows:
+A run's config is ``conf/run.yaml`` (defaults: ``trainer/``, ``logger/``, ``callbacks/``) plus a
+recipe ``experiment=<name>`` (which may select a ``data/`` option) plus ``launch=<name>``, then
+``key=value`` overrides, composed by Hydra. Before Hydra composes, every override is checked here,
+without importing torch or Lightning (see :mod:`lw_lightning.signatures`):
 
-1. every ``--config`` file is loaded; a file may name base files in ``_base_`` (paths relative to
-   the file), which are merged first, recursively;
-2. the files are merged left to right, then ``key=value`` overrides from the command line last;
-3. OmegaConf interpolations are resolved once, on the final tree (so ``${data.num_classes}``
-   sees a command-line override);
-4. the tree is validated: top-level keys against :data:`TOP_LEVEL_KEYS`, every ``_target_`` node
-   against the signature of what it names (unknown keys, wrong basic types), and nested
-   dataclass-typed arguments against their fields.
+- a group option that does not exist (``experiment=demo_vt``) is one line with a suggestion;
+- a key that the composed YAML does not hold is checked against what the node it lands in accepts
+  (the ``__init__`` of its ``_target_``, the fields of a dataclass-typed argument, the top-level
+  keys): accepted keys are passed to Hydra as ``++key=value`` (Hydra alone would demand ``+``),
+  others are "unknown key ... (did you mean ...)".
 
-Every user mistake raises :class:`ConfigError`, which the CLI prints as one line (exit status 2).
+After composition :func:`finalize` fills what evaluation does not need, rejects unset ``???``
+values, resolves interpolations once on the final tree (so ``${data.image_size}`` sees an override)
+and validates every ``_target_`` node against its signature (unknown keys, simple types). Every
+mistake raises :class:`ConfigError`, which the CLI prints as one line (exit status 2).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import importlib
-import inspect
-import types
-import typing
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import signatures
 from .errors import ConfigError  # re-exported: ``from lw_lightning.config import ConfigError`` keeps working
 
-BASE_KEY = "_base_"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+RUN_CONFIG = "run"  # primary config of fit / validate / test / predict
+BENCH_CONFIG = "benchmark"  # primary config of bench
 TARGET_KEY = "_target_"
 
 #: Top-level keys a run config may hold, with a one-line meaning each (also used for suggestions).
@@ -50,106 +52,245 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "notes": "free text kept with the run",
     "requires": "hardware the recipe is sized for: 'gpu' warns at start when no CUDA device is used",
 }
+#: Top-level nodes typed by a dataclass (checked field by field).
+TOP_LEVEL_SCHEMAS = {"bench": "benchmarks.config.BenchConfig"}
 
 #: values the top-level ``requires`` key may take (null: runs anywhere)
 REQUIREMENTS = ("gpu",)
-
-
-# --------------------------------------------------------------------------------------------
-# loading and composition
-# --------------------------------------------------------------------------------------------
-
-
-def _load_file(path: Path, stack: tuple[Path, ...] = ()) -> DictConfig:
-    path = path.expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    resolved = path.resolve()
-    if resolved in stack:
-        chain = " -> ".join(str(p) for p in (*stack, resolved))
-        raise ConfigError(f"config files include each other in a cycle: {chain}")
-    try:
-        cfg = OmegaConf.load(resolved)
-    except Exception as err:  # yaml errors carry line numbers; keep the first line only
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot parse config file {path}: {first}") from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"config file {path} must hold a mapping at top level")
-    bases = cfg.pop(BASE_KEY, None) or []
-    if isinstance(bases, str):
-        bases = [bases]
-    merged: list[DictConfig] = []
-    for base in bases:
-        merged.append(_load_file(resolved.parent / str(base), (*stack, resolved)))
-    return OmegaConf.merge(*merged, cfg) if merged else cfg  # type: ignore[return-value]
-
-
-def parse_overrides(overrides: Sequence[str]) -> DictConfig:
-    """Parse ``dotted.key=value`` strings (values typed as in YAML)."""
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except Exception as err:  # omegaconf and yaml errors alike
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot parse overrides {list(overrides)}: {first}") from None
-
-
-def compose(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> DictConfig:
-    """Merge config files and overrides without resolving or validating."""
-    if not paths:
-        raise ConfigError("no config given: pass --config FILE (see conf/)")
-    parts = [_load_file(Path(p)) for p in paths]
-    over = parse_overrides(overrides)
-    _check_override_containers(parts, over)
-    return OmegaConf.merge(*parts, over)  # type: ignore[return-value]
-
-
-def _check_override_containers(parts: list[DictConfig], over: DictConfig) -> None:
-    """Reject overrides that would silently replace a whole config node by a scalar."""
-    base = OmegaConf.merge(*parts)
-    for key in _leaf_keys(over):
-        node: Any = base
-        for piece in key.split("."):
-            if not isinstance(node, DictConfig) or piece not in node:
-                node = None
-                break
-            node = node._get_node(piece)
-        if isinstance(node, DictConfig) and TARGET_KEY in node and OmegaConf.select(over, key) is not None:
-            # (null is allowed: it disables a node, e.g. callbacks.images=null)
-            raise ConfigError(
-                f"'{key}' is a config node (_target_ {node[TARGET_KEY]}); set one of its keys, "
-                f"e.g. {key}.{next(iter(k for k in node if k != TARGET_KEY), '...')}=..."
-            )
-
-
-def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for k in cfg:
-        v = cfg._get_node(k)
-        full = f"{prefix}{k}"
-        if isinstance(v, DictConfig) and len(v) > 0:
-            keys.extend(_leaf_keys(v, full + "."))
-        else:
-            keys.append(full)
-    return keys
-
 
 #: Mandatory (``???``) values an evaluation of a checkpoint does not need: left unset, they are null.
 NOT_NEEDED_WITH_CKPT = ("module.model.pretrained",)
 
 
-def load_config(
-    paths: Sequence[str | Path], overrides: Sequence[str] = (), allow_missing: bool = False, evaluation: bool = False
-) -> DictConfig:
-    """Compose, resolve and validate a run config. Raises :class:`ConfigError` on mistakes.
+def suggest(name: str, candidates: Sequence[str], prefix: str = "") -> str:
+    """Return ``" (did you mean 'prefix.x'?)"`` for the closest candidate, or an empty string."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
-    Values written ``???`` in a recipe are mandatory: left unset they are an error unless
-    ``allow_missing`` (``--print-config``). With ``evaluation`` (validate/test/predict) and a
-    ``ckpt_path``, the keys of :data:`NOT_NEEDED_WITH_CKPT` left unset become null: the checkpoint
-    holds all weights, so a fine-tuning recipe evaluates without naming its pretrained file."""
-    cfg = compose(paths, overrides)
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# overrides: parsing, groups, sweeps
+# --------------------------------------------------------------------------------------------
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    """Hydra's parse of ``key=value`` strings (one-line ConfigError for a syntax error)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parsed = []
+    parser = OverridesParser.create()
+    for item in overrides:
+        try:
+            parsed += parser.parse_overrides([item])
+        except HydraException as err:
+            raise ConfigError(f"cannot parse override '{item}': {_first_line(err)}") from None
+    return parsed
+
+
+def group_options(group: str, dirs: Sequence[Path]) -> list[str] | None:
+    """Options of config group ``group`` (None: not a group)."""
+    found = [d / group for d in dirs if (d / group).is_dir()]
+    if not found:
+        return None
+    return sorted({p.stem for folder in found for p in folder.rglob("*.yaml")})
+
+
+def _check_group_choice(group: str, values: list[str], dirs: Sequence[Path]) -> None:
+    options = group_options(group, dirs) or []
+    for value in values:
+        if value in ("null", "None") or value in options:
+            continue
+        raise ConfigError(f"unknown {group} '{value}'{suggest(value, options)}: choose one of {', '.join(options)} (conf/{group}/)")
+
+
+def _values(override: Any) -> list[str]:
+    """The value strings an override stands for (several for a sweep)."""
+    if override.is_sweep_override():
+        if not override.is_discrete_sweep():
+            raise ConfigError(f"'{override.input_line}': only lists and ranges can be swept here")
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
+def expand_sweep(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
+    """The override lists of every job (one without ``-m``), as Hydra's basic sweeper forms them:
+    the cartesian product of the swept values, in order."""
+    parsed = parse_overrides(overrides)
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise ConfigError(f"'{sweeps[0].input_line}' sweeps several values: add -m (multirun), or write a list as [a,b]")
+    choices = []
+    for o in parsed:
+        if o.is_sweep_override():
+            choices.append([f"{o.get_key_element()}={v}" for v in _values(o)])
+        else:
+            choices.append([o.input_line])
+    return [list(job) for job in itertools.product(*choices)]
+
+
+# --------------------------------------------------------------------------------------------
+# which keys a node accepts
+# --------------------------------------------------------------------------------------------
+
+
+def _target_signature(node: Any) -> signatures.Signature | None:
+    if isinstance(node, DictConfig) and TARGET_KEY in node and isinstance(node._get_node(TARGET_KEY)._value(), str):
+        return signatures.signature(str(node[TARGET_KEY]))
+    return None
+
+
+def _schema_fields(target: str) -> dict[str, tuple[signatures.Module, Any]] | None:
+    found = signatures.resolve(target)
+    if found is None or found[1] != "class":
+        return None
+    return signatures.dataclass_fields(found[0], found[2])
+
+
+def _child_schema(module: signatures.Module, ann: Any, value: Any) -> tuple[signatures.Module, Any] | None:
+    """The dataclass ``(module, ClassDef)`` a mapping under annotation ``ann`` must follow."""
+    plain = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+    if not isinstance(plain, dict):
+        return None
+    return signatures.check(plain, module, ann).schema
+
+
+def accepted_keys(cfg: DictConfig, parts: Sequence[str]) -> list[str] | None:
+    """Keys the node at ``parts`` may hold (None: any, or cannot tell). Walks from the root: the
+    top level, ``_target_`` signatures, and dataclass-typed arguments and their fields."""
+    allowed: list[str] | None = list(TOP_LEVEL_KEYS)
+    fields: dict[str, tuple[signatures.Module, Any]] | None = None  # of the node being walked
+    node: Any = cfg
+    for depth, part in enumerate(parts):
+        if depth == 0 and part in TOP_LEVEL_SCHEMAS:
+            child_fields = _schema_fields(TOP_LEVEL_SCHEMAS[part])
+        elif fields is not None and part in fields:
+            schema = _child_schema(*fields[part], node._get_node(part) if isinstance(node, DictConfig) else None)
+            child_fields = signatures.dataclass_fields(*schema) if schema else None
+        else:
+            child_fields = None
+        node = node._get_node(part) if isinstance(node, DictConfig) else None
+        sig = _target_signature(node)
+        if sig is not None:
+            fields = None if sig.var_kw else dict(sig.params)
+        else:
+            fields = child_fields
+        allowed = list(fields) if fields is not None else None
+        if node is None:
+            return None
+    return allowed
+
+
+def _exists(cfg: DictConfig, parts: Sequence[str]) -> int:
+    """How many leading parts of the dotted key exist in ``cfg`` (``???`` values exist)."""
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        if isinstance(node, DictConfig) and node._get_node(part) is not None:
+            node = node._get_node(part)
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))
+        else:
+            return i
+    return len(parts)
+
+
+def prepare_overrides(overrides: Sequence[str], config_name: str = RUN_CONFIG, dirs: Sequence[Path] = (CONF_DIR,)) -> list[str]:
+    """Check ``overrides`` and return them as Hydra should get them: group options exist, keys the
+    recipe does not hold become ``++key=value`` when their node accepts them (else ConfigError)."""
+    parsed = parse_overrides(overrides)
+    base_overrides, plain = [], []
+    rewritten: dict[int, str] = {}
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_hydra_override() or o.is_delete() or o.is_add() or o.is_force_add():
+            base_overrides.append(_first_job_line(o))
+        elif group_options(key, dirs) is not None and not isinstance(o.value(), dict):
+            _check_group_choice(key, _values(o), dirs)
+            if not o.is_sweep_override() and o.value() is None:  # logger=null: Hydra deselects a group with ~logger
+                rewritten[id(o)] = f"~{key}"
+            base_overrides.append(rewritten.get(id(o), _first_job_line(o)))
+        else:
+            plain.append(o)
+    if not plain:
+        return [rewritten.get(id(o), o.input_line) for o in parsed]
+    # a callback added on the command line names its class: callbacks.NAME._target_=...
+    new_nodes = {o.key_or_group.rpartition(".")[0] for o in plain if o.key_or_group.startswith("callbacks.") and o.key_or_group.endswith("._target_")}
+    base = compose(config_name, base_overrides, dirs)
+    OmegaConf.set_struct(base, False)  # (struct mode raises on a missing key where we look)
+    for o in plain:
+        parts = o.key_or_group.split(".")
+        have = _exists(base, parts)
+        if have == len(parts):
+            continue
+        parent = parts[:have]
+        missing = parts[have]
+        where = ".".join(parent) + "." if parent else ""
+        node = OmegaConf.select(base, ".".join(parent)) if parent else base
+        if parent and not isinstance(node, (DictConfig, ListConfig)):
+            raise ConfigError(f"unknown key '{o.key_or_group}': '{'.'.join(parent)}' is a value, not a node")
+        allowed = accepted_keys(base, parent)
+        if allowed is not None and missing not in allowed:
+            existing = [str(k) for k in node] if isinstance(node, DictConfig) else []
+            target = f" for {node[TARGET_KEY]}" if isinstance(node, DictConfig) and TARGET_KEY in node else ""
+            hint = suggest(missing, [*allowed, *existing], where)
+            raise ConfigError(f"unknown key '{where}{missing}'{hint}{target}")
+        if allowed is None and parent == ["callbacks"] and f"callbacks.{missing}" not in new_nodes:
+            names = [str(k) for k in node] if isinstance(node, DictConfig) else []
+            raise ConfigError(
+                f"unknown callback '{missing}'{suggest(missing, names, 'callbacks.')}: a new one needs its class, "
+                f"callbacks.{missing}._target_=package.module.Class"
+            )
+        rewritten[id(o)] = f"++{o.input_line}"
+    return [rewritten.get(id(o), o.input_line) for o in parsed]
+
+
+def _first_job_line(o: Any) -> str:
+    """The override as one job of a sweep sees it first (the override itself if not a sweep)."""
+    if o.is_sweep_override():
+        return f"{o.get_key_element()}={_values(o)[0]}"
+    return o.input_line
+
+
+# --------------------------------------------------------------------------------------------
+# composition
+# --------------------------------------------------------------------------------------------
+
+
+def compose(config_name: str, overrides: Sequence[str], dirs: Sequence[Path] = (CONF_DIR,)) -> DictConfig:
+    """Hydra's composition of ``<dirs[0]>/<config_name>.yaml`` with ``overrides`` (unresolved, not
+    validated). Usable inside a running Hydra app (its global state is restored afterwards)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    extra = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in dirs[1:])}]"] if len(dirs) > 1 else []
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(dirs[0]).resolve()), version_base="1.3"):
+            cfg = hydra_compose(config_name, overrides=[*overrides, *extra])
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = err.__cause__
+        detail = f"{_first_line(err)}" + (f" ({_first_line(cause)})" if isinstance(cause, OmegaConfBaseException) else "")
+        raise ConfigError(f"cannot compose the config: {detail}") from None
+    finally:
+        restore_gh_from_backup(backup)
+    return cfg
+
+
+def finalize(cfg: DictConfig, allow_missing: bool = False, evaluation: bool = False, validate_tree: bool = True) -> DictConfig:
+    """Complete a composed config: unset ``???`` not needed by an evaluation become null, missing
+    mandatory values are an error (unless ``allow_missing``), interpolations are resolved and the
+    tree is validated. Returns a copy that is no longer in struct mode."""
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
     if evaluation and cfg.get("ckpt_path") is not None:
         for key in NOT_NEEDED_WITH_CKPT:
             parent, _, leaf = key.rpartition(".")
@@ -159,23 +300,52 @@ def load_config(
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing and not allow_missing:
         raise ConfigError(f"missing mandatory value(s): {', '.join(missing)} (set e.g. {missing[0]}=...)")
-    try:
-        OmegaConf.resolve(cfg)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot resolve interpolation: {str(err).splitlines()[0]}") from None
-    validate(cfg)
+    if not missing:
+        try:
+            OmegaConf.resolve(cfg)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"cannot resolve interpolation: {_first_line(err)}") from None
+    if validate_tree:
+        validate(cfg)
     return cfg
+
+
+def recipe_source(recipe: str | Path | None) -> tuple[str, list[str], list[Path]]:
+    """(config name, overrides, search dirs) for a recipe name, a recipe file under
+    ``conf/experiment/``, or any other YAML file (e.g. a run's saved ``config.yaml``), which is then
+    composed as the primary config."""
+    if recipe is None:
+        return RUN_CONFIG, [], [CONF_DIR]
+    text = str(recipe)
+    if not text.endswith((".yaml", ".yml")) and "/" not in text:
+        return RUN_CONFIG, [f"experiment={text}"], [CONF_DIR]
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    folder = path.resolve().parent
+    if folder == (CONF_DIR / "experiment").resolve():
+        return RUN_CONFIG, [f"experiment={path.stem}"], [CONF_DIR]
+    if folder.name == "experiment":  # a recipe of another config dir (as with --config-dir)
+        return RUN_CONFIG, [f"experiment={path.stem}"], [CONF_DIR, folder.parent]
+    return path.stem, [], [folder]
+
+
+def load_config(recipe: str | Path | None, overrides: Sequence[str] = (), allow_missing: bool = False, evaluation: bool = False) -> DictConfig:
+    """Compose, resolve and validate the config of one run (what the CLI does before it runs).
+
+    ``recipe``: an experiment name (``"demo_vit"``), its file (also one in the ``experiment/``
+    folder of another config dir, as ``--config-dir`` adds), a saved run ``config.yaml``, or None
+    (then ``overrides`` should hold ``experiment=...``). Values written ``???`` are mandatory unless
+    ``allow_missing``; with ``evaluation`` and a ``ckpt_path``, :data:`NOT_NEEDED_WITH_CKPT` may stay
+    unset. Raises :class:`ConfigError` on mistakes."""
+    name, first, dirs = recipe_source(recipe)
+    prepared = prepare_overrides([*first, *overrides], name, dirs)
+    return finalize(compose(name, prepared, dirs), allow_missing=allow_missing, evaluation=evaluation)
 
 
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
-
-
-def suggest(name: str, candidates: Sequence[str], prefix: str = "") -> str:
-    """Return ``" (did you mean 'prefix.x'?)"`` for the closest candidate, or an empty string."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def validate(cfg: DictConfig) -> None:
@@ -185,14 +355,26 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"unknown key '{key}'{suggest(str(key), list(TOP_LEVEL_KEYS))}")
     for key in ("data", "module", "trainer"):
         node = cfg.get(key)
-        if node is not None and not (isinstance(node, DictConfig) and TARGET_KEY in node):
+        if node is None:
+            raise ConfigError(f"no '{key}' node: choose a recipe with experiment=<name> (see conf/experiment/)")
+        if not (isinstance(node, DictConfig) and TARGET_KEY in node):
             raise ConfigError(f"'{key}' must be a node with a _target_ key")
     requires = cfg.get("requires")
     if requires is not None and requires not in REQUIREMENTS:
         raise ConfigError(f"unknown value requires={requires!r}: expected one of {', '.join(REQUIREMENTS)} or null")
     callbacks = cfg.get("callbacks")
-    if callbacks is not None and not isinstance(callbacks, DictConfig):
-        raise ConfigError("'callbacks' must be a mapping name -> callback node")
+    if callbacks is not None:
+        if not isinstance(callbacks, DictConfig):
+            raise ConfigError("'callbacks' must be a mapping name -> callback node")
+        for name in callbacks:
+            node = callbacks._get_node(name)
+            if not (node._is_none() or (isinstance(node, DictConfig) and TARGET_KEY in node)):
+                raise ConfigError(f"'callbacks.{name}' must be a callback node with a _target_ key, or null to disable it")
+    for key, target in TOP_LEVEL_SCHEMAS.items():
+        if isinstance(cfg.get(key), DictConfig):
+            found = signatures.resolve(target)
+            if found is not None:
+                check_dataclass_dict(found[0], found[2], OmegaConf.to_container(cfg[key]), key)
     _validate_tree(cfg, "")
 
 
@@ -201,172 +383,55 @@ def _validate_tree(node: Any, path: str) -> None:
         if TARGET_KEY in node:
             validate_target_node(node, path)
         for k in node:
-            if k == TARGET_KEY:
-                continue
-            _validate_tree(node._get_node(k), f"{path}.{k}" if path else str(k))
+            if k != TARGET_KEY:
+                _validate_tree(node._get_node(k), f"{path}.{k}" if path else str(k))
     elif isinstance(node, ListConfig):
         for i, item in enumerate(node):
-            _validate_tree(item, f"{path}[{i}]")
-
-
-def locate(name: str) -> Any:
-    """Import ``package.module.Attr`` (also nested attributes) and return it."""
-    parts = name.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError as err:
-            # only swallow "this prefix is not a module"; a missing dependency inside it is real
-            if err.name and not ".".join(parts[:cut]).startswith(err.name):
-                raise
-            continue
-        try:
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            break
-        return obj
-    raise ConfigError(f"_target_ '{name}' cannot be imported")
-
-
-def _signature_params(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
-    fn = target.__init__ if inspect.isclass(target) else target
-    sig = inspect.signature(fn)
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # unresolvable forward references: check names only
-        hints = {}
-    params = {n: p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-    return params, hints, var_kw
+            _validate_tree(node._get_node(i), f"{path}[{i}]")
 
 
 def validate_target_node(node: DictConfig, path: str) -> None:
     """Check a ``_target_`` node's keys and simple value types against the target's signature."""
     where = f"{path}." if path else ""
-    target = locate(str(node[TARGET_KEY]))
-    params, hints, var_kw = _signature_params(target)
+    target = str(node[TARGET_KEY])
+    sig = signatures.signature(target)
+    if sig is None:
+        if signatures.find_module(target.split(".")[0]) is None:
+            raise ConfigError(f"_target_ '{target}' at '{path}' cannot be found (no module {target.split('.')[0]!r})")
+        return  # defined in a way that cannot be read statically: Hydra's instantiate will tell
     for key in node:
-        if key == TARGET_KEY:
-            continue
         key = str(key)
-        if key not in params:
-            if var_kw:
+        if key.startswith("_") and key.endswith("_"):  # Hydra's _recursive_, _convert_, _partial_, _args_
+            continue
+        if key not in sig.params:
+            if sig.var_kw:
                 continue
-            raise ConfigError(f"unknown key '{where}{key}'{suggest(key, list(params), where)} for {node[TARGET_KEY]}")
+            raise ConfigError(f"unknown key '{where}{key}'{suggest(key, list(sig.params), where)} for {target}")
         value = node._get_node(key)
         if isinstance(value, DictConfig) and TARGET_KEY in value:
             continue  # nested node: validated on its own
-        hint = hints.get(key, inspect.Parameter.empty)
+        module, ann = sig.params[key]
         plain = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value._value()
-        schema = _dataclass_in(hint)
-        if schema is not None and isinstance(plain, dict):
-            check_dataclass_dict(schema, plain, f"{where}{key}")
-            continue
-        if hint is not inspect.Parameter.empty and _type_ok(plain, hint) is False:
-            raise ConfigError(f"wrong type for '{where}{key}': expected {_type_name(hint)}, got {plain!r}")
+        _check_value(plain, module, ann, f"{where}{key}")
 
 
-def _dataclass_in(hint: Any) -> type | None:
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return hint
-    for arg in typing.get_args(hint):
-        if dataclasses.is_dataclass(arg) and isinstance(arg, type):
-            return arg
-    return None
+def _check_value(value: Any, module: signatures.Module, ann: Any, path: str) -> None:
+    result = signatures.check(value, module, ann)
+    if result.ok is False:
+        raise ConfigError(f"wrong type for '{path}': expected {signatures.describe(module, ann)}, got {value!r}")
+    if result.schema is not None and isinstance(value, Mapping):
+        check_dataclass_dict(*result.schema, value, path)
 
 
-def check_dataclass_dict(schema: type, values: Mapping[str, Any], path: str) -> None:
+def check_dataclass_dict(module: signatures.Module, cls: Any, values: Mapping[str, Any], path: str) -> None:
     """Validate a plain dict against a dataclass's fields (names and simple types)."""
-    hints = typing.get_type_hints(schema)
-    names = [f.name for f in dataclasses.fields(schema)]
+    fields = signatures.dataclass_fields(module, cls)
     for key, value in values.items():
-        if key not in names:
-            raise ConfigError(f"unknown key '{path}.{key}'{suggest(str(key), names, path + '.')} for {schema.__name__}")
-        sub = _dataclass_in(hints[key])
-        if sub is not None and isinstance(value, Mapping):
-            check_dataclass_dict(sub, value, f"{path}.{key}")
-        elif _type_ok(value, hints[key]) is False:
-            raise ConfigError(f"wrong type for '{path}.{key}': expected {_type_name(hints[key])}, got {value!r}")
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _type_ok(value: Any, hint: Any) -> bool | None:
-    """True / False when the value does / does not fit ``hint``; None when we cannot tell."""
-    if hint is Any or hint is inspect.Parameter.empty:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        results = [_type_ok(value, a) for a in typing.get_args(hint)]
-        if any(r is True for r in results):
-            return True
-        return None if any(r is None for r in results) else False
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if dataclasses.is_dataclass(hint):
-        return isinstance(value, (dict, hint))
-    if value is None:
-        return False
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, Sequence) or hint in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        if len(args) == 1:
-            results = [_type_ok(v, args[0]) for v in value]
-            return False if any(r is False for r in results) else True
-        return True
-    if origin in (dict, Mapping) or hint in (dict, Mapping):
-        return isinstance(value, dict)
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# instantiation
-# --------------------------------------------------------------------------------------------
-
-
-def to_plain(value: Any) -> Any:
-    """Convert OmegaConf containers to plain python containers (other values unchanged)."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def instantiate(node: Any, **extra: Any) -> Any:
-    """Build the object a ``_target_`` node describes; nested ``_target_`` nodes are built first.
-
-    ``extra`` keyword arguments are passed as well (and win over the node's keys).
-    """
-    plain = to_plain(node)
-    return _build(plain, extra)
-
-
-def _build(value: Any, extra: Mapping[str, Any] | None = None) -> Any:
-    if isinstance(value, dict):
-        if TARGET_KEY in value:
-            target = locate(value[TARGET_KEY])
-            kwargs = {k: _build(v) for k, v in value.items() if k != TARGET_KEY}
-            kwargs.update(extra or {})
-            return target(**kwargs)
-        return {k: _build(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_build(v) for v in value]
-    return value
+        if key not in fields:
+            raise ConfigError(f"unknown key '{path}.{key}'{suggest(str(key), list(fields), path + '.')} for {cls.name}")
+        _check_value(value, *fields[key], f"{path}.{key}")
 
 
 def to_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML text (what ``--print-config`` prints and runs save)."""
+    """The resolved config as YAML text (what runs save as ``config.yaml``)."""
     return OmegaConf.to_yaml(cfg, resolve=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -28,15 +29,13 @@ from .plots import plot_accuracy
 from .tasks import run
 from .viz import SELECTION_LEGEND, picture_grid, selection_overlay
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "experiment"
-
-
 def run_stage(title: str, recipe: str, overrides: list[str], command: str = "fit"):
-    """Print the stage's title and equivalent CLI command, run it; returns (result, seconds)."""
-    shown = " ".join(o for o in overrides if not o.startswith("trainer.enable_progress_bar"))
-    print(f"\n=== {title}\n$ python -m lw_lightning {command} --config conf/experiment/{recipe} {shown}", flush=True)
+    """Print the stage's title and equivalent CLI command, run experiment ``recipe`` (a name in
+    conf/experiment/); returns (result, seconds)."""
+    shown = " ".join(shlex.quote(o) for o in overrides if not o.startswith("trainer.enable_progress_bar"))
+    print(f"\n=== {title}\n$ python -m lw_lightning {command} experiment={recipe} {shown}", flush=True)
     t0 = time.perf_counter()
-    result = run(load_config([CONF / recipe], overrides), command)
+    result = run(load_config(recipe, overrides, evaluation=command != "fit"), command)
     return result, time.perf_counter() - t0
 
 
@@ -103,21 +102,21 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
     common += args.set
     t_start = time.perf_counter()
 
-    teacher, t_a = run_stage("(a) full-resolution ViT (the teacher)", "demo_teacher.yaml", [*common, *args.set_a])
+    teacher, t_a = run_stage("(a) full-resolution ViT (the teacher)", "demo_teacher", [*common, *args.set_a])
     teacher_ckpt = best_checkpoint(teacher)
     distill, t_b = run_stage(
-        "(b) what-where distillation into LookWhere", "demo_distill.yaml", [*common, f"module.teacher.checkpoint={teacher_ckpt}", *args.set_b]
+        "(b) what-where distillation into LookWhere", "demo_distill", [*common, f"module.teacher.checkpoint={teacher_ckpt}", *args.set_b]
     )
     exported = Path(distill.log_dir) / "lookwhere.pt"
     finetune, t_c = run_stage(
-        "(c) fine-tune LookWhere (frozen selector)", "demo_finetune.yaml", [*common, f"module.model.pretrained={exported}", *args.set_c]
+        "(c) fine-tune LookWhere (frozen selector)", "demo_finetune", [*common, f"module.model.pretrained={exported}", *args.set_c]
     )
 
     # (d) held-out test split: both models, same data, same run
     print("\n=== (d) test split: accuracy and FLOPs per image", flush=True)
-    vit_test, _ = run_stage("full-res ViT on test", "demo_teacher.yaml", [*common, *args.set_a, f"ckpt_path={teacher_ckpt}"], "test")
+    vit_test, _ = run_stage("full-res ViT on test", "demo_teacher", [*common, *args.set_a, f"ckpt_path={teacher_ckpt}"], "test")
     lw_test, _ = run_stage(
-        "LookWhere on test", "demo_finetune.yaml",
+        "LookWhere on test", "demo_finetune",
         [*common, *args.set_c, f"module.model.pretrained={exported}", f"ckpt_path={best_checkpoint(finetune)}"], "test",
     )
     vit_model = ImageClassifier.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()

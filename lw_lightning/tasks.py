@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -21,7 +23,7 @@ from .callbacks.perf import FlopsPerSample
 from .callbacks.predictions import PredictionWriter
 from .callbacks.save_config import SaveConfig
 from .callbacks.sigterm import SigtermCheckpoint, StoppedBySignal
-from .config import ConfigError, instantiate, locate, to_yaml
+from .config import ConfigError, to_yaml
 from .runtime import warn_if_gpu_recipe_on_cpu, warn_if_low_precision_on_cpu
 from .models.checkpoint import check_state_dict, read_weights
 
@@ -43,8 +45,10 @@ class RunResult:
 
 
 def _links(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
-    """Module arguments known only once the DataModule exists (e.g. ``num_classes``)."""
-    target = locate(str(cfg.module["_target_"]))
+    """Module arguments known only once the DataModule exists (``num_classes`` read from the
+    dataset's files, ``class_weights`` counted from its training labels): no interpolation can
+    give them, so they are passed to the module's constructor when its config leaves them unset."""
+    target = get_object(str(cfg.module["_target_"]))
     params = inspect.signature(target.__init__).parameters
     links: dict[str, Any] = {}
     for name in ("num_classes", "class_weights"):
@@ -54,17 +58,29 @@ def _links(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     return links
 
 
+def _build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with plain containers for the arguments (our modules take dicts
+    and lists, and save them as hyperparameters), and the constructor's own error instead of
+    Hydra's wrapper: a ConfigError as it is, a TypeError/ValueError/missing file as a ConfigError."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, (TypeError, ValueError, FileNotFoundError)):
+            raise ConfigError(f"invalid configuration: {cause}") from cause
+        if cause is not None:
+            raise cause
+        raise ConfigError(f"invalid configuration: {str(err).splitlines()[0]}") from err
+
+
 def build(cfg: DictConfig, command: str) -> tuple[pl.Trainer, pl.LightningModule, pl.LightningDataModule]:
     """Instantiate everything a command needs. Mistakes in arguments surface as ConfigError."""
-    try:
-        datamodule = instantiate(cfg.data)
-        module = instantiate(cfg.module, **_links(cfg, datamodule))
-        callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-        logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    except (TypeError, ValueError, FileNotFoundError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"invalid configuration: {err}") from err
+    datamodule = _build(cfg.data)
+    module = _build(cfg.module, **_links(cfg, datamodule))
+    callbacks = [_build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    logger = _build(cfg.logger) if cfg.get("logger") else False
     if cfg.trainer.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     callbacks.append(SaveConfig(to_yaml(cfg), command))
@@ -81,12 +97,7 @@ def build(cfg: DictConfig, command: str) -> tuple[pl.Trainer, pl.LightningModule
     if cfg.trainer.get("default_root_dir") is None and cfg.get("output_dir"):
         # fast_dev_run drops the logger: keep its checkpoints under output_dir, not the cwd
         trainer_kw["default_root_dir"] = str(cfg.output_dir)
-    try:
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **trainer_kw)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"invalid trainer configuration: {err}") from err
+    trainer = _build(cfg.trainer, callbacks=callbacks, logger=logger, **trainer_kw)
     return trainer, module, datamodule
 
 
@@ -136,7 +147,7 @@ def _run_version_of(cfg: DictConfig, path: Path) -> str | None:
 
 def _with_logger_version(cfg: DictConfig, version: str) -> DictConfig:
     """``cfg`` logging into ``version`` unless the user set ``logger.version`` (or the logger has none)."""
-    params = inspect.signature(locate(str(cfg.logger["_target_"])).__init__).parameters
+    params = inspect.signature(get_object(str(cfg.logger["_target_"])).__init__).parameters
     if "version" not in params or cfg.logger.get("version") is not None:
         return cfg
     cfg = cfg.copy()

@@ -23,7 +23,7 @@
 #
 # This notebook shows FLOPs, latency and training memory of the three **vs input resolution** and **vs
 # k / insertion point**. With `BENCH_RESULTS` it reads the `results.json` of a benchmark run
-# (`python -m lw_lightning bench --config conf/bench/cpu.yaml`, or `gpu.yaml` on a GPU); otherwise it
+# (`python -m lw_lightning bench bench=cpu`, or `gpu.yaml` on a GPU); otherwise it
 # measures small sizes of the `tiny` preset here, with the same measuring code as the bench
 # (`lw_lightning.bench`: FLOPs with `torch.utils.flop_counter`, interleaved repeats, saved-for-backward
 # bytes of a training step). Here the fastest repeat counts, the least disturbed by other jobs on a

@@ -57,7 +57,7 @@ from IPython.display import Markdown, display
 from omegaconf import OmegaConf
 
 from benchmarks.compare import find_demo_runs, load_classifier
-from lw_lightning.config import instantiate
+from hydra.utils import instantiate
 from lw_lightning.data.synthetic_signs import CLASS_NAMES, SyntheticSigns
 from lw_lightning.demo import best_checkpoint, run_stage
 from lw_lightning.flops import image_model_flops
@@ -78,7 +78,7 @@ if DEMO_DIR:
     runs = find_demo_runs(DEMO_DIR)
     teacher = load_classifier(str(runs.teacher_ckpt)).eval()
     lookwhere = load_classifier(str(runs.finetune_ckpt)).eval()
-    datamodule = instantiate(OmegaConf.load(runs.finetune_config).data)
+    datamodule = instantiate(OmegaConf.load(runs.finetune_config).data, _convert_="all")
     print(f"demo run {DEMO_DIR}: teacher {runs.teacher_ckpt.name}, LookWhere {runs.finetune_ckpt.name}")
 else:
     # the demo's recipes at 112 px (8×8 = 64 patches), a larger sign, a stronger patch loss and short schedules

@@ -23,7 +23,7 @@
 # or right: the class needs shape *and* motion) and we look at each learned token's map on every slice of
 # a test clip: as a grid, and as an animation.
 #
-# Give `CHECKPOINT` (a `.ckpt` of `python -m lw_lightning fit --config conf/experiment/demo_video.yaml`)
+# Give `CHECKPOINT` (a `.ckpt` of `python -m lw_lightning fit experiment=demo_video`)
 # to look at that model instead of training one here.
 
 # %% tags=["parameters"]
@@ -52,7 +52,6 @@ from torch.utils.data import default_collate
 
 from lw_lightning.config import load_config
 from lw_lightning.data.synthetic_kinetics import SyntheticKineticsSpec, make_synthetic_kinetics
-from lw_lightning.demo import CONF
 from lw_lightning.modules.video import VideoClassifier
 from lw_lightning.tasks import run
 from lw_lightning.viz import tokenlearner_maps
@@ -85,9 +84,9 @@ if CHECKPOINT is None:
     # 20 steps an epoch and a higher peak rate: the short schedule leaves the model where it has the
     # shapes and is learning the direction (the 40-epoch recipe reaches 0.85, docs/video.md)
     fit_overrides = overrides + [f"trainer.max_epochs={EPOCHS}", "data.batch_size=8", "module.lr=2e-3"]
-    print("$ python -m lw_lightning fit --config conf/experiment/demo_video.yaml " + " ".join(fit_overrides))
+    print("$ python -m lw_lightning fit experiment=demo_video " + " ".join(fit_overrides))
     t0 = time.perf_counter()
-    fit = run(load_config([CONF / "demo_video.yaml"], fit_overrides), "fit")
+    fit = run(load_config("demo_video", fit_overrides), "fit")
     CHECKPOINT = fit.trainer.checkpoint_callback.last_model_path  # the final weights (20 val videos pick a "best" by noise)
     print(f"trained in {time.perf_counter() - t0:.0f} s: val top-1 {fit.metrics['val/acc1']:.2f}, train top-1 {fit.metrics['train/acc1']:.2f}; "
           f"checkpoint {CHECKPOINT}")
@@ -103,7 +102,7 @@ print(f"ViViT {cfg.preset}: {cfg.num_frames} frames of {cfg.img_size}², tubelet
 # The test split is evaluated as the recipe says: 4 clips × 3 crops per video, softmax averaged.
 
 # %%
-test = run(load_config([CONF / "demo_video.yaml"], overrides + [f"ckpt_path={CHECKPOINT}", "logger=null", "callbacks.lr_monitor=null"],
+test = run(load_config("demo_video", overrides + [f"ckpt_path={CHECKPOINT}", "logger=null", "callbacks.lr_monitor=null"],
                        evaluation=True), "test")
 classes = test.datamodule.class_names
 print(f"test top-1 {test.metrics['test/acc1']:.2f} over {len(test.datamodule.datasets['test'])} videos ({len(classes)} classes: {classes}; chance {1 / len(classes):.2f})")

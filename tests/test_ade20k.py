@@ -250,7 +250,7 @@ def test_wrong_size_mask_in_a_worker_is_one_line_exit_2(tmp_path: Path, root: Pa
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)
     argv = [
-        "fit", "--config", "conf/experiment/vit_ade20k_518.yaml", f"data.root={copy}", f"output_dir={tmp_path / 'runs'}",
+        "fit", "experiment=vit_ade20k_518", f"data.root={copy}", f"output_dir={tmp_path / 'runs'}",
         f"trainer.default_root_dir={tmp_path / 'runs'}", "data.num_workers=1", "data.pin_memory=false",
         "data.batch_size=4", "data.eval_batch_size=2", "data.crop_size=56", "data.scale=[224,56]",
         "module.model.preset=tiny", "module.model.img_size=[56,56]", "trainer.accelerator=cpu",

@@ -30,7 +30,7 @@ def test_bench_config_rejects_unknown_keys_with_a_suggestion():
 
 
 def test_cli_bench_config_error_exits_2(root, capsys):
-    assert main(["bench", "--config", str(root / "conf/bench/smoke.yaml"), "bench.repeats=0"]) == 2
+    assert main(["bench", "bench=smoke", "bench.repeats=0"]) == 2
     assert "bench.repeats" in capsys.readouterr().err
 
 
@@ -61,7 +61,7 @@ def test_pyav_reader_matches_decord(tmp_path):
 @pytest.mark.slow
 def test_bench_smoke_writes_tables_and_plot(root, tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", "--config", str(root / "conf/bench/smoke.yaml"), f"output_dir={out}"]) == 0
+    assert main(["bench", "bench=smoke", f"output_dir={out}"]) == 0
     md = (out / "benchmarks.md").read_text()
     for title in ("LookWhere vs full-resolution ViT", "ViViT with vs without TokenLearner", "Kinetics data loading", "Lightning vs a plain"):
         assert title in md
@@ -87,15 +87,15 @@ def test_accuracy_suite_matches_the_test_command_and_plots(tmp_path, root, monke
             "module.train_k=16", "module.eval_k=16", "module.eval_ks=[8,16]"]
     ckpts = {}
     for name, rec, o in (("v", vit_rec, vit_o), ("l", lw_rec, lw_o)):
-        assert main(["fit", "--config", str(rec), *o, f"name={name}"]) == 0
+        assert main(["fit", f"experiment={rec.stem}", *o, f"name={name}"]) == 0
         ckpts[name] = str(next((tmp_path / "runs" / name).glob("version_*/checkpoints/last.ckpt")))
-    reported = {name: run(load_config([rec], [*o, f"name={name}_test", f"ckpt_path={ckpts[name]}"]), "test").metrics
+    reported = {name: run(load_config(rec, [*o, f"name={name}_test", f"ckpt_path={ckpts[name]}"]), "test").metrics
                 for name, rec, o in (("v", vit_rec, vit_o), ("l", lw_rec, lw_o))}
 
     out = tmp_path / "bench"
     runs = (f"[{{config: {vit_rec}, ckpt_path: '{ckpts['v']}', overrides: {json.dumps(vit_o)}, label: full-res}},"
             f" {{config: {lw_rec}, ckpt_path: '{ckpts['l']}', overrides: {json.dumps(lw_o)}, ks: [8, 16]}}]")
-    assert main(["bench", "--config", str(root / "conf/bench/smoke.yaml"), f"output_dir={out}", "bench.suites=[accuracy]",
+    assert main(["bench", "bench=smoke", f"output_dir={out}", "bench.suites=[accuracy]",
                  "bench.accuracy.split=test", f"bench.accuracy.runs={runs}"]) == 0
     rows = json.loads((out / "results.json").read_text())["accuracy"]
     assert [(r["label"], r["k"]) for r in rows] == [("full-res", None), ("LookWhere-tiny", 8), ("LookWhere-tiny", 16)]
@@ -110,6 +110,6 @@ def test_accuracy_suite_matches_the_test_command_and_plots(tmp_path, root, monke
 
 def test_accuracy_suite_names_a_missing_checkpoint(tmp_path, root, capsys):
     runs = f"[{{config: {root / 'conf/experiment/demo_vit.yaml'}, ckpt_path: {tmp_path / 'nope.ckpt'}}}]"
-    assert main(["bench", "--config", str(root / "conf/bench/smoke.yaml"), f"output_dir={tmp_path}", "bench.suites=[accuracy]",
+    assert main(["bench", "bench=smoke", f"output_dir={tmp_path}", "bench.suites=[accuracy]",
                  f"bench.accuracy.runs={runs}"]) == 2
     assert "nope.ckpt" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def trained(tmp_path_factory) -> tuple[Path, list[str]]:
     old = Path.cwd()
     os.chdir(ROOT)
     try:
-        run(load_config([DEMO], overrides), "fit")
+        run(load_config(DEMO, overrides), "fit")
     finally:
         os.chdir(old)
     return tmp, overrides
@@ -76,13 +76,13 @@ def test_one_last_ckpt_holds_the_final_step_and_resumes(tmp_path):
     # ends (Lightning then wrote last-v1.ckpt), and the final step 8 is no multiple of 3
     overrides = [*_fast(tmp_path, "steps"), "data.num_train=16", "trainer.max_epochs=2",
                  "callbacks.last_every_n_steps.every_n_train_steps=3"]
-    result = run(load_config([DEMO], overrides), "fit")
+    result = run(load_config(DEMO, overrides), "fit")
     run_dir = Path(result.log_dir)
     assert result.trainer.global_step == 8
     assert _lasts(run_dir) == ["last.ckpt"]
     assert _step(run_dir / "checkpoints" / "last.ckpt") == 8
 
-    resumed = run(load_config([DEMO], [*overrides, "trainer.max_epochs=3", "ckpt_path=last"]), "fit")
+    resumed = run(load_config(DEMO, [*overrides, "trainer.max_epochs=3", "ckpt_path=last"]), "fit")
     assert resumed.log_dir == str(run_dir) and resumed.trainer.global_step == 12
     assert _lasts(run_dir) == ["last.ckpt"]
     assert _step(run_dir / "checkpoints" / "last.ckpt") == 12
@@ -95,7 +95,7 @@ def test_evaluating_last_logs_into_the_training_run(trained, capsys):
     tmp, overrides = trained
     src = tmp / "runs" / "src"
     for command in ("validate", "test", "predict"):
-        assert main([command, "--config", DEMO, *overrides, "ckpt_path=last"]) == 0, capsys.readouterr().err
+        assert main([command, "experiment=demo_vit", *overrides, "ckpt_path=last"]) == 0, capsys.readouterr().err
         assert f"[run dir: {src / 'version_0'}]" in capsys.readouterr().out
     assert sorted(p.name for p in src.iterdir()) == ["version_0"]  # no version_1
     run_dir = src / "version_0"
@@ -106,20 +106,20 @@ def test_evaluating_last_logs_into_the_training_run(trained, capsys):
     assert json.loads((run_dir / "summary_fit.json").read_text())["command"] == "fit"  # untouched
 
     # ckpt_path=best: the best checkpoint recorded in the newest last.ckpt
-    assert main(["test", "--config", DEMO, *overrides, "ckpt_path=best"]) == 0
+    assert main(["test", "experiment=demo_vit", *overrides, "ckpt_path=best"]) == 0
     best = json.loads((run_dir / "summary_test.json").read_text())["ckpt_path"]
     assert Path(best).name == "epoch_000.ckpt"
     capsys.readouterr()
-    assert main(["fit", "--config", DEMO, *overrides, "ckpt_path=best"]) == 2
+    assert main(["fit", "experiment=demo_vit", *overrides, "ckpt_path=best"]) == 2
     assert "ckpt_path=best is for validate/test/predict" in _one_error_line(capsys)
 
 
 def test_evaluation_elsewhere_when_name_or_version_is_set(trained, capsys):
     tmp, overrides = trained
     ckpt = tmp / "runs" / "src" / "version_0" / "checkpoints" / "last.ckpt"
-    assert main(["test", "--config", DEMO, *overrides, f"ckpt_path={ckpt}", "name=elsewhere"]) == 0
+    assert main(["test", "experiment=demo_vit", *overrides, f"ckpt_path={ckpt}", "name=elsewhere"]) == 0
     assert (tmp / "runs" / "elsewhere" / "version_0" / "summary_test.json").is_file()
-    assert main(["test", "--config", DEMO, *overrides, f"ckpt_path={ckpt}", "logger.version=mine"]) == 0
+    assert main(["test", "experiment=demo_vit", *overrides, f"ckpt_path={ckpt}", "logger.version=mine"]) == 0
     assert (tmp / "runs" / "src" / "mine" / "summary_test.json").is_file()
     capsys.readouterr()
 
@@ -132,7 +132,7 @@ def test_fit_last_on_a_finished_run_says_so_and_keeps_the_summary(trained, capsy
     run_dir = tmp / "runs" / "src" / "version_0"
     summary = (run_dir / "summary_fit.json").read_bytes()
     before = sorted(p.name for p in run_dir.iterdir())
-    assert main(["fit", "--config", DEMO, *overrides, "ckpt_path=last"]) == 0
+    assert main(["fit", "experiment=demo_vit", *overrides, "ckpt_path=last"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("fit: already finished:") and "global step 2" in out and "trainer.max_epochs=1 reached" in out
     assert len(out.splitlines()) == 1
@@ -172,7 +172,7 @@ def test_bad_ckpt_path_is_one_line_and_leaves_no_run_folder(trained, tmp_path, c
     good = tmp / "runs" / "src" / "version_0" / "checkpoints" / "last.ckpt"
     path = good if case == "good" else _bad_files(tmp_path, good)[case]
     out_dir = tmp_path / "runs"
-    code = main([command, "--config", DEMO, *overrides, *extra, f"output_dir={out_dir}", f"ckpt_path={path}"])
+    code = main([command, "experiment=demo_vit", *overrides, *extra, f"output_dir={out_dir}", f"ckpt_path={path}"])
     err = _one_error_line(capsys)
     assert code == 2 and err.startswith(f"error: ckpt_path {path} ") and message in err, err
     assert not out_dir.exists()
@@ -199,7 +199,7 @@ def test_bad_pretrained_and_teacher_files_are_one_line(tmp_path, capsys):
         (DISTILL, lw_common, f"module.teacher.checkpoint={files['random']}", f"teacher checkpoint {files['random']} is not a checkpoint"),
     ]
     for recipe, common, override, message in cases:
-        code = main(["fit", "--config", recipe, *common, override])
+        code = main(["fit", f"experiment={Path(recipe).stem}", *common, override])
         err = _one_error_line(capsys)
         assert code == 2 and message in err, (override, err)
         assert not out_dir.exists()
@@ -228,14 +228,14 @@ class RaiseAt(pl.Callback):
 def test_crash_before_the_first_step_leaves_no_run_folder(tmp_path, hook):
     overrides = [*_fast(tmp_path, "crash"), "callbacks.boom._target_=tests.test_checkpoints.RaiseAt", f"callbacks.boom.hook={hook}"]
     with pytest.raises(RuntimeError, match="boom"):
-        run(load_config([DEMO], overrides), "fit")
+        run(load_config(DEMO, overrides), "fit")
     assert not (tmp_path / "runs").exists()
 
 
 def test_crash_of_an_evaluation_leaves_no_new_folder(trained, tmp_path):
     tmp, overrides = trained
     ckpt = tmp / "runs" / "src" / "version_0" / "checkpoints" / "last.ckpt"
-    cfg = load_config([DEMO], [*overrides, f"output_dir={tmp_path / 'runs'}", f"ckpt_path={ckpt}",
+    cfg = load_config(DEMO, [*overrides, f"output_dir={tmp_path / 'runs'}", f"ckpt_path={ckpt}",
                                "callbacks.boom._target_=tests.test_checkpoints.RaiseAt", "callbacks.boom.hook=on_test_start"])
     with pytest.raises(RuntimeError, match="boom"):
         run(cfg, "test")
@@ -261,7 +261,7 @@ def test_crash_of_an_evaluation_leaves_no_new_folder(trained, tmp_path):
 )
 def test_bad_k_is_a_config_error_before_training(tmp_path, capsys, recipe, override, message):
     extra = [] if recipe == DEMO else [f"module.teacher.checkpoint={tmp_path / 'never_read.ckpt'}"]  # k fails first
-    code = main(["fit", "--config", recipe, *tiny_overrides(tmp_path, "lookwhere"), *extra, override])
+    code = main(["fit", f"experiment={Path(recipe).stem}", *tiny_overrides(tmp_path, "lookwhere"), *extra, override])
     err = _one_error_line(capsys)
     assert code == 2 and message in err, err
     assert not (tmp_path / "runs").exists()
@@ -271,7 +271,7 @@ def test_bad_k_is_a_config_error_before_training(tmp_path, capsys, recipe, overr
 
 
 def test_no_training_batch_is_an_error(tmp_path, capsys):
-    code = main(["fit", "--config", DEMO, *_fast(tmp_path, "empty"), "data.num_train=3"])
+    code = main(["fit", "experiment=demo_vit", *_fast(tmp_path, "empty"), "data.num_train=3"])
     err = _one_error_line(capsys)
     assert code == 2
     assert "no training batches: 3 training samples give no full batch of 4 with drop_last" in err
@@ -286,11 +286,11 @@ def test_evaluation_of_a_checkpoint_does_not_need_the_pretrained_file(trained, t
     ckpt = tmp / "runs" / "src" / "version_0" / "checkpoints" / "last.ckpt"
     gone = tmp_path / "moved_away.pt"
     for command in ("validate", "predict"):
-        code = main([command, "--config", DEMO, *overrides, f"module.model.pretrained={gone}", f"ckpt_path={ckpt}"])
+        code = main([command, "experiment=demo_vit", *overrides, f"module.model.pretrained={gone}", f"ckpt_path={ckpt}"])
         assert code == 0, capsys.readouterr().err
     assert (ckpt.parent.parent / "predictions.csv").is_file()
     # fit still needs it: the file is where its weights come from
-    assert main(["fit", "--config", DEMO, *overrides, f"module.model.pretrained={gone}", "name=scratch"]) == 2
+    assert main(["fit", "experiment=demo_vit", *overrides, f"module.model.pretrained={gone}", "name=scratch"]) == 2
     assert "model.pretrained not found" in _one_error_line(capsys)
 
 
@@ -303,15 +303,15 @@ def test_finetuned_checkpoint_evaluates_after_its_pretrained_file_is_gone(tmp_pa
     torch.save(release, pretrained)
     common = [*tiny_overrides(tmp_path, "lookwhere"), "data.num_train=8", "data.batch_size=4", "trainer.max_epochs=1",
               "trainer.limit_val_batches=1", "callbacks.images=null", "callbacks.flops=null"]
-    assert main(["fit", "--config", FINETUNE, *common, f"module.model.pretrained={pretrained}"]) == 0
+    assert main(["fit", "experiment=demo_finetune", *common, f"module.model.pretrained={pretrained}"]) == 0
     last = tmp_path / "runs" / "demo_finetune" / "version_0" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=False)["hyper_parameters"]["model"]
     assert (saved["selector_r"], saved["resize_mode"]) == (3, "official")  # what the file decided is recorded
     pretrained.unlink()
     capsys.readouterr()
-    assert main(["predict", "--config", FINETUNE, *common, "ckpt_path=last"]) == 0, capsys.readouterr().err
+    assert main(["predict", "experiment=demo_finetune", *common, "ckpt_path=last"]) == 0, capsys.readouterr().err
     rows = (tmp_path / "runs" / "demo_finetune" / "version_0" / "predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + 8  # header + the 8 predict samples
     # without a checkpoint the value stays mandatory
-    assert main(["predict", "--config", FINETUNE, *common]) == 2
+    assert main(["predict", "experiment=demo_finetune", *common]) == 2
     assert "missing mandatory value(s): module.model.pretrained" in _one_error_line(capsys)

@@ -15,7 +15,7 @@ from lw_lightning.plots import accuracy_figure, plot_accuracy
 
 
 def _recipe(root, name, *overrides):
-    return load_config([root / "conf/experiment" / name], list(overrides))
+    return load_config(root / "conf/experiment" / name, list(overrides))
 
 
 def test_tokenlearner_recipe_has_the_finetuning_data_and_schedule(root):

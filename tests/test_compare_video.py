@@ -17,8 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_stage_recipes_share_data_and_the_finetuning_schedule():
     """Same data everywhere; TokenLearner is fine-tuned with video LookWhere's fine-tuning schedule."""
-    conf = ROOT / "conf/experiment"
-    cfgs = {k: load_config([conf / v], ["module.model.pretrained=x", "module.teacher.checkpoint=x.ckpt"] if k == "distill" else
+    cfgs = {k: load_config(v, ["module.model.pretrained=x", "module.teacher.checkpoint=x.ckpt"] if k == "distill" else
                            (["module.model.pretrained=x"] if k in ("finetune", "tokenlearner") else [])) for k, v in compare_video.RECIPES.items()}
     for k in cfgs:
         assert cfgs[k].data == cfgs["vivit"].data and cfgs[k].seed == cfgs["vivit"].seed, k

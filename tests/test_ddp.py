@@ -41,17 +41,17 @@ def _eval_overrides(tmp_path: Path, task: str) -> list[str]:
     common = [*tiny_overrides(tmp_path, "lookwhere"), "data.num_val=7", "data.eval_batch_size=4", "module.eval_k=8",
               "callbacks.images=null", "callbacks.flops=null"]  # pictures and FLOPs are tested elsewhere
     if task == "segmentation":
-        return ["--config", "conf/experiment/demo_seg.yaml", *common]
-    return ["--config", DEMO, *common, "module.class_weights=[1.0,2.0,3.0,0.5]"]
+        return ["experiment=demo_seg", *common]
+    return ["experiment=demo_vit", *common, "module.class_weights=[1.0,2.0,3.0,0.5]"]
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_eval_loss_does_not_depend_on_batching(tmp_path, task):
     """The property DDP parity rests on: epoch metrics independent of how samples are grouped."""
     args = _eval_overrides(tmp_path, task)
-    files, overrides = [args[1]], args[2:]
-    a = run(load_config(files, [*overrides, "data.eval_batch_size=1", "name=a"]), "validate").metrics
-    b = run(load_config(files, [*overrides, "data.eval_batch_size=4", "name=b"]), "validate").metrics
+    recipe, overrides = args[0], args[1:]
+    a = run(load_config(None, [recipe, *overrides, "data.eval_batch_size=1", "name=a"]), "validate").metrics
+    b = run(load_config(None, [recipe, *overrides, "data.eval_batch_size=4", "name=b"]), "validate").metrics
     keys = [k for k in a if k.startswith("val/")]
     assert "val/loss" in keys
     for key in keys:
@@ -61,7 +61,7 @@ def test_eval_loss_does_not_depend_on_batching(tmp_path, task):
 def test_ddp_validate_equals_single_process(tmp_path):
     """7 validation samples on 2 ranks (4 + 3, no padding): the same numbers as one process."""
     args = _eval_overrides(tmp_path, "classification")
-    single = run(load_config([args[1]], [*args[2:], "name=single"]), "validate").metrics
+    single = run(load_config(None, [*args, "name=single"]), "validate").metrics
     proc = _cli(["validate", *args, *DDP2, "name=ddp"])
     assert proc.stdout.count("validate done:") == 1  # rank 0 only
     summary = json.loads((tmp_path / "runs" / "ddp" / "version_0" / "summary_validate.json").read_text())
@@ -74,7 +74,7 @@ def test_ddp_validate_equals_single_process(tmp_path):
 
 def _distill_overrides(tmp_path: Path) -> list[str]:
     return [
-        "--config", "conf/experiment/demo_distill.yaml", *tiny_overrides(tmp_path, "lookwhere"),
+        "experiment=demo_distill", *tiny_overrides(tmp_path, "lookwhere"),
         "module.teacher.checkpoint=null", "module.teacher.preset=tiny", "module.teacher.img_size=[112,112]",
         "module.init_from_teacher=false", "module.k_min=4", "module.k_max=32", "module.val_k=8",
         "trainer.max_epochs=2", "trainer.limit_val_batches=1", "data.num_train=32",  # 2 steps per epoch at 16
@@ -112,7 +112,7 @@ def test_ddp_distill_same_k_on_all_ranks_and_rank0_writes(tmp_path):
 def test_torchrun_two_local_processes(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"]
     args = [
-        "fit", "--config", DEMO, *tiny_overrides(tmp_path), "trainer.max_epochs=1", "trainer.limit_val_batches=1",
+        "fit", "experiment=demo_vit", *tiny_overrides(tmp_path), "trainer.max_epochs=1", "trainer.limit_val_batches=1",
         *DDP2, "callbacks.probe._target_=tests.scale_helpers.RankProbe", f"callbacks.probe.folder={tmp_path / 'ranks'}",
     ]
     proc = _cli(args, launcher=launcher)
@@ -138,7 +138,7 @@ def test_every_task_fits_and_tests_under_ddp(task, tmp_path, kinetics):
     if task == "distill":
         args = _distill_overrides(tmp_path)
     elif task == "video":
-        args = ["--config", "conf/experiment/demo_video.yaml", f"data.root={kinetics}", f"output_dir={tmp_path / 'runs'}",
+        args = ["experiment=demo_video", f"data.root={kinetics}", f"output_dir={tmp_path / 'runs'}",
                 "data.batch_size=4", "data.eval_batch_size=2", "trainer.enable_progress_bar=false"]
     else:
         args = _eval_overrides(tmp_path, task)
@@ -156,7 +156,7 @@ def test_every_task_fits_and_tests_under_ddp(task, tmp_path, kinetics):
     proc = _cli(["validate", *args, *ddp, f"ckpt_path={ckpt}", "name=ddpval"])
     assert proc.stdout.count("validate done:") == 1
     metrics = json.loads((tmp_path / "runs" / "ddpval" / "version_0" / "summary_validate.json").read_text())["metrics"]
-    single = run(load_config([args[1]], [*args[2:], f"ckpt_path={ckpt}", "name=single"]), "validate").metrics
+    single = run(load_config(None, [*args, f"ckpt_path={ckpt}", "name=single"]), "validate").metrics
     keys = [k for k in single if k.startswith("val/")]
     assert keys
     for key in keys:

@@ -101,7 +101,7 @@ def test_tokenlearner_l16_512_rows():
 
 
 def _recipe_gmacs(recipe: str) -> float:
-    cfg = load_config([EXPERIMENTS / f"{recipe}.yaml"])
+    cfg = load_config(EXPERIMENTS / f"{recipe}.yaml")
     model = OmegaConf.to_container(cfg.module.model)
     for key in ("pretrained", "pretrained_name"):
         model.pop(key, None)

@@ -34,6 +34,6 @@ def test_short_mixed_precision_fit_on_gpu(precision, tmp_path, monkeypatch, caps
     monkeypatch.chdir(ROOT)
     args = [*tiny_overrides(tmp_path, "lookwhere"), "trainer.accelerator=gpu", f"trainer.precision={precision}",
             "trainer.max_epochs=2", "module.eval_k=8"]
-    assert main(["fit", "--config", "conf/experiment/demo_vit.yaml", *args]) == 0
+    assert main(["fit", "experiment=demo_vit", *args]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fit done:")][0]
     assert "val/loss=nan" not in line and "train/loss=nan" not in line

@@ -120,14 +120,14 @@ def test_vivit_with_tokenlearner_starts_from_the_same_snapshot(tmp_path):
 
 
 def test_recipe_evaluates_an_hf_snapshot_through_the_cli(tmp_path, capsys, monkeypatch):
-    """`test --config conf/experiment/vivit_b_k400_hf.yaml module.model.pretrained=DIR`, in miniature."""
+    """`test experiment=vivit_b_k400_hf module.model.pretrained=DIR`, in miniature."""
     from lw_lightning.data.synthetic_kinetics import SyntheticKineticsSpec, make_synthetic_kinetics
 
     monkeypatch.chdir(ROOT)
     root = tmp_path / "sk"
     make_synthetic_kinetics(root, SyntheticKineticsSpec(train_per_class=1, val_per_class=1, test_per_class=1, num_frames=8))
     folder = _snapshot(tmp_path, _random_hf(num_labels=4))
-    cfg = load_config(["conf/experiment/vivit_b_k400_hf.yaml"])
+    cfg = load_config("conf/experiment/vivit_b_k400_hf.yaml")
     assert cfg.module.model.classifier == "token" and cfg.module.view_average == "logits"
     assert (cfg.data.num_frames, cfg.data.img_size, cfg.data.eval_short_side, list(cfg.data.mean), list(cfg.data.std)) == (32, 224, 256, [0.5] * 3, [0.5] * 3)
     small = [f"module.model.pretrained={folder}", f"data.root={root}", f"output_dir={tmp_path}", "data.num_frames=4", "data.img_size=32",
@@ -135,10 +135,10 @@ def test_recipe_evaluates_an_hf_snapshot_through_the_cli(tmp_path, capsys, monke
              "module.model.img_size=32", "module.model.num_frames=4", "module.model.tubelet=[2,8,8]", "module.model.embed_dim=48",
              "module.model.depth=3", "module.model.num_heads=3", "module.model.mlp_ratio=2.0", "trainer.accelerator=cpu",
              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-    assert main(["test", "--config", "conf/experiment/vivit_b_k400_hf.yaml", *small]) == 0
+    assert main(["test", "experiment=vivit_b_k400_hf", *small]) == 0
     out = capsys.readouterr().out
     assert "test/acc1=" in out and "test/corrupt_videos=0.0000" in out
-    assert main(["test", "--config", "conf/experiment/vivit_b_k400_hf.yaml", *small, "module.model.depth=2"]) == 2
+    assert main(["test", "experiment=vivit_b_k400_hf", *small, "module.model.depth=2"]) == 2
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]  # (after the GPU-recipe warning)
     assert len(errors) == 1 and "have no place in it" in errors[0] and "the checkpoint has 3 blocks, the model 2" in errors[0]
 

@@ -50,7 +50,7 @@ def tiny_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def overrides(recipe: str, dataset: str, root: Path, out: Path) -> list[str]:
-    cfg = load_config([EXPERIMENTS / f"{recipe}.yaml"])
+    cfg = load_config(EXPERIMENTS / f"{recipe}.yaml")
     common = [
         f"output_dir={out}",
         f"trainer.default_root_dir={out}",  # fast_dev_run has no logger: checkpoints go here
@@ -94,7 +94,7 @@ def test_recipe_set_is_complete() -> None:
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_keeps_the_papers_settings(recipe: str) -> None:
-    cfg = load_config([EXPERIMENTS / f"{recipe}.yaml"])
+    cfg = load_config(EXPERIMENTS / f"{recipe}.yaml")
     model = cfg.module.model
     assert model.preset == "base" and model.arch == ("vit" if recipe.startswith("vit") else "lookwhere")
     expected_size = {
@@ -113,7 +113,7 @@ def test_recipe_keeps_the_papers_settings(recipe: str) -> None:
 @pytest.mark.parametrize("recipe", sorted(TOKENLEARNER_RECIPES))
 def test_tokenlearner_recipe_settings(recipe: str) -> None:
     dataset, preset, side, tokens, fraction = TOKENLEARNER_RECIPES[recipe]
-    cfg = load_config([EXPERIMENTS / f"{recipe}.yaml"])
+    cfg = load_config(EXPERIMENTS / f"{recipe}.yaml")
     model = cfg.module.model
     assert model.preset == preset and list(model.img_size) == [side, side] and cfg.requires == "gpu"
     assert cfg.data.image_size == side
@@ -123,14 +123,14 @@ def test_tokenlearner_recipe_settings(recipe: str) -> None:
         assert model.arch == "tokenlearner" and model.tokenlearner_tokens == tokens and model.tokenlearner_loc == fraction
         assert model.tokenlearner_version == "v1.1" and not model.get("tokenlearner_fuser", False)
     if dataset == "traffic_signs":  # next to the LookWhere STS recipes: their schedule and backbone
-        lw = load_config([EXPERIMENTS / "lookwhere_sts_994_k5.yaml"])
+        lw = load_config(EXPERIMENTS / "lookwhere_sts_994_k5.yaml")
         assert (cfg.module.lr, cfg.trainer.max_epochs, lw.module.model.preset) == (lw.module.lr, lw.trainer.max_epochs, preset)
 
 
 @pytest.mark.parametrize("recipe", sorted(ALL_RECIPES))
 def test_recipe_fast_dev_run_on_tiny_copy(recipe: str, tiny_roots: dict[str, Path], tmp_path: Path, capsys) -> None:
     dataset = ALL_RECIPES[recipe]
-    argv = ["fit", "--config", str(EXPERIMENTS / f"{recipe}.yaml"), *overrides(recipe, dataset, tiny_roots[dataset], tmp_path)]
+    argv = ["fit", f"experiment={recipe}", *overrides(recipe, dataset, tiny_roots[dataset], tmp_path)]
     code = main(argv)
     assert code == 0, capsys.readouterr().err[-2000:]
 
@@ -138,7 +138,7 @@ def test_recipe_fast_dev_run_on_tiny_copy(recipe: str, tiny_roots: dict[str, Pat
 @pytest.mark.parametrize("dataset", ["imagenet", "ade20k", "traffic_signs"])
 def test_missing_data_root_exits_2_with_one_line(dataset: str, tmp_path: Path, capsys) -> None:
     recipe = next(r for r, d in RECIPES.items() if d == dataset)
-    argv = ["fit", "--config", str(EXPERIMENTS / f"{recipe}.yaml"),
+    argv = ["fit", f"experiment={recipe}",
             *overrides(recipe, dataset, tmp_path / "nowhere", tmp_path / "runs")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -19,7 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lw_lightning.config import load_config, instantiate
+from hydra.utils import instantiate
+
+from lw_lightning.config import load_config
 from lw_lightning.models.checkpoint import load_official, resolve_pretrained_config
 from lw_lightning.models.config import model_config
 from lw_lightning.models.lookwhere import LookWhere
@@ -230,9 +232,9 @@ def test_every_lookwhere_recipe_is_covered():
 @pytest.mark.parametrize("recipe", LOOKWHERE_RECIPES)
 def test_every_lookwhere_recipe_loads_the_release(recipe, release_shaped, no_weight_init):
     path, state = release_shaped
-    cfg = load_config([ROOT / "conf" / "experiment" / f"{recipe}.yaml"], [f"module.model.pretrained={path}"])
+    cfg = load_config(ROOT / "conf" / "experiment" / f"{recipe}.yaml", [f"module.model.pretrained={path}"])
     assert cfg.module.model.get("selector_r") is None  # the recipe leaves r to the checkpoint
-    module = instantiate(cfg.module, num_classes=10)
+    module = instantiate(cfg.module, num_classes=10, _convert_="all")
     net, mcfg = module.net, module.model_cfg
     assert (mcfg.selector_r, mcfg.resize_mode) == (4, "official")
     assert (module.hparams["model"]["selector_r"], module.hparams["model"]["resize_mode"]) == (4, "official")

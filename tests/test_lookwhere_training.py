@@ -218,32 +218,32 @@ def test_segmenter_crops_padding_before_resizing_to_label_size():
 @pytest.fixture
 def teacher_ckpt(tmp_path, root, monkeypatch):
     monkeypatch.chdir(root)
-    code = main(["fit", "--config", "conf/experiment/demo_vit.yaml", *tiny_overrides(tmp_path), "trainer.max_steps=2", "trainer.limit_val_batches=1", "name=t"])
+    code = main(["fit", "experiment=demo_vit", *tiny_overrides(tmp_path), "trainer.max_steps=2", "trainer.limit_val_batches=1", "name=t"])
     assert code == 0
     return next((tmp_path / "runs" / "t").glob("version_*/checkpoints/last.ckpt"))
 
 
 def test_distill_then_finetune_and_segment_via_cli(tmp_path, teacher_ckpt, capsys):
     common = [*tiny_overrides(tmp_path, "lookwhere"), "trainer.max_steps=2", "trainer.limit_val_batches=1"]
-    assert main(["fit", "--config", "conf/experiment/demo_distill.yaml", *common, f"module.teacher.checkpoint={teacher_ckpt}",
+    assert main(["fit", "experiment=demo_distill", *common, f"module.teacher.checkpoint={teacher_ckpt}",
                  "module.k_min=4", "module.k_max=16", "module.val_k=8", "name=d"]) == 0
     assert "val/map_recall" in capsys.readouterr().out
     exported = next((tmp_path / "runs" / "d").glob("version_*/lookwhere.pt"))
     export = torch.load(exported, weights_only=True)
     assert set(export) == {"selector", "extractor", "resize_mode"} and export["resize_mode"] == "pretraining"
-    assert main(["fit", "--config", "conf/experiment/demo_finetune.yaml", *common, f"module.model.pretrained={exported}",
+    assert main(["fit", "experiment=demo_finetune", *common, f"module.model.pretrained={exported}",
                  "module.train_k=8", "module.eval_k=8", "module.eval_ks=[4,8]", "name=f"]) == 0
     out = capsys.readouterr().out
     assert "val/acc1_k/4=" in out and "val/acc1_k/8=" in out
-    assert main(["validate", "--config", "conf/experiment/demo_seg.yaml", *common, "module.train_k=16", "module.eval_k=16", "name=s"]) == 0
+    assert main(["validate", "experiment=demo_seg", *common, "module.train_k=16", "module.eval_k=16", "name=s"]) == 0
     assert "val/miou=" in capsys.readouterr().out
 
 
 def test_distill_requires_teacher_checkpoint(tmp_path, root, monkeypatch, capsys):
     monkeypatch.chdir(root)
-    assert main(["fit", "--config", "conf/experiment/demo_distill.yaml", *tiny_overrides(tmp_path, "lookwhere")]) == 2
+    assert main(["fit", "experiment=demo_distill", *tiny_overrides(tmp_path, "lookwhere")]) == 2
     assert "module.teacher.checkpoint" in capsys.readouterr().err
-    assert main(["fit", "--config", "conf/experiment/demo_distill.yaml", *tiny_overrides(tmp_path, "lookwhere"),
+    assert main(["fit", "experiment=demo_distill", *tiny_overrides(tmp_path, "lookwhere"),
                  f"module.teacher.checkpoint={tmp_path / 'no.ckpt'}"]) == 2
     assert "teacher checkpoint not found" in capsys.readouterr().err
 

@@ -42,7 +42,7 @@ def _events(log_dir: str | Path) -> EventAccumulator:
 def test_fit_writes_scalars_hparams_and_selection_pictures(tmp_path, capsys):
     overrides = [*tiny_overrides(tmp_path, "lookwhere"), "trainer.max_epochs=2", "trainer.limit_val_batches=1",
                  "trainer.log_every_n_steps=1", "callbacks.throughput.window=1", "module.eval_k=8", "module.train_k=8"]
-    assert main(["fit", "--config", DEMO, *overrides]) == 0
+    assert main(["fit", "experiment=demo_vit", *overrides]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary_lines = [line for line in out if line.startswith("fit done:")]
     assert len(summary_lines) == 1 and "val/acc1=" in summary_lines[0] and "perf/gflops_per_sample=" in summary_lines[0]
@@ -66,7 +66,7 @@ def test_fit_writes_scalars_hparams_and_selection_pictures(tmp_path, capsys):
 
 
 def test_validate_logs_flops_once_and_summary(tmp_path):
-    cfg = load_config([DEMO], [*tiny_overrides(tmp_path, "lookwhere"), "module.eval_k=8", "name=v"])
+    cfg = load_config(DEMO, [*tiny_overrides(tmp_path, "lookwhere"), "module.eval_k=8", "name=v"])
     result = run(cfg, "validate")
     log_dir = Path(result.log_dir)
     assert json.loads((log_dir / "summary_validate.json").read_text())["metrics"]["val/acc1"] == result.metrics["val/acc1"]
@@ -111,7 +111,7 @@ def kinetics(tmp_path_factory) -> Path:
 
 
 def test_tokenlearner_maps_per_frame_in_tensorboard(kinetics, tmp_path):
-    cfg = load_config(["conf/experiment/demo_video.yaml"], [
+    cfg = load_config("conf/experiment/demo_video.yaml", [
         f"data.root={kinetics}", f"output_dir={tmp_path}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
         "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "callbacks.images.num_samples=2",

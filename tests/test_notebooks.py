@@ -135,7 +135,7 @@ def test_efficiency_notebook_reads_bench_results(tmp_path, root):
     from lw_lightning.cli import main
 
     out = tmp_path / "bench"
-    assert main(["bench", "--config", str(root / "conf/bench/smoke.yaml"), f"output_dir={out}", "bench.suites=[images,video]"]) == 0
+    assert main(["bench", "bench=smoke", f"output_dir={out}", "bench.suites=[images,video]"]) == 0
     _run("efficiency_tradeoffs", tmp_path, BENCH_RESULTS=str(out / "results.json"))
 
 
@@ -144,12 +144,11 @@ def test_efficiency_notebook_reads_bench_results(tmp_path, root):
 def test_video_notebook_reads_a_checkpoint(tmp_path):
     from lw_lightning.config import load_config
     from lw_lightning.data.synthetic_kinetics import SyntheticKineticsSpec, make_synthetic_kinetics
-    from lw_lightning.demo import CONF
     from lw_lightning.tasks import run
 
     data = tmp_path / "kinetics"
     make_synthetic_kinetics(data, SyntheticKineticsSpec(train_per_class=4, val_per_class=2, test_per_class=2))
-    fit = run(load_config([CONF / "demo_video.yaml"], [f"data.root={data}", f"output_dir={tmp_path / 'runs'}", "trainer.max_epochs=1",
+    fit = run(load_config("demo_video", [f"data.root={data}", f"output_dir={tmp_path / 'runs'}", "trainer.max_epochs=1",
                                                        "trainer.enable_progress_bar=false"]), "fit")
     _run("tokenlearner_video_maps", tmp_path, CHECKPOINT=fit.trainer.checkpoint_callback.last_model_path, DATA_DIR=str(data),
          WORK_DIR=str(tmp_path / "work"))

@@ -42,7 +42,7 @@ def test_patch_loss_adds_to_the_training_loss_and_gets_gradients():
 
 def test_teacher_recipe_fits_and_reloads(tmp_path, root, monkeypatch, capsys):
     monkeypatch.chdir(root)
-    assert main(["fit", "--config", TEACHER, *tiny_overrides(tmp_path), "trainer.max_steps=2", "trainer.limit_val_batches=1", "callbacks.images=null"]) == 0
+    assert main(["fit", "experiment=demo_teacher", *tiny_overrides(tmp_path), "trainer.max_steps=2", "trainer.limit_val_batches=1", "callbacks.images=null"]) == 0
     ckpt = next((tmp_path / "runs" / "demo_teacher").glob("version_0/checkpoints/last.ckpt"))
     reloaded = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
     assert reloaded.hparams.patch_loss_weight == 1.0 and reloaded.patch_head is not None
@@ -50,11 +50,11 @@ def test_teacher_recipe_fits_and_reloads(tmp_path, root, monkeypatch, capsys):
 
 def test_patch_loss_needs_masks_and_the_full_res_vit(tmp_path, root, monkeypatch, capsys):
     monkeypatch.chdir(root)
-    code = main(["fit", "--config", TEACHER, *tiny_overrides(tmp_path), "data.masks=false", "trainer.max_steps=1", "callbacks.images=null"])
+    code = main(["fit", "experiment=demo_teacher", *tiny_overrides(tmp_path), "data.masks=false", "trainer.max_steps=1", "callbacks.images=null"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.masks=true" in err[0]
-    code = main(["fit", "--config", TEACHER, *tiny_overrides(tmp_path, "lookwhere"), "trainer.max_steps=1"])
+    code = main(["fit", "experiment=demo_teacher", *tiny_overrides(tmp_path, "lookwhere"), "trainer.max_steps=1"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "module.model.arch=vit" in err[0]

@@ -134,24 +134,24 @@ def _resume_overrides(tmp_path: Path, name: str) -> list[str]:
 
 
 def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path):
-    reference = run(load_config([DEMO], _resume_overrides(tmp_path, "ref")), "fit")
+    reference = run(load_config(DEMO, _resume_overrides(tmp_path, "ref")), "fit")
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = subprocess.run(
-        [sys.executable, "-m", "lw_lightning", "fit", "--config", DEMO, *_resume_overrides(tmp_path, "res"),
+        [sys.executable, "-m", "lw_lightning", "fit", "experiment=demo_vit", *_resume_overrides(tmp_path, "res"),
          "callbacks.kill._target_=tests.scale_helpers.KillAtStep", "callbacks.kill.step=5"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: nothing ran after step 5
     assert "fit done" not in killed.stdout
 
-    last, version = find_last_checkpoint(load_config([DEMO], _resume_overrides(tmp_path, "res")))
+    last, version = find_last_checkpoint(load_config(DEMO, _resume_overrides(tmp_path, "res")))
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert version == "version_0"
     # last.ckpt: steps 2 (mid-epoch), 3 (epoch end), 4 (mid-epoch 1); step 5 was lost with the process
     assert ckpt["global_step"] == 4 and ckpt["epoch"] == 1
 
-    resumed = run(load_config([DEMO], [*_resume_overrides(tmp_path, "res"), "ckpt_path=last"]), "fit")
+    resumed = run(load_config(DEMO, [*_resume_overrides(tmp_path, "res"), "ckpt_path=last"]), "fit")
     assert resumed.trainer.global_step == reference.trainer.global_step == 6
     assert resumed.log_dir == str(tmp_path / "runs" / "res" / "version_0")  # same run dir
     ref_state, res_state = reference.module.state_dict(), resumed.module.state_dict()
@@ -167,15 +167,15 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path):
 
 
 def test_ckpt_path_last_errors_and_fresh_start(tmp_path, capsys):
-    common = ["--config", DEMO, *tiny_overrides(tmp_path), "name=none"]
+    common = ["experiment=demo_vit", *tiny_overrides(tmp_path), "name=none"]
     assert main(["test", *common, "ckpt_path=last"]) == 2
     err = capsys.readouterr().err
     assert "ckpt_path=last: no last.ckpt found" in err and len(err.strip().splitlines()) == 1
     # fit with nothing to resume starts from scratch (a job script that is requeued uses one command)
     assert main(["fit", *common, "ckpt_path=last", "trainer.max_steps=1", "trainer.limit_val_batches=1"]) == 0
-    assert find_last_checkpoint(load_config([DEMO], [*tiny_overrides(tmp_path), "name=none"]))[1] == "version_0"
+    assert find_last_checkpoint(load_config(DEMO, [*tiny_overrides(tmp_path), "name=none"]))[1] == "version_0"
     with pytest.raises(ConfigError, match="ckpt_path not found"):
-        run(load_config([DEMO], [*tiny_overrides(tmp_path), f"ckpt_path={tmp_path / 'x.ckpt'}"]), "fit")
+        run(load_config(DEMO, [*tiny_overrides(tmp_path), f"ckpt_path={tmp_path / 'x.ckpt'}"]), "fit")
 
 
 # ---------------------------------------------------------------------------- non-finite loss
@@ -191,7 +191,7 @@ def _nan_overrides(tmp_path: Path, action: str, steps: str) -> list[str]:
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path, capsys):
-    code = main(["fit", "--config", DEMO, *_nan_overrides(tmp_path, "stop", "[3]")])
+    code = main(["fit", "experiment=demo_vit", *_nan_overrides(tmp_path, "stop", "[3]")])
     err = capsys.readouterr().err.strip()
     assert code == 3
     assert err.splitlines()[-1].startswith("error: non-finite training loss (nan) at global step 3 (epoch 1, batch 1)")
@@ -204,7 +204,7 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path, capsys):
 
 
 def test_nonfinite_loss_skip_counts_and_keeps_weights_finite(tmp_path):
-    result = run(load_config([DEMO], _nan_overrides(tmp_path, "skip", "[1,2]")), "fit")
+    result = run(load_config(DEMO, _nan_overrides(tmp_path, "skip", "[1,2]")), "fit")
     assert result.trainer.global_step == 4  # skipped steps still count
     assert result.metrics["train/nonfinite_skipped"] == 2.0
     assert all(torch.isfinite(p).all() for p in result.module.parameters())

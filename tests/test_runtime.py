@@ -37,7 +37,7 @@ def _cwd(monkeypatch):
 
 def test_gpu_recipes_are_marked_and_demo_recipes_are_not():
     assert "requires" in TOP_LEVEL_KEYS
-    marked = {p.stem for p in EXPERIMENTS.glob("*.yaml") if load_config([p], allow_missing=True).get("requires") == "gpu"}
+    marked = {p.stem for p in EXPERIMENTS.glob("*.yaml") if load_config(p, allow_missing=True).get("requires") == "gpu"}
     unmarked = {p.stem for p in EXPERIMENTS.glob("*.yaml")} - marked
     assert unmarked == {"demo_vit", "demo_teacher", "demo_distill", "demo_finetune", "demo_tokenlearner", "demo_seg", "demo_video",
                         "demo_vlw_vivit", "demo_vlw_tokenlearner", "demo_vlw_distill", "demo_vlw_finetune"}
@@ -45,13 +45,13 @@ def test_gpu_recipes_are_marked_and_demo_recipes_are_not():
 
 
 def test_unknown_requires_value_is_one_line_error(tmp_path, capsys):
-    code = main(["fit", "--config", DEMO, "requires=tpu", f"output_dir={tmp_path / 'runs'}"])
+    code = main(["fit", "experiment=demo_vit", "requires=tpu", f"output_dir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "unknown value requires='tpu'" in err and len(err.splitlines()) == 1
 
 
 def _fit_tiny(tmp_path: Path, *extra: str) -> None:
-    cfg = load_config([DEMO], [*tiny_overrides(tmp_path), "trainer.max_steps=1", "trainer.limit_val_batches=1", "callbacks.images=null", *extra])
+    cfg = load_config(DEMO, [*tiny_overrides(tmp_path), "trainer.max_steps=1", "trainer.limit_val_batches=1", "callbacks.images=null", *extra])
     run(cfg, "fit")
 
 
@@ -73,7 +73,7 @@ def test_demo_recipe_and_smoke_runs_do_not_warn(tmp_path, capsys):
 
 
 def test_bf16_on_cpu_warns_exactly_once(tmp_path, capsys):
-    code = main(["fit", "--config", DEMO, *tiny_overrides(tmp_path), "trainer.fast_dev_run=true", "callbacks.images=null", "trainer.precision=bf16-mixed"])
+    code = main(["fit", "experiment=demo_vit", *tiny_overrides(tmp_path), "trainer.fast_dev_run=true", "callbacks.images=null", "trainer.precision=bf16-mixed"])
     assert code == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if PRECISION_WARNING in line]
@@ -113,7 +113,7 @@ def _sigterm_overrides(tmp_path: Path) -> list[str]:
 def test_sigterm_stops_fit_at_batch_boundary_with_resumable_last_ckpt(tmp_path):
     marker = tmp_path / "step"
     cmd = [
-        sys.executable, "-m", "lw_lightning", "fit", "--config", DEMO, *_sigterm_overrides(tmp_path),
+        sys.executable, "-m", "lw_lightning", "fit", "experiment=demo_vit", *_sigterm_overrides(tmp_path),
         "data.num_workers=2",  # loader workers must neither die from the signal nor outlive the run
         "callbacks.marker._target_=tests.scale_helpers.StepMarker", f"callbacks.marker.path={marker}", "callbacks.marker.delay=0.1",
     ]
@@ -146,7 +146,7 @@ def test_sigterm_stops_fit_at_batch_boundary_with_resumable_last_ckpt(tmp_path):
         time.sleep(0.2)
     assert _session_members(proc.pid) == []  # no worker left behind
 
-    cfg = load_config([DEMO], _sigterm_overrides(tmp_path))
+    cfg = load_config(DEMO, _sigterm_overrides(tmp_path))
     last, version = find_last_checkpoint(cfg)
     assert version == "version_0" and str(last) in report[0]
     step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
@@ -154,7 +154,7 @@ def test_sigterm_stops_fit_at_batch_boundary_with_resumable_last_ckpt(tmp_path):
     # epoch), so this last.ckpt is the SIGTERM save, not an epoch-end or every-500-steps one
     assert sent_at <= step <= sent_at + 1 < 16
 
-    resumed = run(load_config([DEMO], [*_sigterm_overrides(tmp_path), "ckpt_path=last", f"trainer.max_steps={step + 2}"]), "fit")
+    resumed = run(load_config(DEMO, [*_sigterm_overrides(tmp_path), "ckpt_path=last", f"trainer.max_steps={step + 2}"]), "fit")
     assert resumed.trainer.global_step == step + 2
     assert resumed.log_dir == str(tmp_path / "runs" / "term" / "version_0")
 

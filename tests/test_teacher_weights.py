@@ -109,7 +109,7 @@ def test_bad_teacher_file_is_one_line(dinov2_files, case, message, tmp_path, cap
     assert str(err.value).startswith(f"teacher checkpoint {path} ") and message in str(err.value), err.value
     # through the CLI: one line on stderr, exit status 2
     common = [*tiny_overrides(tmp_path, "lookwhere"), "callbacks.images=null"]
-    code = main(["fit", "--config", "conf/experiment/demo_distill.yaml", *common, f"module.teacher.name={DINOV2}",
+    code = main(["fit", "experiment=demo_distill", *common, f"module.teacher.name={DINOV2}",
                  f"module.teacher.checkpoint={path}", f"module.teacher.img_size=[{SIZE[0]},{SIZE[1]}]"])
     err_text = capsys.readouterr().err.strip()
     assert code == 2 and len(err_text.splitlines()) == 1 and "Traceback" not in err_text and message in err_text, err_text

@@ -134,7 +134,7 @@ def test_timm_name_plus_local_file_initialises_the_backbone(tmp_path):
 def vit_ckpt(tmp_path_factory) -> Path:
     """A 2-step full-res ViT run of the demo recipe (56 px): our own ``.ckpt``."""
     tmp = tmp_path_factory.mktemp("vit")
-    cfg = load_config([ROOT / DEMO], [*tiny_overrides(tmp, size=56), "data.num_train=8", "data.batch_size=4",
+    cfg = load_config(ROOT / DEMO, [*tiny_overrides(tmp, size=56), "data.num_train=8", "data.batch_size=4",
                                       "trainer.max_epochs=1", "trainer.limit_val_batches=1", "callbacks.images=null",
                                       "callbacks.flops=null", "name=vit"])
     result = run(cfg, "fit")
@@ -152,10 +152,10 @@ def test_our_full_res_vit_ckpt_initialises_the_backbone(vit_ckpt):
 
 
 def test_a_tokenlearner_ckpt_is_not_a_vit_to_start_from(tmp_path, vit_ckpt, capsys):
-    assert main(["fit", "--config", DEMO, *_fast(tmp_path, "tl"), "callbacks.images=null"]) == 0
+    assert main(["fit", "experiment=demo_vit", *_fast(tmp_path, "tl"), "callbacks.images=null"]) == 0
     tl_ckpt = tmp_path / "runs" / "tl" / "version_0" / "checkpoints" / "last.ckpt"
     capsys.readouterr()
-    assert main(["fit", "--config", DEMO, *_fast(tmp_path, "again"), f"module.model.pretrained={tl_ckpt}"]) == 2
+    assert main(["fit", "experiment=demo_vit", *_fast(tmp_path, "again"), f"module.model.pretrained={tl_ckpt}"]) == 2
     assert "is not a full-resolution ViT (model.arch=tokenlearner)" in _one_error_line(capsys)
 
 
@@ -174,7 +174,7 @@ def test_a_tokenlearner_ckpt_is_not_a_vit_to_start_from(tmp_path, vit_ckpt, caps
     ],
 )
 def test_bad_insertion_point_is_one_config_error(tmp_path, capsys, loc, message):
-    code = main(["fit", "--config", DEMO, *_fast(tmp_path, "bad"), f"module.model.tokenlearner_loc={loc}"])
+    code = main(["fit", "experiment=demo_vit", *_fast(tmp_path, "bad"), f"module.model.tokenlearner_loc={loc}"])
     err = _one_error_line(capsys)
     assert code == 2 and err.startswith("error: ") and message in err, err
     assert not (tmp_path / "runs").exists()
@@ -199,7 +199,7 @@ def test_segmentation_refuses_the_tokenlearner_arch():
 
 @pytest.mark.parametrize("extra", [["module.model.tokenlearner_version=v1.0"], ["module.model.tokenlearner_fuser=true"]])
 def test_checkpoint_reload_gives_the_same_logits(tmp_path, extra):
-    result = run(load_config([ROOT / DEMO], _fast(tmp_path, "reload", "callbacks.images=null", *extra)), "fit")
+    result = run(load_config(ROOT / DEMO, _fast(tmp_path, "reload", "callbacks.images=null", *extra)), "fit")
     trained = result.trainer.lightning_module.cpu().eval()
     assert trained.global_step == 2
     x = torch.randn(3, 3, 56, 56)
@@ -214,11 +214,11 @@ def test_checkpoint_reload_gives_the_same_logits(tmp_path, extra):
 
 def test_fit_test_predict_through_the_cli_with_maps_and_token_peaks(tmp_path, capsys):
     overrides = _fast(tmp_path, "tl_cli", "module.model.tokenlearner_tokens=4")
-    assert main(["fit", "--config", DEMO, *overrides]) == 0, capsys.readouterr().err
+    assert main(["fit", "experiment=demo_vit", *overrides]) == 0, capsys.readouterr().err
     run_dir = tmp_path / "runs" / "tl_cli" / "version_0"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     for command in ("test", "predict"):
-        assert main([command, "--config", DEMO, *overrides, "ckpt_path=last"]) == 0, capsys.readouterr().err
+        assert main([command, "experiment=demo_vit", *overrides, "ckpt_path=last"]) == 0, capsys.readouterr().err
     assert "test/acc1" in (run_dir / "summary_test.json").read_text()
     rows = list(csv.DictReader(open(run_dir / "predictions.csv")))
     assert len(rows) == 8  # data.num_test=8

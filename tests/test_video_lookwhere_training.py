@@ -38,7 +38,7 @@ def _cwd(monkeypatch):
 
 
 def distill_args(tmp_path: Path) -> list[str]:
-    return ["--config", f"{EXP}/demo_vlw_distill.yaml", f"output_dir={tmp_path / 'runs'}", *SMALL_DATA, *SMALL_LW, *QUIET,
+    return ["experiment=demo_vlw_distill", f"output_dir={tmp_path / 'runs'}", *SMALL_DATA, *SMALL_LW, *QUIET,
             "module.teacher.checkpoint=null", TEACHER_MODEL]
 
 
@@ -52,7 +52,7 @@ def distilled(tmp_path_factory) -> Path:
     os.chdir(ROOT)
     try:
         args = distill_args(tmp)
-        result = run(load_config([args[1]], args[2:]), "fit")
+        result = run(load_config(None, args), "fit")
     finally:
         os.chdir(old)
     assert {"val/loss", "val/map_recall", "val/object_recall", "val/loss_cls", "val/loss_patch", "val/loss_map"} <= set(result.metrics)
@@ -125,7 +125,7 @@ def test_image_teacher_frame_by_frame():
 
 
 def test_finetune_from_export_then_checkpoint_reload_gives_the_same_logits(distilled, tmp_path, capsys):
-    args = ["--config", f"{EXP}/demo_vlw_finetune.yaml", f"output_dir={tmp_path}", *SMALL_DATA, *SMALL_LW, *QUIET,
+    args = ["experiment=demo_vlw_finetune", f"output_dir={tmp_path}", *SMALL_DATA, *SMALL_LW, *QUIET,
             f"module.model.pretrained={distilled}"]
     assert main(["fit", *args]) == 0
     ckpt = next((tmp_path / "demo_vlw_finetune" / "version_0" / "checkpoints").glob("last.ckpt"))
@@ -148,7 +148,7 @@ def test_finetune_from_export_then_checkpoint_reload_gives_the_same_logits(disti
 
 
 def test_tokenlearner_vivit_starts_from_a_vivit_checkpoint(tmp_path):
-    args = ["--config", f"{EXP}/demo_vlw_vivit.yaml", f"output_dir={tmp_path}", *SMALL_DATA, *SMALL_MODEL, *QUIET, "trainer.max_steps=1",
+    args = ["experiment=demo_vlw_vivit", f"output_dir={tmp_path}", *SMALL_DATA, *SMALL_MODEL, *QUIET, "trainer.max_steps=1",
             "callbacks.images=null"]
     assert main(["fit", *args]) == 0
     ckpt = tmp_path / "demo_vlw_vivit" / "version_0" / "checkpoints" / "last.ckpt"
@@ -216,7 +216,7 @@ def test_bad_distill_configs_are_one_line(tmp_path, capsys, overrides, message):
 
 
 def test_bad_finetune_k_is_one_line(tmp_path, capsys, distilled):
-    args = ["--config", f"{EXP}/demo_vlw_finetune.yaml", f"output_dir={tmp_path}", *SMALL_DATA, *SMALL_LW, *QUIET,
+    args = ["experiment=demo_vlw_finetune", f"output_dir={tmp_path}", *SMALL_DATA, *SMALL_LW, *QUIET,
             f"module.model.pretrained={distilled}"]
     assert main(["fit", *args, "module.eval_k=1.5"]) == 2
     assert "module.eval_k=1.5" in capsys.readouterr().err
@@ -252,13 +252,13 @@ def test_ddp_distill_same_k_on_all_ranks_and_finetune_validate_parity(tmp_path, 
     assert not set(ranks[0]["indices"][:8]) & set(ranks[1]["indices"][:8])  # epoch 0: 2 steps of 4 clips per rank
     single_k = [VideoLookWhereDistill(_small_model(), teacher={"model": _small_teacher()}, init_from_teacher=False).sample_k(s) for s in range(4)]
     assert ranks[0]["k"] == single_k  # the seed-and-step draw: what one process (or a resumed run) uses
-    ft = ["--config", f"{EXP}/demo_vlw_finetune.yaml", f"output_dir={tmp_path / 'ft'}", *SMALL_DATA, *SMALL_LW, *QUIET,
+    ft = ["experiment=demo_vlw_finetune", f"output_dir={tmp_path / 'ft'}", *SMALL_DATA, *SMALL_LW, *QUIET,
           f"module.model.pretrained={distilled}", "callbacks.images=null", "callbacks.flops=null"]
     assert main(["fit", *ft]) == 0
     ckpt = tmp_path / "ft" / "demo_vlw_finetune" / "version_0" / "checkpoints" / "last.ckpt"
-    evaluation = [*ft[2:], f"ckpt_path={ckpt}", "data.num_val=7", "data.eval_batch_size=4"]
-    single = run(load_config([ft[1]], [*evaluation, "name=single"]), "validate").metrics
-    _cli(["validate", ft[0], ft[1], *evaluation, *ddp, "name=ddpval"])
+    evaluation = [*ft[1:], f"ckpt_path={ckpt}", "data.num_val=7", "data.eval_batch_size=4"]
+    single = run(load_config(None, [ft[0], *evaluation, "name=single"]), "validate").metrics
+    _cli(["validate", ft[0], *evaluation, *ddp, "name=ddpval"])
     summary = json.loads((tmp_path / "ft" / "ddpval" / "version_0" / "summary_validate.json").read_text())
     assert summary["world_size"] == 2
     for key in ("val/acc1", "val/acc5", "val/clip_acc1"):
@@ -272,7 +272,7 @@ def test_k400_recipes_run_shrunk_on_the_kinetics_layout(recipe, tmp_path):
     synthetic motion written in the CVDF layout (mp4 clips + annotation CSVs)."""
     from lw_lightning.data.synthetic_motion import write_kinetics_layout
 
-    cfg = load_config([f"{EXP}/{recipe}"], ["module.model.pretrained=x.pt", "module.teacher.checkpoint=x.ckpt"] if "distill" in recipe
+    cfg = load_config(f"{EXP}/{recipe}", ["module.model.pretrained=x.pt", "module.teacher.checkpoint=x.ckpt"] if "distill" in recipe
                       else ["module.model.pretrained=x.pt"])
     assert cfg.module.model.preset == "base" and cfg.module.model.num_frames == 32 and cfg.data.num_frames == 32
     assert cfg.module.model.slice_quota == 1 and cfg.requires == "gpu"
@@ -289,4 +289,4 @@ def test_k400_recipes_run_shrunk_on_the_kinetics_layout(recipe, tmp_path):
                   "module.teacher.model={preset: tiny, num_frames: 8, img_size: 32, tubelet: [2, 16, 16], embed_dim: 32, depth: 2, num_heads: 2}"]
     else:
         small += ["module.model.pretrained=null", "module.train_k=0.25", "module.eval_k=0.25"]
-    assert main(["fit", "--config", f"{EXP}/{recipe}", *small]) == 0
+    assert main(["fit", f"experiment={recipe.removesuffix('.yaml')}", *small]) == 0

@@ -104,7 +104,7 @@ def test_fast_dev_run_with_datamodule(synthetic):
 
 def test_cli_fit_then_multi_view_test(synthetic, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    common = ["--config", "conf/experiment/demo_video.yaml", f"data.root={synthetic}", f"output_dir={tmp_path}",
+    common = ["experiment=demo_video", f"data.root={synthetic}", f"output_dir={tmp_path}",
               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "data.batch_size=8"]
     assert main(["fit", *common, "trainer.max_epochs=1"]) == 0
     ckpt = tmp_path / "demo_video" / "version_0" / "checkpoints" / "last.ckpt"
@@ -118,7 +118,7 @@ def test_cli_fit_then_multi_view_test(synthetic, tmp_path, capsys, monkeypatch):
 
 def test_cli_missing_data_root_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    code = main(["fit", "--config", "conf/experiment/demo_video.yaml", f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"])
+    code = main(["fit", "experiment=demo_video", f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "does not exist" in err
 
@@ -140,14 +140,14 @@ def _small(synthetic: Path, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_fast_dev_run_on_synthetic_layout(recipe, synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    cfg = load_config([f"conf/experiment/{recipe}"])
+    cfg = load_config(f"conf/experiment/{recipe}")
     assert cfg.module.model.preset == "base" and cfg.data.num_frames == 32 and cfg.data.frame_stride == 2
     assert cfg.data.img_size == 224 and cfg.trainer.gradient_clip_val == 1.0
-    assert main(["fit", "--config", f"conf/experiment/{recipe}", *_small(synthetic, tmp_path)]) == 0
+    assert main(["fit", f"experiment={Path(recipe).stem}", *_small(synthetic, tmp_path)]) == 0
 
 
 def test_recipes_differ_only_where_they_should():
-    tl8, tl16, base, k600, hf = (load_config([f"conf/experiment/{n}.yaml"]) for n in ("vivit_b_tl8_k400", "vivit_b_tl16_k400", "vivit_b_k400", "vivit_b_tl16_k600", "vivit_b_k400_hf"))
+    tl8, tl16, base, k600, hf = (load_config(f"conf/experiment/{n}.yaml") for n in ("vivit_b_tl8_k400", "vivit_b_tl16_k400", "vivit_b_k400", "vivit_b_tl16_k600", "vivit_b_k400_hf"))
     assert (hf.module.model.classifier, hf.module.model.num_tokens) == ("token", 0) and "classifier" not in base.module.model  # gap
     assert (tl8.module.model.num_tokens, tl16.module.model.num_tokens, base.module.model.num_tokens) == (8, 16, 0)
     assert tl8.module.model.tokenlearner_loc == 6  # half of ViT-B's 12 blocks
@@ -163,4 +163,4 @@ def test_recipe_full_size_fast_dev_run(recipe, synthetic, tmp_path, monkeypatch)
     args = [f"data.root={synthetic}", f"output_dir={tmp_path}", "data.batch_size=1", "data.eval_batch_size=1", "data.num_workers=0",
             "module.model.pretrained=null", "trainer.precision=32-true", "trainer.accelerator=cpu", "trainer.fast_dev_run=true",
             "trainer.enable_progress_bar=false", f"trainer.default_root_dir={tmp_path}"]
-    assert main(["fit", "--config", f"conf/experiment/{recipe}", *args]) == 0
+    assert main(["fit", f"experiment={Path(recipe).stem}", *args]) == 0

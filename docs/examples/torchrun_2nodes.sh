@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MASTER_ADDR:?set MASTER_ADDR to the first node's host name}"
 torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint="${MASTER_ADDR}:29500" \
-  -m lw_lightning fit --config conf/experiment/lookwhere_in1k_224_k128.yaml --config conf/launch/ddp_gpu.yaml \
+  -m lw_lightning fit experiment=lookwhere_in1k_224_k128 launch=ddp_gpu \
   trainer.num_nodes=2 trainer.devices=4 "$@"
