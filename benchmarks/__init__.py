@@ -1,7 +1,7 @@
 """Benchmarks: ``python -m lw_lightning bench bench=<name> [key=value ...]`` (``conf/bench/<name>.yaml``).
 
 Everything that measures lives in this package: the ``bench`` suites (this module and its
-siblings), the method comparison (:mod:`.compare`), the mixed-precision check (:mod:`.precision`)
+siblings), the method comparisons (:mod:`.compare` on images, :mod:`.compare_video` on video), the mixed-precision check (:mod:`.precision`)
 and the image-loader throughput (:mod:`.data_throughput`). ``lw_lightning.bench`` is only the
 entry point of the ``bench`` command.
 

@@ -218,7 +218,9 @@ def load_classifier(ckpt: str) -> Any:
     """The trained ``ImageClassifier`` of a checkpoint on CPU, without re-reading its init weights."""
     from lw_lightning.modules.classification import ImageClassifier
 
-    hp = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
+    from lw_lightning.models.checkpoint import read_weights
+
+    hp = read_weights(ckpt, "checkpoint", weights_only=False)["hyper_parameters"]
     model = hp["model"] if isinstance(hp["model"], dict) else vars(hp["model"])
     return ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu", model={**model, "pretrained": None})
 

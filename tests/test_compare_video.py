@@ -1,4 +1,4 @@
-"""`python -m lw_lightning.compare_video`: full ViViT vs ViViT + TokenLearner vs video LookWhere."""
+"""`python -m benchmarks.compare_video`: full ViViT vs ViViT + TokenLearner vs video LookWhere."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lw_lightning import compare_video
+from benchmarks import compare_video
 from lw_lightning.config import ConfigError, load_config
 from lw_lightning.models.video_lookwhere import video_lookwhere_config
 from lw_lightning.models.vivit import vivit_config

@@ -319,12 +319,9 @@ def read_state_dict(source: str) -> dict[str, Tensor]:
     or network). Checkpoints that nest the weights under ``state_dict`` / ``model`` are unwrapped."""
     path = Path(source).expanduser()
     if path.is_file():
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from .checkpoint import read_weights  # the one reader of weights files (clear errors)
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights(path, "pretrained weights file")
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]

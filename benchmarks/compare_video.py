@@ -1,4 +1,4 @@
-"""``python -m lw_lightning.compare_video``: full ViViT vs ViViT + TokenLearner vs video LookWhere on
+"""``python -m benchmarks.compare_video``: full ViViT vs ViViT + TokenLearner vs video LookWhere on
 the synthetic motion task, same data and budget, one table and one accuracy-vs-GMACs plot.
 
 The stages (recipes in ``conf/experiment/demo_vlw_*.yaml``, 16 frames × 64² on CPU):
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, load_config
+from lw_lightning.config import ConfigError, load_config
 
 RECIPES = {"vivit": "demo_vlw_vivit", "distill": "demo_vlw_distill", "finetune": "demo_vlw_finetune",
            "tokenlearner": "demo_vlw_tokenlearner"}
@@ -68,7 +68,7 @@ def parse_tl(spec: str) -> tuple[int, float]:
 def train(title: str, stage: str, name: str, overrides: list[str], out: Path, reuse: bool) -> tuple[Path, Path, float]:
     """Fit one stage (or reuse a finished run of the same config): (best checkpoint, run config, seconds)."""
     from benchmarks.compare import finished_run
-    from .demo import best_checkpoint, run_stage
+    from lw_lightning.demo import best_checkpoint, run_stage
 
     recipe = RECIPES[stage]
     overrides = [f"output_dir={out}", f"name={name}", *overrides]
@@ -81,7 +81,7 @@ def train(title: str, stage: str, name: str, overrides: list[str], out: Path, re
 
 def evaluate(config: Path, ckpt: Path) -> Any:
     """The run's own ``test`` on its checkpoint (no logger, callbacks or files): a RunResult."""
-    from .tasks import run
+    from lw_lightning.tasks import run
 
     overrides = [f"ckpt_path={ckpt}", "logger=null", "callbacks=null", "trainer.enable_progress_bar=false",
                  "trainer.enable_model_summary=false", "trainer.devices=1", "trainer.accelerator=cpu", "trainer.precision=32-true"]
@@ -95,7 +95,7 @@ def evaluate(config: Path, ckpt: Path) -> Any:
 @torch.no_grad()
 def clip_flops(module: Any) -> int:
     """FLOPs of the module's evaluation forward on one clip of its configured shape."""
-    from .flops import count_flops
+    from lw_lightning.flops import count_flops
 
     c = module.model_cfg
     module.eval()
@@ -106,7 +106,7 @@ def clip_flops(module: Any) -> int:
 def object_recall(module: Any, dataset: Any, batch: int = 32) -> tuple[float, float]:
     """Video LookWhere on the test clips: mean share of the target's tubelets kept, and the share of
     (clip, temporal slice) pairs in which at least one target tubelet is kept."""
-    from .data.synthetic_motion import track_tubelets
+    from lw_lightning.data.synthetic_motion import track_tubelets
 
     cfg = module.model_cfg
     module.eval()
@@ -127,7 +127,7 @@ def object_recall(module: Any, dataset: Any, batch: int = 32) -> tuple[float, fl
 
 def token_plan(cfg: Any, k: int | None) -> str:
     """Tubelet tokens each block sees, e.g. ``512 ×2, 64 ×2`` (prefix tokens not counted)."""
-    from .models.video_lookwhere import VideoLookWhereConfig
+    from lw_lightning.models.video_lookwhere import VideoLookWhereConfig
 
     if isinstance(cfg, VideoLookWhereConfig):
         return f"{k} ×{cfg.depth} + selector {cfg.selector_grid[0] * cfg.selector_grid[1] * cfg.selector_grid[2]} ×{cfg.selector_depth}"
@@ -185,9 +185,9 @@ def time_all(rows: list[dict[str, Any]], modules: dict[str, Any], env: Any, trai
 def vivit_b_side_by_side(env: Any, k: float, log: Any) -> list[dict[str, Any]]:
     """ViViT-B/16x2 vs video LookWhere-B at 32 × 224² (random weights): FLOPs and latency, interleaved."""
     from benchmarks.common import Case, time_interleaved, timing_fields
-    from .flops import count_flops
-    from .models.video_lookwhere import VideoLookWhere, video_lookwhere_config
-    from .models.vivit import ViViT, vivit_config
+    from lw_lightning.flops import count_flops
+    from lw_lightning.models.video_lookwhere import VideoLookWhere, video_lookwhere_config
+    from lw_lightning.models.vivit import ViViT, vivit_config
 
     with torch.device("meta"):
         xm = torch.zeros(1, 3, 32, 224, 224)
@@ -253,7 +253,7 @@ def vivit_b_md(rows: list[dict[str, Any]]) -> str:
 def plot(rows: list[dict[str, Any]], path: Path, chance: float, title: str) -> Path:
     import matplotlib.pyplot as plt
 
-    from .plots import accuracy_figure
+    from lw_lightning.plots import accuracy_figure
 
     fig = accuracy_figure(rows, title, chance)
     fig.axes[0].set_xlabel("GMACs per clip (log)")
@@ -263,7 +263,7 @@ def plot(rows: list[dict[str, Any]], path: Path, chance: float, title: str) -> P
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lw_lightning.compare_video", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_video", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/compare_video", help="where the runs, tables and plots go")
     parser.add_argument("--ks", type=float, nargs="+", default=[0.025, 0.05, 0.1], metavar="F",
                         help="video LookWhere's k as fractions of the tubelets (default 0.025 0.05 0.1)")
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import one_line
+    from lw_lightning.cli import one_line
 
     args = build_parser().parse_args(argv)
     try:
@@ -323,7 +323,7 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
         runs.append(("video LookWhere", f"k={pct(k)}", ckpt, cfg, {"k_fraction": k}))
     from omegaconf import OmegaConf
 
-    from .models.vivit import vivit_config
+    from lw_lightning.models.vivit import vivit_config
 
     depth = vivit_config(**OmegaConf.to_container(load_config(vivit_cfg).module.model)).depth  # type: ignore[arg-type]
     for tokens, loc in tl_specs:
@@ -359,7 +359,7 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
     big = [] if args.no_vivit_b or args.quick else vivit_b_side_by_side(make_env("cpu", "fp32", None, 1, 3), 0.05, print)
 
     out.mkdir(parents=True, exist_ok=True)
-    from .viz_video import video_selection_picture
+    from lw_lightning.viz_video import video_selection_picture
 
     best_lw = max((r for r in rows if r["method"] == "video LookWhere"), key=lambda r: r["k"])
     module = modules[best_lw["ckpt"]]
@@ -372,7 +372,7 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
     video_selection_picture(video, sel["selector_map"], sel["selected"], module.model_cfg.grid, module.model_cfg.tubelet,
                             torch.stack([s["track"] for s in samples])).save(picture)
 
-    command = "python -m lw_lightning.compare_video " + " ".join(shlex.quote(a) for a in argv)
+    command = "python -m benchmarks.compare_video " + " ".join(shlex.quote(a) for a in argv)
     info = machine_info(env)
     info["load average at end (1/5/15 min)"] = load_average()
     total = round(time.perf_counter() - started)
