@@ -1,6 +1,6 @@
 """Device-side half of the video input pipeline: flip, colour jitter, colour drop, normalisation.
 
-DataLoader workers only decode and crop (uint8 clips ``[T, H, W, C]``, see ``kinetics.py``); the
+DataLoader workers only decode and crop (uint8 clips ``[T, H, W, C]``, see ``kinetics/clip_transform.py``); the
 photometric part runs here on the whole batch after it reached the device, in the DataModule's
 ``on_after_batch_transfer``. Per-pixel colour work on a 32-frame 224² clip costs ~100 ms on one
 CPU core but well under a millisecond per clip on a GPU, so moving it off the workers is what

@@ -1,0 +1,117 @@
+"""The Kinetics clip dataset: decode, crop, and the corrupt-video policy of the package docstring."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..sampling import sample_test_clips, sample_train_clip
+from ..video_augment import VideoAugment
+from ..video_io import VideoReadError, probe, read_clip_frames
+from .clip_transform import ClipTransform
+from .layout import VideoRecord
+
+log = logging.getLogger(__name__)
+
+
+class KineticsDataset(Dataset):
+    """Decodes clips of ``records`` on demand (see module docstring for the corrupt-video policy).
+
+    Train samples: ``video`` uint8 ``[T, H, W, 3]``, ``aug`` (the clip's flip/colour parameters,
+    :meth:`VideoAugment.draw`), ``label``, ``index``, ``resampled`` (corrupt videos skipped for
+    this sample). Eval samples: ``video`` uint8 ``[V, T, H, W, 3]`` with V = clips × crops,
+    ``label``, ``index``, ``valid``. The DataModule's ``on_after_batch_transfer`` turns them into
+    normalised float ``[B, C, T, H, W]`` / ``[B, V, C, T, H, W]`` on the device.
+    """
+
+    def __init__(
+        self, records: list[VideoRecord], train: bool, transform: ClipTransform, num_frames: int, frame_stride: int,
+        num_clips: int = 1, num_crops: int = 1, out_of_bounds: str = "loop", max_resample: int = 10,
+        root: str | Path | None = None, augment: VideoAugment | None = None,
+    ) -> None:
+        self.records = records
+        self.root = Path(root) if root is not None else None  # source() names files relative to it
+        self.train = train
+        self.transform = transform
+        self.augment = augment or VideoAugment()
+        self.num_frames = num_frames
+        self.frame_stride = frame_stride
+        self.num_clips = num_clips
+        self.num_crops = num_crops
+        self.out_of_bounds = out_of_bounds
+        self.max_resample = max_resample
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def source(self, index: int) -> str:
+        """The clip's video file, relative to the data root when below it (its name is the clip id)."""
+        path = Path(self.records[index].path)
+        if self.root is not None:
+            try:
+                return path.relative_to(self.root).as_posix()
+            except ValueError:  # a list file may point outside the root
+                pass
+        return str(path)
+
+    def decode(self, path: str, choose: Callable[[int], np.ndarray], size: tuple[int, int] | None) -> np.ndarray:
+        """Frames chosen by ``choose(num_frames)`` at decoder size ``size`` (the benchmark swaps the decoder)."""
+        return read_clip_frames(path, choose, size)
+
+    def train_indices(self, index: int, total: int) -> np.ndarray:
+        """Frame indices of a training clip of sample ``index`` from a video of ``total`` frames."""
+        return sample_train_clip(total, self.num_frames, self.frame_stride, out_of_bounds=self.out_of_bounds)
+
+    def train_clip(self, index: int) -> Tensor:
+        """Decode and cut one training clip of sample ``index``: uint8 ``[T, s, s, 3]``."""
+        path = self.records[index].path
+        info = probe(path)
+        plan = self.transform.train_plan(info.height, info.width) if info.height > 0 else None
+        frames = self.decode(path, lambda n: self.train_indices(index, n), plan.decode_size if plan else None)
+        if plan is None or plan.frame != tuple(frames.shape[1:3]):  # size unknown or not as probed
+            plan = self.transform.train_plan(*frames.shape[1:3])
+        return self.transform.apply(frames, plan)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self._train_item(index) if self.train else self._eval_item(index)
+
+    def _train_item(self, index: int) -> dict[str, Tensor]:
+        current = index
+        for attempt in range(self.max_resample + 1):
+            try:
+                video = self.train_clip(current)
+            except VideoReadError as err:
+                # seeded through the worker's torch RNG (set by the loader's seed): reproducible
+                nxt = int(torch.randint(len(self.records), (1,)))
+                log.warning("corrupt training video replaced (%d/%d): %s", attempt + 1, self.max_resample, err)
+                current = nxt
+                continue
+            return {
+                "video": video,
+                "aug": self.augment.draw(1)[0],
+                "label": torch.tensor(self.records[current].label),
+                "index": torch.tensor(current),
+                "resampled": torch.tensor(attempt),
+            }
+        raise VideoReadError(f"{self.max_resample + 1} videos in a row failed to decode, starting from {self.records[index].path}")
+
+    def _eval_item(self, index: int) -> dict[str, Tensor]:
+        rec = self.records[index]
+        s, views = self.transform.img_size, self.num_clips * self.num_crops
+        try:
+            info = probe(rec.path)
+            clips = self.decode(
+                rec.path, lambda n: sample_test_clips(n, self.num_frames, self.frame_stride, self.num_clips, self.out_of_bounds),
+                self.transform.eval_decode_size(info.height, info.width),
+            )
+            video, valid = self.transform.eval(clips, self.num_crops), True
+        except VideoReadError as err:
+            log.warning("corrupt evaluation video (counted, excluded from accuracy): %s", err)
+            video, valid = torch.zeros(views, self.num_frames, s, s, 3, dtype=torch.uint8), False
+        return {"video": video, "label": torch.tensor(rec.label), "index": torch.tensor(index), "valid": torch.tensor(valid)}
