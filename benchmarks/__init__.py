@@ -18,7 +18,7 @@ import json
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ def run_bench(cfg: DictConfig, argv: list[str] | None = None) -> Path:
     command = "python -m lw_lightning " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     started = time.perf_counter()
     _log(f"bench on {env.device} ({info['precision']}), writing to {out}")
-    results: dict[str, Any] = {"machine": info, "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    results: dict[str, Any] = {"machine": info, "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds")}
     for suite in bench.suites:
         t0 = time.perf_counter()
         rows = _run_suite(suite, bench, env, out)
@@ -72,10 +72,17 @@ def write_report(out: Path, results: dict[str, Any], bench: BenchConfig) -> Path
     if results.get("images"):
         plots.append(report.plot_speedup(results["images"], bench, out / "speedup_vs_resolution.png"))
     if results.get("accuracy"):
-        plots.append(plot_accuracy(results["accuracy"], out / "accuracy_vs_flops.png", chance=accuracy_chance(results["accuracy"])))
+        plots.append(
+            plot_accuracy(results["accuracy"], out / "accuracy_vs_flops.png", chance=accuracy_chance(results["accuracy"]))
+        )
     info = results["machine"]
-    lines = [f"## Benchmarks on {info.get('gpu', info['cpu'])}", "", f"`{results['command']}` — {results['date']}, "
-             f"{results.get('seconds', '?')} s, median of {bench.repeats} repeats after {bench.warmup} warm-up calls.", ""]
+    lines = [
+        f"## Benchmarks on {info.get('gpu', info['cpu'])}",
+        "",
+        f"`{results['command']}` — {results['date']}, "
+        f"{results.get('seconds', '?')} s, median of {bench.repeats} repeats after {bench.warmup} warm-up calls.",
+        "",
+    ]
     lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
     for suite in bench.suites:
         if results.get(suite):

@@ -53,30 +53,54 @@ def evaluate_run(run: AccuracyRun, suite: AccuracySuite, env: Env, log: Callable
     ks = list(run.ks if run.ks is not None else suite.ks) if lookwhere else []
     limit = "limit_val_batches" if suite.split == "val" else "limit_test_batches"
     overrides = [
-        *run.overrides, f"ckpt_path={run.ckpt_path}", "logger=null", "callbacks=null",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.devices=1",
+        *run.overrides,
+        f"ckpt_path={run.ckpt_path}",
+        "logger=null",
+        "callbacks=null",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "trainer.devices=1",
         f"trainer.accelerator={env.device.type if env.device.type == 'cpu' else 'gpu'}",
         f"trainer.precision={'32-true' if env.dtype == torch.float32 else 'bf16-mixed'}",
         *([f"module.eval_ks={ks}"] if lookwhere else []),
         *([f"trainer.{limit}={suite.max_batches}"] if suite.max_batches is not None else []),
     ]
     with tempfile.TemporaryDirectory(prefix="lw_bench_acc_") as scratch:  # the run's summary file, nothing kept
-        cfg = load_config(run.config, [*overrides, f"output_dir={scratch}", f"trainer.default_root_dir={scratch}"], evaluation=True)
+        cfg = load_config(
+            run.config, [*overrides, f"output_dir={scratch}", f"trainer.default_root_dir={scratch}"], evaluation=True
+        )
         result = run_command(cfg, "validate" if suite.split == "val" else "test")
     module, datamodule = result.module, result.datamodule
     dataset = datamodule.datasets[suite.split]
-    samples = len(dataset) if suite.max_batches is None else min(len(dataset), suite.max_batches * datamodule.eval_batch_size_per_device)
+    samples = (
+        len(dataset)
+        if suite.max_batches is None
+        else min(len(dataset), suite.max_batches * datamodule.eval_batch_size_per_device)
+    )
     size = tuple(dataset[0]["image"].shape[-2:])
     with torch.device("meta"):
         meta = build_model(module.model_cfg)
     n = (size[0] // module.model_cfg.patch_size) * (size[1] // module.model_cfg.patch_size)
-    name = {"lookwhere": "LookWhere", "vit": "ViT", "tokenlearner": "TokenLearner-ViT"}[module.model_cfg.arch] + f"-{module.model_cfg.preset}"
+    name = {"lookwhere": "LookWhere", "vit": "ViT", "tokenlearner": "TokenLearner-ViT"}[
+        module.model_cfg.arch
+    ] + f"-{module.model_cfg.preset}"
     rows = []
     for k in ks or [None]:
         acc = result.metrics[f"{suite.split}/acc1" if k is None else f"{suite.split}/acc1_k/{k}"]
         flops = image_model_flops(meta, size, k=k, device="meta")
-        rows.append(dict(model=name, label=run.label or name, size=f"{size[0]}x{size[1]}", k=k,
-                         tokens=n if k is None else resolve_k(k, n), flops=flops, acc1=acc, samples=samples, split=suite.split,
-                         num_classes=getattr(datamodule, "num_classes", None)))
+        rows.append(
+            dict(
+                model=name,
+                label=run.label or name,
+                size=f"{size[0]}x{size[1]}",
+                k=k,
+                tokens=n if k is None else resolve_k(k, n),
+                flops=flops,
+                acc1=acc,
+                samples=samples,
+                split=suite.split,
+                num_classes=getattr(datamodule, "num_classes", None),
+            )
+        )
         log(f"accuracy {run.label or name} k={k}: top-1 {acc:.4f} at {flops / 2e9:.3f} GMACs")
     return rows

@@ -167,7 +167,7 @@ class CudaPeak:
         self.env = env
         self.bytes: int | None = None
 
-    def __enter__(self) -> "CudaPeak":
+    def __enter__(self) -> CudaPeak:
         if self.env.cuda:
             torch.cuda.synchronize(self.env.device)
             torch.cuda.reset_peak_memory_stats(self.env.device)

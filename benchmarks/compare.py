@@ -28,7 +28,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,19 @@ from lw_lightning.errors import ConfigError
 
 #: Demo fine-tuning settings a TokenLearner run takes over: what "the same data and schedule" means.
 CARRIED = (
-    "seed", "data", "trainer.max_epochs", "trainer.max_steps", "trainer.limit_train_batches", "trainer.limit_val_batches",
-    "trainer.precision", "trainer.accumulate_grad_batches",
-    "module.lr", "module.weight_decay", "module.warmup", "module.min_lr_ratio", "module.label_smoothing",
+    "seed",
+    "data",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.limit_train_batches",
+    "trainer.limit_val_batches",
+    "trainer.precision",
+    "trainer.accumulate_grad_batches",
+    "module.lr",
+    "module.weight_decay",
+    "module.warmup",
+    "module.min_lr_ratio",
+    "module.label_smoothing",
 )
 #: Data settings that define the test split: they must agree between the demo's runs.
 TEST_DATA_KEYS = ("image_size", "num_test", "sign_fraction", "distractor_prob", "seed")
@@ -89,11 +99,15 @@ def find_demo_runs(demo_dir: str | Path) -> DemoRuns:
     checkpoints, the wrong architectures or runs on different test data."""
     demo_dir = Path(demo_dir)
     if not demo_dir.is_dir():
-        raise ConfigError(f"--demo-dir {demo_dir}: no such directory (make one with `python -m lw_lightning.demo --output-dir {demo_dir}`)")
+        raise ConfigError(
+            f"--demo-dir {demo_dir}: no such directory (make one with `python -m lw_lightning.demo --output-dir {demo_dir}`)"
+        )
     summary_path = demo_dir / "demo_summary.json"
     if not summary_path.is_file():
-        raise ConfigError(f"--demo-dir {demo_dir} is not a finished demo: no demo_summary.json "
-                          f"(run `python -m lw_lightning.demo --output-dir {demo_dir}`, or leave out --demo-dir)")
+        raise ConfigError(
+            f"--demo-dir {demo_dir} is not a finished demo: no demo_summary.json "
+            f"(run `python -m lw_lightning.demo --output-dir {demo_dir}`, or leave out --demo-dir)"
+        )
     try:
         summary = json.loads(summary_path.read_text())
     except json.JSONDecodeError as err:
@@ -108,7 +122,9 @@ def find_demo_runs(demo_dir: str | Path) -> DemoRuns:
             raise ConfigError(f"--demo-dir {demo_dir}: {path} trains module.model.arch={got}, expected {arch}")
     differ = [k for k in TEST_DATA_KEYS if OmegaConf.select(t, f"data.{k}") != OmegaConf.select(f, f"data.{k}")]
     if differ:
-        raise ConfigError(f"--demo-dir {demo_dir}: teacher and fine-tuning runs differ in data.{differ[0]}: not the same test split")
+        raise ConfigError(
+            f"--demo-dir {demo_dir}: teacher and fine-tuning runs differ in data.{differ[0]}: not the same test split"
+        )
     return DemoRuns(demo_dir, summary, teacher_ckpt, teacher_cfg, finetune_ckpt, finetune_cfg)
 
 
@@ -152,7 +168,9 @@ def finished_run(cfg: DictConfig) -> tuple[Path, Path] | None:
     base = Path(str(cfg.output_dir)) / str(cfg.name)
     for summary in sorted(base.glob("version_*/summary_fit.json"), key=lambda p: -int(p.parent.name.split("_")[-1])):
         stored = OmegaConf.load(summary.parent / "config.yaml") if (summary.parent / "config.yaml").is_file() else None
-        if stored is None or any(OmegaConf.select(stored, k, default=None) != OmegaConf.select(cfg, k, default=None) for k in SAME_RUN_KEYS):
+        if stored is None or any(
+            OmegaConf.select(stored, k, default=None) != OmegaConf.select(cfg, k, default=None) for k in SAME_RUN_KEYS
+        ):
             continue
         fit = json.loads(summary.read_text())
         ckpt = Path(fit.get("best_model_path") or summary.parent / "checkpoints" / "last.ckpt")
@@ -161,13 +179,20 @@ def finished_run(cfg: DictConfig) -> tuple[Path, Path] | None:
     return None
 
 
-def train_tokenlearner(runs: DemoRuns, loc: float, tokens: int, output_dir: Path, extra: list[str], reuse: bool = True) -> tuple[Path, Path, float]:
+def train_tokenlearner(
+    runs: DemoRuns, loc: float, tokens: int, output_dir: Path, extra: list[str], reuse: bool = True
+) -> tuple[Path, Path, float]:
     """Fine-tune one TokenLearner-ViT from the teacher (or, with ``reuse``, take a finished run of
     the same config); returns (best checkpoint, run config, seconds of training done now)."""
     from lw_lightning.demo import best_checkpoint, run_stage
 
-    base = [f"output_dir={output_dir}", f"name=compare_tl_at{round(loc * 100)}", f"module.model.pretrained={runs.teacher_ckpt}",
-            f"module.model.tokenlearner_loc={float(loc)}", f"module.model.tokenlearner_tokens={tokens}"]
+    base = [
+        f"output_dir={output_dir}",
+        f"name=compare_tl_at{round(loc * 100)}",
+        f"module.model.pretrained={runs.teacher_ckpt}",
+        f"module.model.tokenlearner_loc={float(loc)}",
+        f"module.model.tokenlearner_tokens={tokens}",
+    ]
     carried = carried_overrides(OmegaConf.load(runs.finetune_config), load_config(RECIPE, base))
     overrides = [*base, *carried, *extra]
     if reuse and (done := finished_run(load_config(RECIPE, overrides))) is not None:
@@ -201,14 +226,30 @@ def evaluate_all(runs: DemoRuns, tl_runs: list[tuple[float, Path, Path]], env: A
     rows = []
     for r in evaluate_run(AccuracyRun(str(runs.teacher_config), str(runs.teacher_ckpt), overrides=no_init), suite, env, log):
         rows.append({**r, "method": "full-res ViT", "variant": f"all {r['tokens']} patches", "ckpt": str(runs.teacher_ckpt)})
-    for r in evaluate_run(AccuracyRun(str(runs.finetune_config), str(runs.finetune_ckpt), ks=ks, overrides=no_init), suite, env, log):
-        rows.append({**r, "method": "LookWhere", "variant": f"k={r['tokens']} ({r['tokens'] / rows[0]['tokens']:.0%})",
-                     "ckpt": str(runs.finetune_ckpt)})
+    for r in evaluate_run(
+        AccuracyRun(str(runs.finetune_config), str(runs.finetune_ckpt), ks=ks, overrides=no_init), suite, env, log
+    ):
+        rows.append(
+            {
+                **r,
+                "method": "LookWhere",
+                "variant": f"k={r['tokens']} ({r['tokens'] / rows[0]['tokens']:.0%})",
+                "ckpt": str(runs.finetune_ckpt),
+            }
+        )
     for loc, ckpt, config in tl_runs:
         (r,) = evaluate_run(AccuracyRun(str(config), str(ckpt), overrides=no_init), suite, env, log)
         tokens = OmegaConf.select(OmegaConf.load(config), "module.model.tokenlearner_tokens")
-        rows.append({**r, "method": "TokenLearner-ViT", "variant": f"{tokens} tokens at {loc_name(loc)}", "note": f"at {loc_name(loc)}",
-                     "loc": loc, "ckpt": str(ckpt)})
+        rows.append(
+            {
+                **r,
+                "method": "TokenLearner-ViT",
+                "variant": f"{tokens} tokens at {loc_name(loc)}",
+                "note": f"at {loc_name(loc)}",
+                "loc": loc,
+                "ckpt": str(ckpt),
+            }
+        )
     for r in rows:
         r["label"] = r["method"]  # one plot line per method
     return rows
@@ -216,9 +257,8 @@ def evaluate_all(runs: DemoRuns, tl_runs: list[tuple[float, Path, Path]], env: A
 
 def load_classifier(ckpt: str) -> Any:
     """The trained ``ImageClassifier`` of a checkpoint on CPU, without re-reading its init weights."""
-    from lw_lightning.modules.classification import ImageClassifier
-
     from lw_lightning.models.checkpoint import read_weights
+    from lw_lightning.modules.classification import ImageClassifier
 
     hp = read_weights(ckpt, "checkpoint", weights_only=False)["hyper_parameters"]
     model = hp["model"] if isinstance(hp["model"], dict) else vars(hp["model"])
@@ -256,7 +296,11 @@ def time_all(rows: list[dict[str, Any]], env: Any, latency_batch: int, train_bat
                 fwd(x1)
 
         cases.append(Case(f"{name} | infer b={latency_batch}", infer, items=latency_batch))
-        cases.append(Case(f"{name} | train b={train_batch}", train_step_fn(module.net, module.head, r["k"], xt, yt, env), items=train_batch))
+        cases.append(
+            Case(
+                f"{name} | train b={train_batch}", train_step_fn(module.net, module.head, r["k"], xt, yt, env), items=train_batch
+            )
+        )
     log(f"timing {len(cases)} cases interleaved ({env.warmup} warm-up + {env.repeats} rounds)")
     time_interleaved(cases, env, log)
     by_name = {c.name: c for c in cases}
@@ -269,20 +313,39 @@ def time_all(rows: list[dict[str, Any]], env: Any, latency_batch: int, train_bat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo-dir", default=None, help="a finished `python -m lw_lightning.demo` output dir (default: run the demo first)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--demo-dir", default=None, help="a finished `python -m lw_lightning.demo` output dir (default: run the demo first)"
+    )
     parser.add_argument("--output-dir", default="runs/compare", help="where the TokenLearner runs, tables and plot go")
-    parser.add_argument("--locs", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75], metavar="F",
-                        help="TokenLearner insertion points as fractions of the depth (default: 0 0.25 0.5 0.75)")
-    parser.add_argument("--tokens", type=int, default=8, help="TokenLearner's learned tokens S (default 8, the paper's ViT-B/16 setting)")
-    parser.add_argument("--quick", action="store_true", help="seconds-long smoke version (tests): the demo's --quick data, one timing round")
+    parser.add_argument(
+        "--locs",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.25, 0.5, 0.75],
+        metavar="F",
+        help="TokenLearner insertion points as fractions of the depth (default: 0 0.25 0.5 0.75)",
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=8, help="TokenLearner's learned tokens S (default 8, the paper's ViT-B/16 setting)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds-long smoke version (tests): the demo's --quick data, one timing round"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--retrain", action="store_true",
-                        help="train every TokenLearner model again (default: reuse finished runs of the same config in --output-dir)")
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train every TokenLearner model again (default: reuse finished runs of the same config in --output-dir)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per case before the timed rounds")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--device", default="auto", help="timing device: auto, cpu or cuda")
-    parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every training run this command starts")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="key=value", help="overrides for every training run this command starts"
+    )
     return parser
 
 
@@ -339,22 +402,46 @@ def compare(args: argparse.Namespace, argv: list[str]) -> Path:
     # machine_info reads the load now; the comparison started long before
     info["load average at start (1/5/15 min)"], info["load average at end (1/5/15 min)"] = load_at_start, load_average()
     seconds = round(time.perf_counter() - started)
-    plot = plot_accuracy(rows, out / "compare_accuracy_vs_gmacs.png", chance=accuracy_chance(rows),
-                                title="demo task (synthetic signs), test split: same data and schedule")
+    plot = plot_accuracy(
+        rows,
+        out / "compare_accuracy_vs_gmacs.png",
+        chance=accuracy_chance(rows),
+        title="demo task (synthetic signs), test split: same data and schedule",
+    )
     table = report.compare_md(rows, latency_batch, train_batch)
     results = {
-        "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": seconds, "machine": info,
-        "demo_dir": str(runs.demo_dir), "tokens": args.tokens, "latency_batch": latency_batch, "train_batch": train_batch,
-        "warmup": warmup, "repeats": repeats, "tokenlearner_fit_seconds": tl_seconds, "rows": rows,
+        "command": command,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": seconds,
+        "machine": info,
+        "demo_dir": str(runs.demo_dir),
+        "tokens": args.tokens,
+        "latency_batch": latency_batch,
+        "train_batch": train_batch,
+        "warmup": warmup,
+        "repeats": repeats,
+        "tokenlearner_fit_seconds": tl_seconds,
+        "rows": rows,
     }
     (out / "compare_results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     md = out / "compare.md"
-    md.write_text("\n".join([
-        "## Full-res ViT vs LookWhere vs TokenLearner-ViT on the demo task", "",
-        f"`{command}` — {results['date']}, {seconds} s; test split ({rows[0]['samples']} images), timings are medians of "
-        f"{repeats} interleaved rounds after {warmup} warm-up calls.", "",
-        *[f"- {k}: {v}" for k, v in info.items()], "", table, "", f"![accuracy vs GMACs]({plot.name})" if plot else "", "",
-    ]))
+    md.write_text(
+        "\n".join(
+            [
+                "## Full-res ViT vs LookWhere vs TokenLearner-ViT on the demo task",
+                "",
+                f"`{command}` — {results['date']}, {seconds} s; test split ({rows[0]['samples']} images), timings are medians of "
+                f"{repeats} interleaved rounds after {warmup} warm-up calls.",
+                "",
+                *[f"- {k}: {v}" for k, v in info.items()],
+                "",
+                table,
+                "",
+                f"![accuracy vs GMACs]({plot.name})" if plot else "",
+                "",
+            ]
+        )
+    )
     print(f"\n{table}\n\nwritten: {md}, {out / 'compare_results.json'}, {plot}\ncomparison done in {seconds} s", flush=True)
     return md
 

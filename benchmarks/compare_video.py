@@ -31,7 +31,7 @@ import json
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,25 @@ import torch.nn.functional as F
 
 from lw_lightning.config import ConfigError, load_config
 
-RECIPES = {"vivit": "demo_vlw_vivit", "distill": "demo_vlw_distill", "finetune": "demo_vlw_finetune",
-           "tokenlearner": "demo_vlw_tokenlearner"}
+RECIPES = {
+    "vivit": "demo_vlw_vivit",
+    "distill": "demo_vlw_distill",
+    "finetune": "demo_vlw_finetune",
+    "tokenlearner": "demo_vlw_tokenlearner",
+}
 #: what --quick shrinks every stage to (seconds-long smoke run, for tests)
-QUICK = ["data.num_frames=8", "data.img_size=32", "data.num_train=16", "data.num_val=8", "data.num_test=8", "data.batch_size=8",
-         "data.eval_batch_size=8", "trainer.max_epochs=1", "module.model.num_frames=8", "module.model.img_size=32"]
+QUICK = [
+    "data.num_frames=8",
+    "data.img_size=32",
+    "data.num_train=16",
+    "data.num_val=8",
+    "data.num_test=8",
+    "data.batch_size=8",
+    "data.eval_batch_size=8",
+    "trainer.max_epochs=1",
+    "module.model.num_frames=8",
+    "module.model.img_size=32",
+]
 QUICK_LW = ["module.model.selector_num_frames=4", "module.model.selector_img_size=16"]
 
 
@@ -83,8 +97,16 @@ def evaluate(config: Path, ckpt: Path) -> Any:
     """The run's own ``test`` on its checkpoint (no logger, callbacks or files): a RunResult."""
     from lw_lightning.tasks import run
 
-    overrides = [f"ckpt_path={ckpt}", "logger=null", "callbacks=null", "trainer.enable_progress_bar=false",
-                 "trainer.enable_model_summary=false", "trainer.devices=1", "trainer.accelerator=cpu", "trainer.precision=32-true"]
+    overrides = [
+        f"ckpt_path={ckpt}",
+        "logger=null",
+        "callbacks=null",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "trainer.devices=1",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+    ]
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="lw_compare_video_") as scratch:
@@ -191,8 +213,10 @@ def vivit_b_side_by_side(env: Any, k: float, log: Any) -> list[dict[str, Any]]:
 
     with torch.device("meta"):
         xm = torch.zeros(1, 3, 32, 224, 224)
-        flops = {"full": count_flops(ViViT(vivit_config("base"), 400).eval(), xm),
-                 "lw": count_flops(VideoLookWhere(video_lookwhere_config("base")).eval(), xm, k=k)}
+        flops = {
+            "full": count_flops(ViViT(vivit_config("base"), 400).eval(), xm),
+            "lw": count_flops(VideoLookWhere(video_lookwhere_config("base")).eval(), xm, k=k),
+        }
     torch.manual_seed(0)
     vivit, lw = ViViT(vivit_config("base"), 400).eval(), VideoLookWhere(video_lookwhere_config("base")).eval()
     x = torch.randn(1, 3, 32, 224, 224)
@@ -221,21 +245,51 @@ def results_md(rows: list[dict[str, Any]], train_batch: int) -> str:
 
     full = rows[0]
     nan = float("nan")
-    header = ["method", "variant", "tubelet tokens per block", "GMACs / clip", "FLOP ratio", "test top-1", "latency b=1", "speedup",
-              f"train clips/s b={train_batch}", "speedup", f"activations (train b={train_batch})", "ratio"]
+    header = [
+        "method",
+        "variant",
+        "tubelet tokens per block",
+        "GMACs / clip",
+        "FLOP ratio",
+        "test top-1",
+        "latency b=1",
+        "speedup",
+        f"train clips/s b={train_batch}",
+        "speedup",
+        f"activations (train b={train_batch})",
+        "ratio",
+    ]
     table = []
     for r in rows:
         lat, tr, act = r.get("latency_s", nan), r.get("train_s", nan), r.get("act_bytes")
-        table.append([r["method"], r["variant"], r["token_plan"], _g(r["flops"]), _x(full["flops"] / r["flops"]), f"{r['acc1'] * 100:.1f}%",
-                      fmt_time(lat), _x(full.get("latency_s", nan) / lat), _rate(train_batch, tr), _x(full.get("train_s", nan) / tr),
-                      fmt_bytes(act), _x(full["act_bytes"] / act) if act and full.get("act_bytes") else "—"])
+        table.append(
+            [
+                r["method"],
+                r["variant"],
+                r["token_plan"],
+                _g(r["flops"]),
+                _x(full["flops"] / r["flops"]),
+                f"{r['acc1'] * 100:.1f}%",
+                fmt_time(lat),
+                _x(full.get("latency_s", nan) / lat),
+                _rate(train_batch, tr),
+                _x(full.get("train_s", nan) / tr),
+                fmt_bytes(act),
+                _x(full["act_bytes"] / act) if act and full.get("act_bytes") else "—",
+            ]
+        )
     front = pareto_front(rows)
     steps = [f"{r['method']} {r['variant']} ({_g(r['flops'])} GMACs, {r['acc1'] * 100:.1f}%)" for r in front]
     lines = [_table(header, table), "", "Best accuracy at each GMACs budget (Pareto front): " + " → ".join(steps) + "."]
     recall = [r for r in rows if "object_recall" in r]
     if recall:
-        lines += ["", _table(["video LookWhere", "target tubelets kept (mean over test clips)", "temporal slices with the target seen"],
-                             [[r["variant"], f"{r['object_recall'] * 100:.0f}%", f"{r['slice_hit'] * 100:.0f}%"] for r in recall])]
+        lines += [
+            "",
+            _table(
+                ["video LookWhere", "target tubelets kept (mean over test clips)", "temporal slices with the target seen"],
+                [[r["variant"], f"{r['object_recall'] * 100:.0f}%", f"{r['slice_hit'] * 100:.0f}%"] for r in recall],
+            ),
+        ]
     errors = [f"- {r['method']} {r['variant']}: {k} {v}" for r in rows for k, v in r.items() if k.endswith("_error")]
     return "\n".join(lines + (["", "Failures:", *errors] if errors else []))
 
@@ -245,8 +299,16 @@ def vivit_b_md(rows: list[dict[str, Any]]) -> str:
     from benchmarks.report import _g, _table, _x
 
     full = rows[0]
-    table = [[r["name"], _g(r["flops"]), _x(full["flops"] / r["flops"]), fmt_time(r["latency_s"]), _x(full["latency_s"] / r["latency_s"])]
-             for r in rows]
+    table = [
+        [
+            r["name"],
+            _g(r["flops"]),
+            _x(full["flops"] / r["flops"]),
+            fmt_time(r["latency_s"]),
+            _x(full["latency_s"] / r["latency_s"]),
+        ]
+        for r in rows
+    ]
     return _table(["model (32 × 224², random weights)", "GMACs / clip", "FLOP ratio", "CPU latency b=1", "latency ratio"], table)
 
 
@@ -263,15 +325,34 @@ def plot(rows: list[dict[str, Any]], path: Path, chance: float, title: str) -> P
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_video", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare_video", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="runs/compare_video", help="where the runs, tables and plots go")
-    parser.add_argument("--ks", type=float, nargs="+", default=[0.025, 0.05, 0.1], metavar="F",
-                        help="video LookWhere's k as fractions of the tubelets (default 0.025 0.05 0.1)")
-    parser.add_argument("--tokenlearner", nargs="+", default=["8:0.25", "8:0.5", "16:0.25", "16:0.5"], metavar="S:F",
-                        help="ViViT + TokenLearner variants: S tokens per slice at fraction F of the depth (default 8:0.25 8:0.5 16:0.25 16:0.5)")
-    parser.add_argument("--quick", action="store_true", help="seconds-long smoke version (tests): tiny clips, one epoch, one timing round")
-    parser.add_argument("--retrain", action="store_true", help="train every stage again (default: reuse finished runs of the same config)")
-    parser.add_argument("--no-vivit-b", action="store_true", help="skip ViViT-B vs video LookWhere-B at 32x224^2 (minutes of CPU)")
+    parser.add_argument(
+        "--ks",
+        type=float,
+        nargs="+",
+        default=[0.025, 0.05, 0.1],
+        metavar="F",
+        help="video LookWhere's k as fractions of the tubelets (default 0.025 0.05 0.1)",
+    )
+    parser.add_argument(
+        "--tokenlearner",
+        nargs="+",
+        default=["8:0.25", "8:0.5", "16:0.25", "16:0.5"],
+        metavar="S:F",
+        help="ViViT + TokenLearner variants: S tokens per slice at fraction F of the depth (default 8:0.25 8:0.5 16:0.25 16:0.5)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds-long smoke version (tests): tiny clips, one epoch, one timing round"
+    )
+    parser.add_argument(
+        "--retrain", action="store_true", help="train every stage again (default: reuse finished runs of the same config)"
+    )
+    parser.add_argument(
+        "--no-vivit-b", action="store_true", help="skip ViViT-B vs video LookWhere-B at 32x224^2 (minutes of CPU)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per case before the timed rounds")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -308,18 +389,33 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
     reuse = not args.retrain
     seconds: dict[str, float] = {}
 
-    vivit_ckpt, vivit_cfg, seconds["(a) full ViViT"] = train("(a) full ViViT (the teacher)", "vivit", "compare_vivit", common, out, reuse)
-    distill_ckpt, distill_cfg, seconds["(b) distillation"] = train(
-        "(b) what-where distillation into video LookWhere", "distill", "compare_vlw_distill", [*lw_common, f"module.teacher.checkpoint={vivit_ckpt}"],
-        out, reuse)
+    vivit_ckpt, vivit_cfg, seconds["(a) full ViViT"] = train(
+        "(a) full ViViT (the teacher)", "vivit", "compare_vivit", common, out, reuse
+    )
+    _distill_ckpt, distill_cfg, seconds["(b) distillation"] = train(
+        "(b) what-where distillation into video LookWhere",
+        "distill",
+        "compare_vlw_distill",
+        [*lw_common, f"module.teacher.checkpoint={vivit_ckpt}"],
+        out,
+        reuse,
+    )
     export = distill_cfg.parent / "video_lookwhere.pt"
     if not export.is_file():
-        raise ConfigError(f"the distillation run {distill_cfg.parent} has no video_lookwhere.pt (delete the run or pass --retrain)")
+        raise ConfigError(
+            f"the distillation run {distill_cfg.parent} has no video_lookwhere.pt (delete the run or pass --retrain)"
+        )
     runs: list[tuple[str, str, Path, Path, dict[str, Any]]] = [("full ViViT", "all tubelets", vivit_ckpt, vivit_cfg, {})]
     for k in args.ks:
         title = f"(c) fine-tune video LookWhere at k={pct(k)}"
-        ckpt, cfg, seconds[title] = train(title, "finetune", f"compare_vlw_k{k * 1000:g}",
-                                          [*lw_common, f"module.model.pretrained={export}", f"module.train_k={k}", f"module.eval_k={k}"], out, reuse)
+        ckpt, cfg, seconds[title] = train(
+            title,
+            "finetune",
+            f"compare_vlw_k{k * 1000:g}",
+            [*lw_common, f"module.model.pretrained={export}", f"module.train_k={k}", f"module.eval_k={k}"],
+            out,
+            reuse,
+        )
         runs.append(("video LookWhere", f"k={pct(k)}", ckpt, cfg, {"k_fraction": k}))
     from omegaconf import OmegaConf
 
@@ -329,10 +425,22 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
     for tokens, loc in tl_specs:
         title = f"(d) ViViT + TokenLearner, {tokens} tokens at {loc_name(loc)}"
         block = int(round(loc * depth, 6))  # as the image TokenLearner-ViT reads a fraction of the depth
-        ckpt, cfg, seconds[title] = train(title, "tokenlearner", f"compare_tl{tokens}_at{round(loc * 100)}",
-                                          [*common, f"module.model.pretrained={vivit_ckpt}", f"module.model.num_tokens={tokens}",
-                                           f"module.model.tokenlearner_loc={block}"], out, reuse)
-        runs.append(("ViViT + TokenLearner", f"{tokens} tokens at {loc_name(loc)}", ckpt, cfg, {"note": f"{tokens} at {loc_name(loc)}"}))
+        ckpt, cfg, seconds[title] = train(
+            title,
+            "tokenlearner",
+            f"compare_tl{tokens}_at{round(loc * 100)}",
+            [
+                *common,
+                f"module.model.pretrained={vivit_ckpt}",
+                f"module.model.num_tokens={tokens}",
+                f"module.model.tokenlearner_loc={block}",
+            ],
+            out,
+            reuse,
+        )
+        runs.append(
+            ("ViViT + TokenLearner", f"{tokens} tokens at {loc_name(loc)}", ckpt, cfg, {"note": f"{tokens} at {loc_name(loc)}"})
+        )
 
     print("\n=== test split: every model, then interleaved timing", flush=True)
     rows, modules = [], {}
@@ -343,10 +451,22 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
         mc = module.model_cfg
         lw = method == "video LookWhere"
         kk = module.net.lookwhere.resolve_k(module.hparams.eval_k) if lw else None
-        row = {"method": method, "variant": variant, "label": method, "model": method, "name": f"{method} {variant}", "ckpt": str(ckpt),
-               "acc1": float(result.metrics["test/acc1"]), "samples": len(result.datamodule.datasets["test"]),
-               "num_classes": int(result.datamodule.num_classes), "flops": clip_flops(module), "k": kk,
-               "tokens": kk if lw else mc.grid[0] * mc.grid[1] * mc.grid[2], "token_plan": token_plan(mc, kk), **extra}
+        row = {
+            "method": method,
+            "variant": variant,
+            "label": method,
+            "model": method,
+            "name": f"{method} {variant}",
+            "ckpt": str(ckpt),
+            "acc1": float(result.metrics["test/acc1"]),
+            "samples": len(result.datamodule.datasets["test"]),
+            "num_classes": int(result.datamodule.num_classes),
+            "flops": clip_flops(module),
+            "k": kk,
+            "tokens": kk if lw else mc.grid[0] * mc.grid[1] * mc.grid[2],
+            "token_plan": token_plan(mc, kk),
+            **extra,
+        }
         if lw:
             row["note"] = f"k={pct(extra['k_fraction'])}"
             row["object_recall"], row["slice_hit"] = object_recall(module, result.datamodule.datasets["test"])
@@ -369,8 +489,14 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
     with torch.no_grad():
         sel = module.net.lookwhere(video, k=module.hparams.eval_k)
     picture = out / "compare_video_selection.png"
-    video_selection_picture(video, sel["selector_map"], sel["selected"], module.model_cfg.grid, module.model_cfg.tubelet,
-                            torch.stack([s["track"] for s in samples])).save(picture)
+    video_selection_picture(
+        video,
+        sel["selector_map"],
+        sel["selected"],
+        module.model_cfg.grid,
+        module.model_cfg.tubelet,
+        torch.stack([s["track"] for s in samples]),
+    ).save(picture)
 
     command = "python -m benchmarks.compare_video " + " ".join(shlex.quote(a) for a in argv)
     info = machine_info(env)
@@ -378,24 +504,49 @@ def compare_video(args: argparse.Namespace, argv: list[str]) -> Path:
     total = round(time.perf_counter() - started)
     mc = modules[rows[0]["ckpt"]].model_cfg
     shape = f"{mc.num_frames} × {mc.img_size}²"
-    png = plot(rows, out / "compare_video_accuracy_vs_gmacs.png", 1.0 / rows[0]["num_classes"],
-               f"synthetic motion ({shape}), test split: same data and schedule")
+    png = plot(
+        rows,
+        out / "compare_video_accuracy_vs_gmacs.png",
+        1.0 / rows[0]["num_classes"],
+        f"synthetic motion ({shape}), test split: same data and schedule",
+    )
     table = results_md(rows, train_batch)
-    results = {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": total, "machine": info,
-               "fit_seconds": {k: round(v, 1) for k, v in seconds.items()}, "train_batch": train_batch, "warmup": warmup, "repeats": repeats,
-               "rows": rows, "vivit_b": big}
+    results = {
+        "command": command,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": total,
+        "machine": info,
+        "fit_seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "train_batch": train_batch,
+        "warmup": warmup,
+        "repeats": repeats,
+        "rows": rows,
+        "vivit_b": big,
+    }
     (out / "compare_video_results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     md = out / "compare_video.md"
     trained_now = sum(seconds.values())
-    md.write_text("\n".join([
-        "## Full ViViT vs ViViT + TokenLearner vs video LookWhere on synthetic motion", "",
-        f"`{command}` — {results['date']}, {total} s in all ({trained_now:.0f} s of training in this invocation; reused runs count 0); "
-        f"clips of {shape}, test split ({rows[0]['samples']} clips); timings are medians of {repeats} interleaved rounds after "
-        f"{warmup} warm-up calls.", "",
-        *[f"- {k}: {v}" for k, v in info.items()], "", table, "", f"![accuracy vs GMACs]({png.name})", "",
-        f"![selected tubelets over time]({picture.name})", "",
-        *(["### ViViT-B/16x2 vs video LookWhere-B at 32 × 224², k = 5%", "", vivit_b_md(big), ""] if big else []),
-    ]))
+    md.write_text(
+        "\n".join(
+            [
+                "## Full ViViT vs ViViT + TokenLearner vs video LookWhere on synthetic motion",
+                "",
+                f"`{command}` — {results['date']}, {total} s in all ({trained_now:.0f} s of training in this invocation; reused runs count 0); "
+                f"clips of {shape}, test split ({rows[0]['samples']} clips); timings are medians of {repeats} interleaved rounds after "
+                f"{warmup} warm-up calls.",
+                "",
+                *[f"- {k}: {v}" for k, v in info.items()],
+                "",
+                table,
+                "",
+                f"![accuracy vs GMACs]({png.name})",
+                "",
+                f"![selected tubelets over time]({picture.name})",
+                "",
+                *(["### ViViT-B/16x2 vs video LookWhere-B at 32 × 224², k = 5%", "", vivit_b_md(big), ""] if big else []),
+            ]
+        )
+    )
     print(f"\n{table}\n", flush=True)
     if big:
         print(vivit_b_md(big), flush=True)

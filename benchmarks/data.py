@@ -32,6 +32,7 @@ from lw_lightning.data.sampling import clip_indices, max_start
 from lw_lightning.data.video_augment import VideoAugment
 from lw_lightning.data.video_io import VideoReadError
 from lw_lightning.models.vivit import ViViT, vivit_config
+
 from .common import Case, Env, time_interleaved
 from .config import DataSuite
 
@@ -205,8 +206,15 @@ def measure_loader(reader: str, paths: list[Path], frames: int, stride: int, wor
         ds: Dataset = PlainDecordDataset([str(p) for p in paths] * repeat, frames, stride)
     else:
         ds = _dataset(reader, paths, frames, stride, suite.img_size, repeat)
-    loader = DataLoader(ds, batch_size=suite.batch_size, shuffle=False, num_workers=workers, drop_last=True,
-                        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds,
+        batch_size=suite.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(0),
+    )
     it = iter(loader)
     next(it)  # workers started and their first batches decoded
     n, start = 0, time.perf_counter()
@@ -232,7 +240,9 @@ def run_data(suite: DataSuite, env: Env, log: Callable[[str], None] = print, out
             key = f"{reader}_w{w}"
             row[key] = statistics.median(rates[key])
             row[key + "_all"] = rates[key]
-            log(f"data {frames}x{stride} {reader} workers={w}: {row[key]:.2f} clips/s ({', '.join(f'{r:.2f}' for r in rates[key])})")
+            log(
+                f"data {frames}x{stride} {reader} workers={w}: {row[key]:.2f} clips/s ({', '.join(f'{r:.2f}' for r in rates[key])})"
+            )
         if suite.model_preset:
             row.update(_model_rate(suite, frames, env, log))
         rows.append(row)
@@ -247,7 +257,9 @@ def _model_rate(suite: DataSuite, frames: int, env: Env, log: Callable[[str], No
     model = ViViT(cfg, 400).to(env.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
     _, augment = recipe_transforms(cfg.img_size)
-    clips = torch.randint(0, 256, (suite.model_batch, frames, cfg.img_size, cfg.img_size, 3), dtype=torch.uint8, device=env.device)
+    clips = torch.randint(
+        0, 256, (suite.model_batch, frames, cfg.img_size, cfg.img_size, 3), dtype=torch.uint8, device=env.device
+    )
     params = augment.draw(suite.model_batch, torch.Generator().manual_seed(0))
     y = torch.randint(400, (suite.model_batch,), device=env.device)
 
@@ -262,4 +274,7 @@ def _model_rate(suite: DataSuite, frames: int, env: Env, log: Callable[[str], No
     name = f"ViViT-{suite.model_preset} train {frames} frames b={suite.model_batch}"
     short = Env(env.device, env.dtype, warmup=1, repeats=suite.model_repeats)  # steps are long on CPU
     case = time_interleaved([Case(name, step, items=suite.model_batch)], short, log)[0]
-    return {"model": f"ViViT-{suite.model_preset[0].upper()}/16x2", "model_clips_s": suite.model_batch / case.median if case.times else float("nan")}
+    return {
+        "model": f"ViViT-{suite.model_preset[0].upper()}/16x2",
+        "model_clips_s": suite.model_batch / case.median if case.times else float("nan"),
+    }

@@ -59,8 +59,13 @@ def write_jpegs(root: Path, n: int, seed: int = 0) -> None:
 def measure(root: Path, workers: int, batch: int, image_size: int, epochs: int) -> float:
     """Images/s over ``epochs`` passes, after one untimed warm-up batch (worker start-up)."""
     dm = ImageNetDataModule(
-        root=str(root), image_size=image_size, batch_size=batch, num_workers=workers,
-        pin_memory=False, persistent_workers=True, seed=0,
+        root=str(root),
+        image_size=image_size,
+        batch_size=batch,
+        num_workers=workers,
+        pin_memory=False,
+        persistent_workers=True,
+        seed=0,
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -98,7 +103,12 @@ def _legacy_dataset():
             lo, hi = self.transform.train_short_side
             s = self.transform.img_size
             size = short_side_size(*x.shape[-2:], int(torch.randint(lo, hi + 1, (1,))))
-            x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True).round_().clamp_(0, 255).byte()
+            x = (
+                F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+                .round_()
+                .clamp_(0, 255)
+                .byte()
+            )
             top, left = int(torch.randint(size[0] - s + 1, (1,))), int(torch.randint(size[1] - s + 1, (1,)))
             x = x[..., top : top + s, left : left + s]
             if torch.rand(()) < 0.5:
@@ -149,7 +159,9 @@ def video_main(args: argparse.Namespace) -> int:
     suite = DataSuite(videos=args.videos, seconds=args.seconds, fps=25, width=width, height=height, gop=args.gop)
     sets = {"raw": make_videos(root / "raw", suite, print)}
     if args.prepared:
-        prep = prepare_tree(root / "raw", root / "prepared", PrepOptions(args.prep_short_side, args.prep_keyint), workers=1, progress=False)
+        prep = prepare_tree(
+            root / "raw", root / "prepared", PrepOptions(args.prep_short_side, args.prep_keyint), workers=1, progress=False
+        )
         if prep.failed:
             print(f"prep failed on {prep.failed}")
             return 1
@@ -163,14 +175,22 @@ def video_main(args: argparse.Namespace) -> int:
             rates[c].append(measure_video(kind, sets[name], f, st, w, args.clips_per_run, args.batch_size))
             print(f"round {r}: {name} {f}x{st} {kind} w={w}: {rates[c][-1]:.2f} clips/s", flush=True)
     load = os.getloadavg()
-    lines = [f"{args.videos} generated {args.seconds:g}-s videos, {width}x{height} at 25 fps, H.264 (x264 medium, crf 23, B-frames), "
-             f"keyframe every {args.gop} frames" + (f"; prepared: short side {args.prep_short_side}, keyframe every {args.prep_keyint}" if args.prepared else "")
-             + f". Clips/s per worker, median of {args.rounds} interleaved rounds of {args.clips_per_run} clips (batch {args.batch_size}); "
-             f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores.", ""]
-    header = (["files", "clip", "workers"] + [f"{k} clips/s per worker" for k in kinds] + ["loader / plain", "loader / plain+crop"]
-              + (["old worker / plain+crop"] if "old worker" in kinds else []))
+    lines = [
+        f"{args.videos} generated {args.seconds:g}-s videos, {width}x{height} at 25 fps, H.264 (x264 medium, crf 23, B-frames), "
+        f"keyframe every {args.gop} frames"
+        + (f"; prepared: short side {args.prep_short_side}, keyframe every {args.prep_keyint}" if args.prepared else "")
+        + f". Clips/s per worker, median of {args.rounds} interleaved rounds of {args.clips_per_run} clips (batch {args.batch_size}); "
+        f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores.",
+        "",
+    ]
+    header = (
+        ["files", "clip", "workers"]
+        + [f"{k} clips/s per worker" for k in kinds]
+        + ["loader / plain", "loader / plain+crop"]
+        + (["old worker / plain+crop"] if "old worker" in kinds else [])
+    )
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (f, st) in clips:
+    for f, st in clips:
         for name in sets:
             for w in args.workers:
                 med = {k: statistics.median(rates[(name, f, st, k, w)]) / w for k in kinds}

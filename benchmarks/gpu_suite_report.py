@@ -13,7 +13,7 @@ import argparse
 import json
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,9 @@ def data_rows(results: dict[str, Any]) -> list[list[str]]:
             vs = [f"{_x(loader, plain)} plain decord"] if plain else []
             if r.get("model_clips_s"):
                 vs.append(f"{_x(loader, r['model_clips_s'])} {r['model']} training ({r['model_clips_s']:.2f} clips/s)")
-            out.append(["loader", f"{r['clip']}, {w} worker{'s' if w > 1 else ''}", f"{loader:.2f} clips/s", ", ".join(vs) or "—"])
+            out.append(
+                ["loader", f"{r['clip']}, {w} worker{'s' if w > 1 else ''}", f"{loader:.2f} clips/s", ", ".join(vs) or "—"]
+            )
     return out
 
 
@@ -115,8 +117,14 @@ def amp_rows(log: Path) -> list[list[str]]:
             if len(parts) != 2 * len(precisions):  # task + P losses + (P-1) relative differences
                 break
             losses, rel = parts[1 : 1 + len(precisions)], parts[1 + len(precisions) :]
-            rows.append(["amp_check", parts[0], ", ".join(f"{p} {v}" for p, v in zip(precisions, losses)),
-                         ", ".join(f"{p} {v}" for p, v in zip(precisions[1:], rel)) + " relative to fp32"])
+            rows.append(
+                [
+                    "amp_check",
+                    parts[0],
+                    ", ".join(f"{p} {v}" for p, v in zip(precisions, losses)),
+                    ", ".join(f"{p} {v}" for p, v in zip(precisions[1:], rel)) + " relative to fp32",
+                ]
+            )
     return rows + [["amp_check", "verdict", verdict, "—"]]
 
 
@@ -151,11 +159,17 @@ def render(out: Path, dry_run: bool = False) -> str:
     table += pytest_rows(out / "pytest_gpu.log") + amp_rows(out / "amp_check.log")
     device = machine.get("gpu") or machine.get("cpu", "unknown machine")
     title = f"## GPU suite{' (DRY RUN: CPU, tiny sizes — not a measurement)' if dry_run else ''}: {device}"
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     total = sum(s[1] for s in steps.values())
-    lines = [title, "", f"`bash benchmarks/gpu_suite.sh{' --dry-run' if dry_run else ''}` — {date}, {total} s in the steps; "
-             f"torch {machine.get('torch', '?')}, {machine.get('precision', '?')}.", "",
-             "| part | case | result | compared |", "|---|---|---|---|"]
+    lines = [
+        title,
+        "",
+        f"`bash benchmarks/gpu_suite.sh{' --dry-run' if dry_run else ''}` — {date}, {total} s in the steps; "
+        f"torch {machine.get('torch', '?')}, {machine.get('precision', '?')}.",
+        "",
+        "| part | case | result | compared |",
+        "|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table]
     return "\n".join(lines) + "\n"
 

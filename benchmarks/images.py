@@ -56,7 +56,9 @@ def _variants(suite: ImageSuite, group: ImageGroup) -> list[dict[str, Any]]:
         out.append(dict(name=f"LookWhere-{suite.preset} {k_label(k, n)}", arch="lookwhere", k=k, gather=True))
     if group.embed_then_gather and group.ks:
         k = group.ks[0]
-        out.append(dict(name=f"LookWhere-{suite.preset} {k_label(k, n)}, embed all then gather", arch="lookwhere", k=k, gather=False))
+        out.append(
+            dict(name=f"LookWhere-{suite.preset} {k_label(k, n)}, embed all then gather", arch="lookwhere", k=k, gather=False)
+        )
     return out
 
 
@@ -97,7 +99,10 @@ def run_group(suite: ImageSuite, group: ImageGroup, env: Env, log: Callable[[str
         v["flops"] = count_variant_flops(suite.preset, size, v["arch"], v["k"], v["gather"])
         v["tokens"] = n if v["k"] is None else resolve_k(v["k"], n)
     torch.manual_seed(0)
-    models = {arch: build_model(model_config(suite.preset, arch=arch, img_size=[size, size])).to(env.device) for arch in ("vit", "lookwhere")}
+    models = {
+        arch: build_model(model_config(suite.preset, arch=arch, img_size=[size, size])).to(env.device)
+        for arch in ("vit", "lookwhere")
+    }
     models["lookwhere"].selector.requires_grad_(False)  # frozen selector: the fine-tuning protocol
     for m in models.values():
         m.eval()

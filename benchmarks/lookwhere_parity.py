@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from lw_lightning.models.checkpoint import load_official, resolve_pretrained_config  # noqa: E402
-from lw_lightning.models.config import model_config  # noqa: E402
-from lw_lightning.models.knn_upsample import knn_upsample  # noqa: E402
-from lw_lightning.models.lookwhere import LookWhere  # noqa: E402
+from lw_lightning.models.checkpoint import load_official, resolve_pretrained_config
+from lw_lightning.models.config import model_config
+from lw_lightning.models.knn_upsample import knn_upsample
+from lw_lightning.models.lookwhere import LookWhere
 
 DINOV2 = "vit_base_patch14_reg4_dinov2.lvd142m"
 K = {224: 128, 518: 137, 994: 252}
@@ -47,10 +47,17 @@ def random_release(path: Path, seed: int = 0) -> None:
     with torch.device("meta"):
         sel = timm.create_model(DINOV2, depth=3, num_classes=0, pretrained=False, img_size=154)
         ext = timm.create_model(DINOV2, num_classes=0, pretrained=False, img_size=518)
-    head = {"w1.weight": torch.Size([3072, 768]), "w1.bias": torch.Size([3072]), "w2.weight": torch.Size([16, 3072]), "w2.bias": torch.Size([16])}
+    head = {
+        "w1.weight": torch.Size([3072, 768]),
+        "w1.bias": torch.Size([3072]),
+        "w2.weight": torch.Size([16, 3072]),
+        "w2.bias": torch.Size([16]),
+    }
     state = {
-        "selector": {"backbone": rand({k: v.shape for k, v in sel.state_dict().items()}),
-                     "head": {k: torch.randn(s, generator=gen) * 0.05 for k, s in head.items()}},
+        "selector": {
+            "backbone": rand({k: v.shape for k, v in sel.state_dict().items()}),
+            "head": {k: torch.randn(s, generator=gen) * 0.05 for k, s in head.items()},
+        },
         "extractor": rand({k: v.shape for k, v in ext.state_dict().items()}),
     }
     torch.save(state, path)
@@ -86,7 +93,9 @@ def compare(path: Path, size: int, k: int, downstream: type) -> list[str]:
         )
         if cfg.resize_mode == "official":  # the same tokens, with topk's choice among equal distances
             alt = knn_upsample(out["tokens"], keep, (size // 14, size // 14), tie_break="topk")
-            lines.append(f"  the same tokens, topk tie-break: cells > 1e-4: {((alt - r_dense).abs().amax(-1) > 1e-4).float().mean().item():.1%}")
+            lines.append(
+                f"  the same tokens, topk tie-break: cells > 1e-4: {((alt - r_dense).abs().amax(-1) > 1e-4).float().mean().item():.1%}"
+            )
     return lines
 
 

@@ -63,7 +63,10 @@ def _batches(suite: OverheadSuite, n: int) -> list[dict[str, torch.Tensor]]:
     size = suite.model.get("img_size", [224, 224])
     size = [size, size] if isinstance(size, int) else size
     return [
-        {"image": torch.randn(suite.batch_size, 3, *size, generator=g), "label": torch.randint(suite.num_classes, (suite.batch_size,), generator=g)}
+        {
+            "image": torch.randn(suite.batch_size, 3, *size, generator=g),
+            "label": torch.randint(suite.num_classes, (suite.batch_size,), generator=g),
+        }
         for _ in range(n)
     ]
 
@@ -79,9 +82,18 @@ def lightning_round(suite: OverheadSuite, batches: list, env: Env) -> float:
     precision = "bf16-mixed" if env.dtype == torch.bfloat16 else "32-true"
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pl.Trainer(
-            accelerator=env.device.type, devices=1, precision=precision, max_steps=len(batches), max_epochs=1,
-            logger=pl.loggers.TensorBoardLogger(tmp, name="overhead"), log_every_n_steps=10, callbacks=[clock],
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+            accelerator=env.device.type,
+            devices=1,
+            precision=precision,
+            max_steps=len(batches),
+            max_epochs=1,
+            logger=pl.loggers.TensorBoardLogger(tmp, name="overhead"),
+            log_every_n_steps=10,
+            callbacks=[clock],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
             num_sanity_val_steps=0,
         )
         trainer.fit(module, train_dataloaders=DataLoader(_Batches(batches), batch_size=None))
@@ -94,7 +106,9 @@ def plain_round(suite: OverheadSuite, batches: list, env: Env) -> float:
     net.train()
     if module.hparams.freeze_selector and module.is_lookwhere:
         net.selector.eval()
-    opt = torch.optim.AdamW(param_groups(module.named_parameters(), module.hparams.weight_decay), lr=module.hparams.lr, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(
+        param_groups(module.named_parameters(), module.hparams.weight_decay), lr=module.hparams.lr, betas=(0.9, 0.999)
+    )
     total = len(batches)
     sched = warmup_cosine(opt, resolve_warmup(module.hparams.warmup, total), total, module.hparams.min_lr_ratio)
     ends = []
@@ -121,6 +135,17 @@ def run_overhead(suite: OverheadSuite, env: Env, log: Callable[[str], None] = pr
             log(f"overhead round {r + 1}: {name} {rates[name][-1]:.2f} steps/s")
     light, plain = statistics.median(rates["lightning"]), statistics.median(rates["plain"])
     model = ", ".join(f"{k}={v}" for k, v in suite.model.items())
-    return [dict(model=model, k=suite.k, batch_size=suite.batch_size, steps=suite.steps, rounds=suite.rounds,
-                 lightning_steps_s=light, plain_steps_s=plain, lightning_all=rates["lightning"], plain_all=rates["plain"],
-                 slowdown=plain / light - 1.0)]
+    return [
+        dict(
+            model=model,
+            k=suite.k,
+            batch_size=suite.batch_size,
+            steps=suite.steps,
+            rounds=suite.rounds,
+            lightning_steps_s=light,
+            plain_steps_s=plain,
+            lightning_all=rates["lightning"],
+            plain_all=rates["plain"],
+            slowdown=plain / light - 1.0,
+        )
+    ]

@@ -52,7 +52,9 @@ def tiny_task(task: str, size: int = 112, batch_size: int = 4, seed: int = 0) ->
     if task == "video":
         from lw_lightning.modules.video import VideoClassifier
 
-        module = VideoClassifier({"preset": "tiny", "num_tokens": 4, "tokenlearner_loc": 2, "tokenlearner_version": "v1.0"}, num_classes=5)
+        module = VideoClassifier(
+            {"preset": "tiny", "num_tokens": 4, "tokenlearner_loc": 2, "tokenlearner_version": "v1.0"}, num_classes=5
+        )
         torch.nn.init.normal_(module.net.head.weight, std=0.02)  # zero-initialised head: make the loss depend on the net
         c = module.model_cfg
         video = torch.randn(batch_size, 3, c.num_frames, c.img_size, c.img_size, generator=g)
@@ -90,7 +92,9 @@ def loss_under(task: str, module: torch.nn.Module, batch: dict[str, Tensor], pre
     return float(loss.detach().float())
 
 
-def compare(device: str = "cpu", precisions: tuple[str, ...] = PRECISIONS, tasks: tuple[str, ...] = TASKS, size: int = 112) -> dict[str, dict[str, float]]:
+def compare(
+    device: str = "cpu", precisions: tuple[str, ...] = PRECISIONS, tasks: tuple[str, ...] = TASKS, size: int = 112
+) -> dict[str, dict[str, float]]:
     """``{task: {precision: loss}}`` on the same weights and batch for every precision."""
     table: dict[str, dict[str, float]] = {}
     for task in tasks:

@@ -58,14 +58,20 @@ def images_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
             table = []
             for r in grp:
                 lat = r.get(f"{prefix}infer_b{b1}_s", NAN)
-                line = [r["model"], str(r["tokens"]), _g(r['flops']), _x(full["flops"] / r["flops"]),
-                        fmt_time(lat), _x(full.get(f"{prefix}infer_b{b1}_s", NAN) / lat)]
+                line = [
+                    r["model"],
+                    str(r["tokens"]),
+                    _g(r["flops"]),
+                    _x(full["flops"] / r["flops"]),
+                    fmt_time(lat),
+                    _x(full.get(f"{prefix}infer_b{b1}_s", NAN) / lat),
+                ]
                 if bt != b1:
                     t = r.get(f"{prefix}infer_b{bt}_s", NAN)
                     line += [_rate(bt, t), _x(full.get(f"{prefix}infer_b{bt}_s", NAN) / t)]
                 if train:
                     t = r.get("train_s", NAN)
-                    line += ([_rate(group.train_batch, t), _x(full.get("train_s", NAN) / t)] if "train_s" in r else ["—", "—"])
+                    line += [_rate(group.train_batch, t), _x(full.get("train_s", NAN) / t)] if "train_s" in r else ["—", "—"]
                 if mem:
                     a = r.get("act_bytes")
                     line += [fmt_bytes(a), _x(full["act_bytes"] / a) if a and full.get("act_bytes") else "—"]
@@ -73,8 +79,14 @@ def images_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
             title = f"#### {group.size}×{group.size}" + (f" — torch.compile ({group.compile})" if prefix else "")
             out.append(f"{title}\n\n{_table(header, table)}")
             if any(r.get("train_peak_bytes") for r in grp) and not prefix:
-                peaks = [[r["model"], fmt_bytes(r.get("train_peak_bytes")), fmt_bytes(r.get("infer_peak_bytes"))] for r in grp if "act_bytes" in r]
-                out.append(_table(["model", f"CUDA peak, train step b={group.train_batch}", f"CUDA peak, inference b={bt}"], peaks))
+                peaks = [
+                    [r["model"], fmt_bytes(r.get("train_peak_bytes")), fmt_bytes(r.get("infer_peak_bytes"))]
+                    for r in grp
+                    if "act_bytes" in r
+                ]
+                out.append(
+                    _table(["model", f"CUDA peak, train step b={group.train_batch}", f"CUDA peak, inference b={bt}"], peaks)
+                )
             errors = [f"- {r['model']}: {k} {v}" for r in grp for k, v in r.items() if k.endswith("_error")]
             if errors:
                 out.append("Failures:\n" + "\n".join(errors))
@@ -89,10 +101,18 @@ def video_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
         grp = [r for r in rows if r["preset"] == preset]
         if len(grp) != 2:
             continue
-        base, tl = grp
+        base, _tl = grp
         prefixes = [""] + (["compiled_"] if suite.compile else [])
         for prefix in prefixes:
-            header = ["model", "tokens (first / last block)", "GMACs", "FLOP ratio", f"clips/s b={b1}", "ratio", "ratio / FLOP ratio"]
+            header = [
+                "model",
+                "tokens (first / last block)",
+                "GMACs",
+                "FLOP ratio",
+                f"clips/s b={b1}",
+                "ratio",
+                "ratio / FLOP ratio",
+            ]
             if bt != b1 and not prefix:
                 header += [f"clips/s b={bt}", "ratio", "ratio / FLOP ratio"]
             train = "train_s" in base and not prefix
@@ -101,8 +121,8 @@ def video_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
             table = []
             for r in grp:
                 fr = base["flops"] / r["flops"]
-                line = [r["name"], f"{r['tokens_in']} / {r['tokens_out']}", _g(r['flops']), _x(fr)]
-                for b in ([b1] if bt == b1 or prefix else [b1, bt]):
+                line = [r["name"], f"{r['tokens_in']} / {r['tokens_out']}", _g(r["flops"]), _x(fr)]
+                for b in [b1] if bt == b1 or prefix else [b1, bt]:
                     t, t0 = r.get(f"{prefix}infer_b{b}_s", NAN), base.get(f"{prefix}infer_b{b}_s", NAN)
                     line += [_rate(b, t), _x(t0 / t), f"{t0 / t / fr:.2f}"]
                 if train:
@@ -110,7 +130,9 @@ def video_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
                     line += [_rate(suite.train_batch, t), _x(t0 / t), f"{t0 / t / fr:.2f}", fmt_bytes(r.get("act_bytes"))]
                 table.append(line)
             t, h, w = base["tubelet"]
-            title = f"#### ViViT-{preset}, {base['num_frames']}×{base['img_size']}², tubelet {t}×{h}×{w}" + (f" — torch.compile ({suite.compile})" if prefix else "")
+            title = f"#### ViViT-{preset}, {base['num_frames']}×{base['img_size']}², tubelet {t}×{h}×{w}" + (
+                f" — torch.compile ({suite.compile})" if prefix else ""
+            )
             out.append(f"{title}\n\n{_table(header, table)}")
     return "\n\n".join(out)
 
@@ -131,23 +153,48 @@ def data_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
             best = max((r[f"{rd}_w{w}"] for rd, w in cases if rd != "plain"), default=float("nan"))
             line += [f"{r['model_clips_s']:.3f} ({r['model']}, b={suite.model_batch})", f"{best / r['model_clips_s']:.1f}×"]
         table.append(line)
-    note = (f"Clips/s of the Kinetics training loader (workers: decode + scale-jitter crop, uint8 out, batch {suite.batch_size}) next to "
-            f"plain decord decoding the same frame indices in the same workers; {suite.videos} generated {suite.seconds:g}-s videos, {suite.width}×{suite.height} "
-            f"at {suite.fps} fps, H.264, keyframe every {suite.gop} frames; median of {suite.rounds} interleaved rounds. The model's rate "
-            "includes the device half of the pipeline (flip, colour jitter, colour drop, normalise). "
-            "A loader/model ratio above 1 means loading keeps up with training on this machine.")
+    note = (
+        f"Clips/s of the Kinetics training loader (workers: decode + scale-jitter crop, uint8 out, batch {suite.batch_size}) next to "
+        f"plain decord decoding the same frame indices in the same workers; {suite.videos} generated {suite.seconds:g}-s videos, {suite.width}×{suite.height} "
+        f"at {suite.fps} fps, H.264, keyframe every {suite.gop} frames; median of {suite.rounds} interleaved rounds. The model's rate "
+        "includes the device half of the pipeline (flip, colour jitter, colour drop, normalise). "
+        "A loader/model ratio above 1 means loading keeps up with training on this machine."
+    )
     return note + "\n\n" + _table(header, table)
 
 
 def overhead_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
-    table = [[r["model"], str(r["k"]), str(r["batch_size"]), f"{r['lightning_steps_s']:.2f}", f"{r['plain_steps_s']:.2f}",
-              f"{r['slowdown'] * 100:+.1f}%", ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["lightning_all"], r["plain_all"]))] for r in rows]
-    return _table(["model", "k", "batch", "Lightning steps/s", "plain loop steps/s", "Lightning step-time overhead", "rounds (L/plain)"], table)
+    table = [
+        [
+            r["model"],
+            str(r["k"]),
+            str(r["batch_size"]),
+            f"{r['lightning_steps_s']:.2f}",
+            f"{r['plain_steps_s']:.2f}",
+            f"{r['slowdown'] * 100:+.1f}%",
+            ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["lightning_all"], r["plain_all"])),
+        ]
+        for r in rows
+    ]
+    return _table(
+        ["model", "k", "batch", "Lightning steps/s", "plain loop steps/s", "Lightning step-time overhead", "rounds (L/plain)"],
+        table,
+    )
 
 
 def accuracy_md(rows: list[dict[str, Any]], cfg: BenchConfig | None = None) -> str:
-    table = [[r.get("label", r["model"]), r["size"], str(r["k"]), str(r["tokens"]), f"{r['flops'] / 2e9:.3f}", f"{r['acc1'] * 100:.2f}",
-              f"{r['samples']} ({r.get('split', 'val')})"] for r in rows]
+    table = [
+        [
+            r.get("label", r["model"]),
+            r["size"],
+            str(r["k"]),
+            str(r["tokens"]),
+            f"{r['flops'] / 2e9:.3f}",
+            f"{r['acc1'] * 100:.2f}",
+            f"{r['samples']} ({r.get('split', 'val')})",
+        ]
+        for r in rows
+    ]
     return _table(["model", "input", "k", "tokens", "GMACs", "top-1 %", "samples"], table)
 
 
@@ -167,20 +214,47 @@ def compare_md(rows: list[dict[str, Any]], latency_batch: int, train_batch: int)
     One row per variant: accuracy, GMACs and the timings of one interleaved run; ratios are
     against the first row (the full-res ViT)."""
     full = rows[0]
-    header = ["method", "variant", "patch tokens per block", "GMACs", "FLOP ratio", "test top-1", f"latency b={latency_batch}", "speedup",
-              f"train img/s b={train_batch}", "speedup", f"activations (train b={train_batch})", "ratio"]
+    header = [
+        "method",
+        "variant",
+        "patch tokens per block",
+        "GMACs",
+        "FLOP ratio",
+        "test top-1",
+        f"latency b={latency_batch}",
+        "speedup",
+        f"train img/s b={train_batch}",
+        "speedup",
+        f"activations (train b={train_batch})",
+        "ratio",
+    ]
     table = []
     for r in rows:
         lat, tr, act = r.get("latency_s", NAN), r.get("train_s", NAN), r.get("act_bytes")
-        table.append([
-            r["method"], r["variant"], r["token_plan"], _g(r["flops"]), _x(full["flops"] / r["flops"]), f"{r['acc1'] * 100:.1f}%",
-            fmt_time(lat), _x(full.get("latency_s", NAN) / lat), _rate(train_batch, tr), _x(full.get("train_s", NAN) / tr),
-            fmt_bytes(act), _x(full["act_bytes"] / act) if act and full.get("act_bytes") else "—",
-        ])
+        table.append(
+            [
+                r["method"],
+                r["variant"],
+                r["token_plan"],
+                _g(r["flops"]),
+                _x(full["flops"] / r["flops"]),
+                f"{r['acc1'] * 100:.1f}%",
+                fmt_time(lat),
+                _x(full.get("latency_s", NAN) / lat),
+                _rate(train_batch, tr),
+                _x(full.get("train_s", NAN) / tr),
+                fmt_bytes(act),
+                _x(full["act_bytes"] / act) if act and full.get("act_bytes") else "—",
+            ]
+        )
     front = pareto_front(rows)
     steps = [f"{r['method']} {r['variant']} ({_g(r['flops'])} GMACs, {r['acc1'] * 100:.1f}%)" for r in front]
-    lines = [_table(header, table), "", "Best accuracy at each GMACs budget (the Pareto front: each entry is the cheapest variant "
-             "more accurate than everything cheaper): " + " → ".join(steps) + "."]
+    lines = [
+        _table(header, table),
+        "",
+        "Best accuracy at each GMACs budget (the Pareto front: each entry is the cheapest variant "
+        "more accurate than everything cheaper): " + " → ".join(steps) + ".",
+    ]
     errors = [f"- {r['method']} {r['variant']}: {k} {v}" for r in rows for k, v in r.items() if k.endswith("_error")]
     if errors:
         lines += ["", "Failures:", *errors]
@@ -210,7 +284,9 @@ def plot_speedup(rows: list[dict[str, Any]], cfg: BenchConfig, path: Path) -> Pa
             s.setdefault("FLOPs", []).append((group.size, full["flops"] / r["flops"]))
             s.setdefault(f"time b={b1}", []).append((group.size, full.get(f"infer_b{b1}_s", NAN) / r.get(f"infer_b{b1}_s", NAN)))
             if bt != b1:
-                s.setdefault("time, throughput batch", []).append((group.size, full.get(f"infer_b{bt}_s", NAN) / r.get(f"infer_b{bt}_s", NAN)))
+                s.setdefault("time, throughput batch", []).append(
+                    (group.size, full.get(f"infer_b{bt}_s", NAN) / r.get(f"infer_b{bt}_s", NAN))
+                )
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -219,7 +295,14 @@ def plot_speedup(rows: list[dict[str, Any]], cfg: BenchConfig, path: Path) -> Pa
         colour = f"C{i}"
         for kind, pts in s.items():
             pts = sorted(pts)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], styles.get(kind, "-."), marker="o", color=colour, label=f"{label}: {kind}")
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                styles.get(kind, "-."),
+                marker="o",
+                color=colour,
+                label=f"{label}: {kind}",
+            )
     ax.set_xlabel("input resolution (px)")
     ax.set_ylabel("speedup over full-res ViT (×)")
     ax.set_yscale("log")

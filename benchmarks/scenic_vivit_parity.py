@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 
@@ -35,16 +34,39 @@ CASES = {
     "model1_token": dict(kind="vivit", classifier="token", ours=dict(classifier="token"), shape=(2, 8, 32, 32, 3)),
     "model1_gap": dict(kind="vivit", classifier="gap", ours=dict(classifier="gap"), shape=(2, 8, 32, 32, 3)),
     "model1_valid_remainder": dict(kind="vivit", classifier="token", ours=dict(classifier="token"), shape=(2, 9, 36, 36, 3)),
-    "model2_gap": dict(kind="spacetime", classifier="gap", ours=dict(variant="factorised", classifier="gap"), shape=(2, 8, 32, 32, 3)),
-    "model2_token": dict(kind="spacetime", classifier="token", ours=dict(variant="factorised", classifier="token"), shape=(2, 8, 32, 32, 3)),
-    "tokenlearner_v11_at1": dict(kind="tokenlearner", loc=1, v11=True, fuser=False,
-                                 ours=dict(num_tokens=4, tokenlearner_loc=1), shape=(2, 8, 32, 32, 3)),
-    "tokenlearner_v10_at2": dict(kind="tokenlearner", loc=2, v11=False, fuser=False,
-                                 ours=dict(num_tokens=4, tokenlearner_loc=2, tokenlearner_version="v1.0"), shape=(2, 8, 32, 32, 3)),
-    "tokenlearner_fuser_at1": dict(kind="tokenlearner", loc=1, v11=True, fuser=True,
-                                   ours=dict(num_tokens=4, tokenlearner_loc=1, use_fuser=True), shape=(2, 8, 32, 32, 3)),
-    "tokenlearner_at_depth": dict(kind="tokenlearner", loc=LAYERS, v11=True, fuser=False,
-                                  ours=dict(num_tokens=4, tokenlearner_loc=LAYERS), shape=(2, 8, 32, 32, 3)),
+    "model2_gap": dict(
+        kind="spacetime", classifier="gap", ours=dict(variant="factorised", classifier="gap"), shape=(2, 8, 32, 32, 3)
+    ),
+    "model2_token": dict(
+        kind="spacetime", classifier="token", ours=dict(variant="factorised", classifier="token"), shape=(2, 8, 32, 32, 3)
+    ),
+    "tokenlearner_v11_at1": dict(
+        kind="tokenlearner", loc=1, v11=True, fuser=False, ours=dict(num_tokens=4, tokenlearner_loc=1), shape=(2, 8, 32, 32, 3)
+    ),
+    "tokenlearner_v10_at2": dict(
+        kind="tokenlearner",
+        loc=2,
+        v11=False,
+        fuser=False,
+        ours=dict(num_tokens=4, tokenlearner_loc=2, tokenlearner_version="v1.0"),
+        shape=(2, 8, 32, 32, 3),
+    ),
+    "tokenlearner_fuser_at1": dict(
+        kind="tokenlearner",
+        loc=1,
+        v11=True,
+        fuser=True,
+        ours=dict(num_tokens=4, tokenlearner_loc=1, use_fuser=True),
+        shape=(2, 8, 32, 32, 3),
+    ),
+    "tokenlearner_at_depth": dict(
+        kind="tokenlearner",
+        loc=LAYERS,
+        v11=True,
+        fuser=False,
+        ours=dict(num_tokens=4, tokenlearner_loc=LAYERS),
+        shape=(2, 8, 32, 32, 3),
+    ),
 }
 INIT_WIDTH = 192  # the init statistics are taken at this width (enough samples per tensor)
 
@@ -73,17 +95,53 @@ def _scenic_module(case: dict, vivit_model, tl_model, width: int = D, heads: int
     patches = cfg({"size": (8, 8, 2)})  # scenic order: (h, w, t)
     temporal = cfg({"method": "3d_conv", "kernel_init_method": None})
     if case["kind"] == "vivit":
-        return vivit_model.ViViT(mlp_dim=mlp, num_layers=LAYERS, num_heads=heads, num_classes=5, patches=patches, hidden_size=width,
-                                 temporal_encoding_config=temporal, attention_config=cfg({"type": "spacetime"}), classifier=case["classifier"])
+        return vivit_model.ViViT(
+            mlp_dim=mlp,
+            num_layers=LAYERS,
+            num_heads=heads,
+            num_classes=5,
+            patches=patches,
+            hidden_size=width,
+            temporal_encoding_config=temporal,
+            attention_config=cfg({"type": "spacetime"}),
+            classifier=case["classifier"],
+        )
     if case["kind"] == "spacetime":
         return vivit_model.SpaceTimeViViT(
-            spatial_mlp_dim=mlp, spatial_num_layers=LAYERS, spatial_num_heads=heads, temporal_mlp_dim=mlp, temporal_num_layers=2,
-            temporal_num_heads=heads, num_classes=5, patches=patches, hidden_size=width, temporal_encoding_config=temporal,
-            attention_config=cfg({"type": "factorized_encoder"}), classifier=case["classifier"])
-    tokenizer = cfg({"type": "video", "patches": patches, "temporal_encoding_config": temporal, "num_tokens": 4,
-                     "tokenlearner_loc": case["loc"], "use_v11": case["v11"], "use_tokenfuse": case["fuser"]})
-    return tl_model.TokenLearnerViT(num_classes=5, mlp_dim=mlp, num_layers=LAYERS, num_heads=heads, tokenizer=tokenizer,
-                                    hidden_size=width, representation_size=None, classifier="gap")
+            spatial_mlp_dim=mlp,
+            spatial_num_layers=LAYERS,
+            spatial_num_heads=heads,
+            temporal_mlp_dim=mlp,
+            temporal_num_layers=2,
+            temporal_num_heads=heads,
+            num_classes=5,
+            patches=patches,
+            hidden_size=width,
+            temporal_encoding_config=temporal,
+            attention_config=cfg({"type": "factorized_encoder"}),
+            classifier=case["classifier"],
+        )
+    tokenizer = cfg(
+        {
+            "type": "video",
+            "patches": patches,
+            "temporal_encoding_config": temporal,
+            "num_tokens": 4,
+            "tokenlearner_loc": case["loc"],
+            "use_v11": case["v11"],
+            "use_tokenfuse": case["fuser"],
+        }
+    )
+    return tl_model.TokenLearnerViT(
+        num_classes=5,
+        mlp_dim=mlp,
+        num_layers=LAYERS,
+        num_heads=heads,
+        tokenizer=tokenizer,
+        hidden_size=width,
+        representation_size=None,
+        classifier="gap",
+    )
 
 
 def _randomise(params: dict, rng: np.random.Generator) -> dict:
@@ -168,9 +226,12 @@ def _block_state(p: dict, prefix: str, ours: str) -> dict:
     qkv_w = [torch.from_numpy(p[f"{att}/{n}/kernel"]).reshape(D, D).T for n in ("query", "key", "value")]
     qkv_b = [torch.from_numpy(p[f"{att}/{n}/bias"]).reshape(D) for n in ("query", "key", "value")]
     out = {
-        f"{ours}.norm1.weight": torch.from_numpy(p[f"{prefix}/LayerNorm_0/scale"]), f"{ours}.norm1.bias": torch.from_numpy(p[f"{prefix}/LayerNorm_0/bias"]),
-        f"{ours}.norm2.weight": torch.from_numpy(p[f"{prefix}/LayerNorm_1/scale"]), f"{ours}.norm2.bias": torch.from_numpy(p[f"{prefix}/LayerNorm_1/bias"]),
-        f"{ours}.attn.qkv.weight": torch.cat(qkv_w), f"{ours}.attn.qkv.bias": torch.cat(qkv_b),
+        f"{ours}.norm1.weight": torch.from_numpy(p[f"{prefix}/LayerNorm_0/scale"]),
+        f"{ours}.norm1.bias": torch.from_numpy(p[f"{prefix}/LayerNorm_0/bias"]),
+        f"{ours}.norm2.weight": torch.from_numpy(p[f"{prefix}/LayerNorm_1/scale"]),
+        f"{ours}.norm2.bias": torch.from_numpy(p[f"{prefix}/LayerNorm_1/bias"]),
+        f"{ours}.attn.qkv.weight": torch.cat(qkv_w),
+        f"{ours}.attn.qkv.bias": torch.cat(qkv_b),
         f"{ours}.attn.proj.weight": torch.from_numpy(p[f"{att}/out/kernel"]).reshape(D, D).T.contiguous(),
         f"{ours}.attn.proj.bias": torch.from_numpy(p[f"{att}/out/bias"]),
     }
@@ -204,8 +265,12 @@ def _tokenlearner_state(p: dict, prefix: str, ours: str, v11: bool) -> dict:
 
 
 def _fuser_state(p: dict, prefix: str, ours: str) -> dict:
-    out = {**_norm(p, f"{prefix}/fuser_mix_norm1", f"{ours}.norm1"), **_norm(p, f"{prefix}/fuser_mix_norm2", f"{ours}.norm2"),
-           **_norm(p, f"{prefix}/LayerNorm_0", f"{ours}.norm_x"), **_mlp(p, f"{prefix}/token_masking", f"{ours}.mask")}
+    out = {
+        **_norm(p, f"{prefix}/fuser_mix_norm1", f"{ours}.norm1"),
+        **_norm(p, f"{prefix}/fuser_mix_norm2", f"{ours}.norm2"),
+        **_norm(p, f"{prefix}/LayerNorm_0", f"{ours}.norm_x"),
+        **_mlp(p, f"{prefix}/token_masking", f"{ours}.mask"),
+    }
     out[f"{ours}.mix.weight"], out[f"{ours}.mix.bias"] = _dense(p, f"{prefix}/Dense_0")
     return out
 
@@ -214,8 +279,10 @@ def to_ours(name: str, case: dict, p: dict) -> dict:
     """scenic parameters (flat ``a/b/c`` names) -> our state dict for ``case``."""
     import torch
 
-    state = {"patch_embed.proj.weight": torch.from_numpy(p["embedding/kernel"]).permute(4, 3, 0, 1, 2).contiguous(),
-             "patch_embed.proj.bias": torch.from_numpy(p["embedding/bias"])}
+    state = {
+        "patch_embed.proj.weight": torch.from_numpy(p["embedding/kernel"]).permute(4, 3, 0, 1, 2).contiguous(),
+        "patch_embed.proj.bias": torch.from_numpy(p["embedding/bias"]),
+    }
     state["head.weight"], state["head.bias"] = _dense(p, "output_projection")
     if case["kind"] == "spacetime":
         pos_s = torch.from_numpy(p["SpatialTransformer/posembed_input/pos_embedding"])
@@ -256,14 +323,24 @@ def compare(path: str) -> int:
     from lw_lightning.models.vivit import ViViT, vivit_config
 
     data = np.load(path)
-    print(f"| case | scenic input [n, T, H, W, 3] | max abs Δ logits | max abs logits |\n|---|---|---|---|")
+    print("| case | scenic input [n, T, H, W, 3] | max abs Δ logits | max abs logits |\n|---|---|---|---|")
     worst = 0.0
     for name, case in CASES.items():
         prefix = f"{name}::param::"
-        params = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+        params = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
         video = data[f"{name}::input"]
-        n, t, h, w, _ = video.shape
-        cfg = vivit_config("tiny", embed_dim=D, num_heads=HEADS, mlp_ratio=MLP / D, depth=LAYERS, temporal_depth=2, img_size=h, num_frames=t, **case["ours"])
+        _n, t, h, _w, _ = video.shape
+        cfg = vivit_config(
+            "tiny",
+            embed_dim=D,
+            num_heads=HEADS,
+            mlp_ratio=MLP / D,
+            depth=LAYERS,
+            temporal_depth=2,
+            img_size=h,
+            num_frames=t,
+            **case["ours"],
+        )
         model = ViViT(cfg, 5).eval()
         state = to_ours(name, case, params)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -279,10 +356,14 @@ def compare(path: str) -> int:
     wide = ViViT(vivit_config("tiny", embed_dim=INIT_WIDTH, num_heads=3, depth=LAYERS, classifier="token"), 5)
     block = wide.encoder.blocks[0]
     ours_init = {
-        "qkv_kernel": block.attn.qkv.weight[:INIT_WIDTH].std().item(), "attn_out_kernel": block.attn.proj.weight.std().item(),
-        "attn_bias_abs_max": block.attn.qkv.bias.abs().max().item(), "mlp_fc1_kernel": block.mlp.fc1.weight.std().item(),
-        "mlp_fc1_bias": block.mlp.fc1.bias.std().item(), "mlp_fc2_bias": block.mlp.fc2.bias.std().item(),
-        "tubelet_kernel": wide.patch_embed.proj.weight.std().item(), "tubelet_kernel_abs_max": wide.patch_embed.proj.weight.abs().max().item(),
+        "qkv_kernel": block.attn.qkv.weight[:INIT_WIDTH].std().item(),
+        "attn_out_kernel": block.attn.proj.weight.std().item(),
+        "attn_bias_abs_max": block.attn.qkv.bias.abs().max().item(),
+        "mlp_fc1_kernel": block.mlp.fc1.weight.std().item(),
+        "mlp_fc1_bias": block.mlp.fc1.bias.std().item(),
+        "mlp_fc2_bias": block.mlp.fc2.bias.std().item(),
+        "tubelet_kernel": wide.patch_embed.proj.weight.std().item(),
+        "tubelet_kernel_abs_max": wide.patch_embed.proj.weight.abs().max().item(),
         "pos_embed": wide.pos_embed.std().item(),
     }
     print(f"\n| init at width {INIT_WIDTH} (std unless named) | scenic | ours |\n|---|---|---|")

@@ -21,7 +21,9 @@ NUM_CLASSES = 400
 def vivit_flops(preset: str, num_frames: int, num_tokens: int = 0, loc: int | None = None) -> int:
     """Forward FLOPs of one clip on meta tensors."""
     with torch.device("meta"):
-        model = ViViT(vivit_config(preset, num_frames=num_frames, num_tokens=num_tokens, tokenlearner_loc=loc), NUM_CLASSES).eval()
+        model = ViViT(
+            vivit_config(preset, num_frames=num_frames, num_tokens=num_tokens, tokenlearner_loc=loc), NUM_CLASSES
+        ).eval()
         cfg = model.cfg
         x = torch.zeros(1, 3, cfg.num_frames, cfg.img_size, cfg.img_size)
     return count_flops(model, x)
@@ -43,9 +45,15 @@ def run_preset(suite: VideoSuite, preset: str, env: Env, log: Callable[[str], No
         model = ViViT(cfg, NUM_CLASSES).to(env.device).eval()
         nt_, nh, nw = cfg.grid
         variants.append(
-            dict(name=_name(preset, nt, loc), preset=preset, num_tokens=nt, model=model,
-                 tokens_in=nt_ * nh * nw, tokens_out=model.num_output_tokens,
-                 flops=vivit_flops(preset, suite.num_frames, nt, loc if nt else None))
+            dict(
+                name=_name(preset, nt, loc),
+                preset=preset,
+                num_tokens=nt,
+                model=model,
+                tokens_in=nt_ * nh * nw,
+                tokens_out=model.num_output_tokens,
+                flops=vivit_flops(preset, suite.num_frames, nt, loc if nt else None),
+            )
         )
     shape = (3, suite.num_frames, variants[0]["model"].cfg.img_size, variants[0]["model"].cfg.img_size)
     cases: list[Case] = []

@@ -74,8 +74,12 @@ def _error(message: str) -> int:
 
 def legacy_command(command: str, args: Sequence[str]) -> str | None:
     """The new form of a pre-Hydra command line (``--config FILE``, ``--print-config``), or None."""
-    if not any(a in ("--config", "--print-config") or a.startswith("--config=") or (a == "-c" and i + 1 < len(args) and args[i + 1].endswith((".yaml", ".yml")))
-               for i, a in enumerate(args)):
+    if not any(
+        a in ("--config", "--print-config")
+        or a.startswith("--config=")
+        or (a == "-c" and i + 1 < len(args) and args[i + 1].endswith((".yaml", ".yml")))
+        for i, a in enumerate(args)
+    ):
         return None
     new: list[str] = []
     words = list(args)
@@ -90,7 +94,9 @@ def legacy_command(command: str, args: Sequence[str]) -> str | None:
             if group in ("experiment", "launch", "bench", "data") and p.suffix in (".yaml", ".yml"):
                 new.append(f"{group}={p.stem}")
             else:
-                new.append(f"--config-dir DIR experiment={p.stem}  (with the recipe as DIR/experiment/{p.name}, '# @package _global_' on top)")
+                new.append(
+                    f"--config-dir DIR experiment={p.stem}  (with the recipe as DIR/experiment/{p.name}, '# @package _global_' on top)"
+                )
             continue
         new.append("--cfg job --resolve" if word == "--print-config" else word)
         i += 1
@@ -138,8 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepared = prepare_overrides(args.overrides, config_name, dirs)
         # every job of a sweep is composed and checked before the first one starts
         for job in expand_sweep(prepared, args.multirun):
-            finalize(compose(config_name, job, dirs), allow_missing=args.cfg is not None,
-                     evaluation=command in ("validate", "test", "predict"), validate_tree=command != "bench")
+            finalize(
+                compose(config_name, job, dirs),
+                allow_missing=args.cfg is not None,
+                evaluation=command in ("validate", "test", "predict"),
+                validate_tree=command != "bench",
+            )
     except ConfigError as err:
         return _error(one_line(err))
     args.overrides = prepared
@@ -211,7 +221,9 @@ def run_job(command: str, cfg: Any, argv: list[str] | None = None) -> int:
             print(f"{command}: {result.extras['note']}")
         return 0
     if result.trainer.is_global_zero:
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or command == "fit")
+        shown = "  ".join(
+            f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or command == "fit"
+        )
         where = f"  [run dir: {result.log_dir}]" if result.log_dir else ""
         print(f"{command} done: {shown or 'no metrics'}{where}")
     return 0

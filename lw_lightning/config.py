@@ -106,7 +106,9 @@ def _check_group_choice(group: str, values: list[str], dirs: Sequence[Path]) -> 
     for value in values:
         if value in ("null", "None") or value in options:
             continue
-        raise ConfigError(f"unknown {group} '{value}'{suggest(value, options)}: choose one of {', '.join(options)} (conf/{group}/)")
+        raise ConfigError(
+            f"unknown {group} '{value}'{suggest(value, options)}: choose one of {', '.join(options)} (conf/{group}/)"
+        )
 
 
 def _values(override: Any) -> list[str]:
@@ -176,10 +178,7 @@ def accepted_keys(cfg: DictConfig, parts: Sequence[str]) -> list[str] | None:
             child_fields = None
         node = node._get_node(part) if isinstance(node, DictConfig) else None
         sig = _target_signature(node)
-        if sig is not None:
-            fields = None if sig.var_kw else dict(sig.params)
-        else:
-            fields = child_fields
+        fields = (None if sig.var_kw else dict(sig.params)) if sig is not None else child_fields
         allowed = list(fields) if fields is not None else None
         if node is None:
             return None
@@ -219,7 +218,11 @@ def prepare_overrides(overrides: Sequence[str], config_name: str = RUN_CONFIG, d
     if not plain:
         return [rewritten.get(id(o), o.input_line) for o in parsed]
     # a callback added on the command line names its class: callbacks.NAME._target_=...
-    new_nodes = {o.key_or_group.rpartition(".")[0] for o in plain if o.key_or_group.startswith("callbacks.") and o.key_or_group.endswith("._target_")}
+    new_nodes = {
+        o.key_or_group.rpartition(".")[0]
+        for o in plain
+        if o.key_or_group.startswith("callbacks.") and o.key_or_group.endswith("._target_")
+    }
     base = compose(config_name, base_overrides, dirs)
     OmegaConf.set_struct(base, False)  # (struct mode raises on a missing key where we look)
     for o in plain:
@@ -330,7 +333,9 @@ def recipe_source(recipe: str | Path | None) -> tuple[str, list[str], list[Path]
     return path.stem, [], [folder]
 
 
-def load_config(recipe: str | Path | None, overrides: Sequence[str] = (), allow_missing: bool = False, evaluation: bool = False) -> DictConfig:
+def load_config(
+    recipe: str | Path | None, overrides: Sequence[str] = (), allow_missing: bool = False, evaluation: bool = False
+) -> DictConfig:
     """Compose, resolve and validate the config of one run (what the CLI does before it runs).
 
     ``recipe``: an experiment name (``"demo_vit"``), its file (also one in the ``experiment/``
@@ -386,7 +391,7 @@ def _validate_tree(node: Any, path: str) -> None:
             if k != TARGET_KEY:
                 _validate_tree(node._get_node(k), f"{path}.{k}" if path else str(k))
     elif isinstance(node, ListConfig):
-        for i, item in enumerate(node):
+        for i, _item in enumerate(node):
             _validate_tree(node._get_node(i), f"{path}[{i}]")
 
 

@@ -29,6 +29,7 @@ from .plots import plot_accuracy
 from .tasks import run
 from .viz import SELECTION_LEGEND, picture_grid, selection_overlay
 
+
 def run_stage(title: str, recipe: str, overrides: list[str], command: str = "fit"):
     """Print the stage's title and equivalent CLI command, run experiment ``recipe`` (a name in
     conf/experiment/); returns (result, seconds)."""
@@ -46,22 +47,33 @@ def best_checkpoint(result) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lw_lightning.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lw_lightning.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="runs", help="root of the run directories")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke version (tests)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--seed", type=int, default=None, help="training seed of every stage (default: the recipes' seed, 0)")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, metavar="N",
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
         help="run the whole demo once per seed (into OUTPUT_DIR/seed_N) and print mean and range over seeds",
     )
     parser.add_argument(
-        "--table", nargs="+", default=None, metavar="DIR",
+        "--table",
+        nargs="+",
+        default=None,
+        metavar="DIR",
         help="print (and write to OUTPUT_DIR/demo_seeds.md) the mean/range table of finished demo runs, from their demo_summary.json; trains nothing",
     )
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every stage")
     for stage, what in (("a", "teacher"), ("b", "distillation"), ("c", "fine-tuning")):
-        parser.add_argument(f"--set-{stage}", nargs="*", default=[], metavar="key=value", help=f"overrides for stage {stage} ({what})")
+        parser.add_argument(
+            f"--set-{stage}", nargs="*", default=[], metavar="key=value", help=f"overrides for stage {stage} ({what})"
+        )
     return parser
 
 
@@ -105,19 +117,25 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
     teacher, t_a = run_stage("(a) full-resolution ViT (the teacher)", "demo_teacher", [*common, *args.set_a])
     teacher_ckpt = best_checkpoint(teacher)
     distill, t_b = run_stage(
-        "(b) what-where distillation into LookWhere", "demo_distill", [*common, f"module.teacher.checkpoint={teacher_ckpt}", *args.set_b]
+        "(b) what-where distillation into LookWhere",
+        "demo_distill",
+        [*common, f"module.teacher.checkpoint={teacher_ckpt}", *args.set_b],
     )
     exported = Path(distill.log_dir) / "lookwhere.pt"
     finetune, t_c = run_stage(
-        "(c) fine-tune LookWhere (frozen selector)", "demo_finetune", [*common, f"module.model.pretrained={exported}", *args.set_c]
+        "(c) fine-tune LookWhere (frozen selector)",
+        "demo_finetune",
+        [*common, f"module.model.pretrained={exported}", *args.set_c],
     )
 
     # (d) held-out test split: both models, same data, same run
     print("\n=== (d) test split: accuracy and FLOPs per image", flush=True)
     vit_test, _ = run_stage("full-res ViT on test", "demo_teacher", [*common, *args.set_a, f"ckpt_path={teacher_ckpt}"], "test")
     lw_test, _ = run_stage(
-        "LookWhere on test", "demo_finetune",
-        [*common, *args.set_c, f"module.model.pretrained={exported}", f"ckpt_path={best_checkpoint(finetune)}"], "test",
+        "LookWhere on test",
+        "demo_finetune",
+        [*common, *args.set_c, f"module.model.pretrained={exported}", f"ckpt_path={best_checkpoint(finetune)}"],
+        "test",
     )
     vit_model = ImageClassifier.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
     lw_module = lw_test.module.cpu().eval()
@@ -126,20 +144,37 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
     full_flops = image_model_flops(vit_model.net, size)
     rows = [("full-res ViT", n, vit_test.metrics["test/acc1"], full_flops)]
     for k in lw_module.eval_ks:
-        rows.append((f"LookWhere k={resolve_k(k, n)}", resolve_k(k, n), lw_test.metrics[f"test/acc1_k/{k}"], image_model_flops(lw_module.net, size, k=k)))
+        rows.append(
+            (
+                f"LookWhere k={resolve_k(k, n)}",
+                resolve_k(k, n),
+                lw_test.metrics[f"test/acc1_k/{k}"],
+                image_model_flops(lw_module.net, size, k=k),
+            )
+        )
 
     print(f"\n{'model':<20} {'patches':>8} {'% of N':>7} {'test acc':>9} {'MFLOPs/img':>11} {'vs full':>8}")
     for name, kk, acc, flops in rows:
         print(f"{name:<20} {kk:>8} {100 * kk / n:>6.1f}% {100 * acc:>8.1f}% {flops / 1e6:>11.1f} {full_flops / flops:>7.1f}x")
 
     num_classes = int(lw_test.datamodule.num_classes)
-    curve = [dict(label=name.split(" k=")[0], model=name, k=None if kk == n else kk, tokens=kk, flops=flops, acc1=acc) for name, kk, acc, flops in rows]
-    plot = plot_accuracy(curve, output_dir / "demo_accuracy_vs_flops.png", title="make demo: test split, synthetic sparse signs", chance=1 / num_classes)
+    curve = [
+        dict(label=name.split(" k=")[0], model=name, k=None if kk == n else kk, tokens=kk, flops=flops, acc1=acc)
+        for name, kk, acc, flops in rows
+    ]
+    plot = plot_accuracy(
+        curve,
+        output_dir / "demo_accuracy_vs_flops.png",
+        title="make demo: test split, synthetic sparse signs",
+        chance=1 / num_classes,
+    )
     print(f"\naccuracy vs FLOPs: {plot}")
     eval_k = resolve_k(lw_module.hparams.eval_k, n)
     recall, hit = sign_patch_recall(lw_module, lw_test.datamodule.datasets["test"], lw_module.hparams.eval_k)
-    print(f"selector at k={eval_k}: {100 * recall:.0f}% of the sign's patches selected, "
-          f"at least one in {100 * hit:.0f}% of the test images with a sign")
+    print(
+        f"selector at k={eval_k}: {100 * recall:.0f}% of the sign's patches selected, "
+        f"at least one in {100 * hit:.0f}% of the test images with a sign"
+    )
     png = output_dir / "demo_selection_maps.png"
     _save_selection_png(lw_module, lw_test.datamodule, png)
     print(f"\nselection maps (heat = selector map, yellow = selected patches, green = sign box): {png}")
@@ -203,7 +238,7 @@ def sign_patch_recall(module: ImageClassifier, ds, k: int | float, batch_size: i
         _, out = module(images, k=k)
         cy, cx = torch.meshgrid((torch.arange(gh) + 0.5) * p, (torch.arange(gw) + 0.5) * p, indexing="ij")
         for s, selected in zip(samples, out["selected"]):
-            x0, y0, x1, y1 = s["box"].tolist()
+            x0, y0, x1, _y1 = s["box"].tolist()
             r = (x1 - x0) / 2
             sign = (((cx - (x0 + r)) ** 2 + (cy - (y0 + r)) ** 2) <= r * r).flatten()
             chosen = torch.zeros_like(sign)
@@ -220,11 +255,17 @@ def _save_selection_png(module: ImageClassifier, datamodule, path: Path, count: 
     tiles = []
     k = module.hparams.eval_k
     # signs first: they are what the picture is for
-    indices = [i for i in range(len(ds)) if ds[i]["label"] > 0][: count - 2] + [i for i in range(len(ds)) if ds[i]["label"] == 0][:2]
+    indices = [i for i in range(len(ds)) if ds[i]["label"] > 0][: count - 2] + [i for i in range(len(ds)) if ds[i]["label"] == 0][
+        :2
+    ]
     for i in indices:
         sample = ds[i]
         _, out = module(sample["image"].unsqueeze(0), k=k)
-        tiles.append(selection_overlay(sample["image"], out["selector_map"][0], out["selected"][0], module.model_cfg.patch_size, sample["box"].tolist()))
+        tiles.append(
+            selection_overlay(
+                sample["image"], out["selector_map"][0], out["selected"][0], module.model_cfg.patch_size, sample["box"].tolist()
+            )
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     picture_grid(tiles, ncols=4, legend=SELECTION_LEGEND).save(path)
 

@@ -94,7 +94,9 @@ def _kernel_manager(spec_dir: Path, threads: int | None = 1):
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "lw-lightning", "language": "python", "env": {"PYTHONPATH": path},
+        "display_name": "lw-lightning",
+        "language": "python",
+        "env": {"PYTHONPATH": path},
     }
     if threads:
         spec["env"].update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -122,7 +124,10 @@ def _kernel_cpu_seconds(client: Any) -> float:
 
 
 def execute_notebook(
-    path: str | Path, params: Mapping[str, Any] | None = None, timeout: int = 600, save_to: str | Path | None = None,
+    path: str | Path,
+    params: Mapping[str, Any] | None = None,
+    timeout: int = 600,
+    save_to: str | Path | None = None,
     threads: int | None = 1,
 ) -> Execution:
     """Run the notebook at ``path`` in a fresh kernel (working directory: its folder), with
@@ -139,7 +144,10 @@ def execute_notebook(
     nb = inject_parameters(nbformat.read(path, as_version=4), dict(params or {}))
     with tempfile.TemporaryDirectory(prefix="lw-kernel-") as spec_dir:
         client = NotebookClient(
-            nb, km=_kernel_manager(Path(spec_dir), threads), timeout=timeout, kernel_name=KERNEL_NAME,
+            nb,
+            km=_kernel_manager(Path(spec_dir), threads),
+            timeout=timeout,
+            kernel_name=KERNEL_NAME,
             resources={"metadata": {"path": str(path.parent)}},
         )
         cpu = {"seconds": float("nan")}
@@ -165,18 +173,29 @@ def execute_notebook(
 
 def has_outputs(nb: Any) -> list[int]:
     """Indices of the code cells that carry outputs or an execution count (a committed notebook must have none)."""
-    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    return [
+        i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lw_lightning.notebooks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", default=list(NOTEBOOKS), help=f"notebooks to run (default: all of {', '.join(NOTEBOOKS)})")
-    parser.add_argument("--figure-dir", default=None, help="where each notebook saves its figure (FIGURE_DIR; default: a temporary folder)")
+    parser.add_argument(
+        "names", nargs="*", default=list(NOTEBOOKS), help=f"notebooks to run (default: all of {', '.join(NOTEBOOKS)})"
+    )
+    parser.add_argument(
+        "--figure-dir", default=None, help="where each notebook saves its figure (FIGURE_DIR; default: a temporary folder)"
+    )
     parser.add_argument("--executed-dir", default=None, help="also write the executed notebooks (with outputs) here")
     parser.add_argument("--timeout", type=int, default=600, help="seconds one cell may run")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the kernel (0: torch's default)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                        help="more parameters for every notebook, VALUE a Python literal or a plain string (e.g. DEMO_DIR=../runs)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="more parameters for every notebook, VALUE a Python literal or a plain string (e.g. DEMO_DIR=../runs)",
+    )
     args = parser.parse_args(argv)
     try:
         paths = [notebook_path(n) for n in args.names]
@@ -201,13 +220,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = {"FIGURE_DIR": figure_dir, **extra}
             save_to = Path(args.executed_dir) / path.name if args.executed_dir else None
             try:
-                _, seconds, cpu_seconds = execute_notebook(path, params, timeout=args.timeout, save_to=save_to, threads=args.threads or None)
+                _, seconds, cpu_seconds = execute_notebook(
+                    path, params, timeout=args.timeout, save_to=save_to, threads=args.threads or None
+                )
             except (NotebookError, ValueError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
             times.append((path.stem, seconds, cpu_seconds))
             print(f"  done in {seconds:.0f} s (kernel CPU {cpu_seconds:.0f} s)", flush=True)
-    print("\n".join(["", "notebook run times (wall, kernel CPU):", *(f"  {name:<28} {s:6.0f} s {c:6.0f} s" for name, s, c in times)]))
+    print(
+        "\n".join(
+            ["", "notebook run times (wall, kernel CPU):", *(f"  {name:<28} {s:6.0f} s {c:6.0f} s" for name, s, c in times)]
+        )
+    )
     if args.figure_dir:
         print(f"figures in {args.figure_dir}")
     return 0

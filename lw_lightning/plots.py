@@ -43,7 +43,15 @@ def accuracy_figure(rows: list[dict[str, Any]], title: str | None = None, chance
         pts = sorted(pts, key=lambda r: r["flops"])
         x, y = [r["flops"] / 2e9 for r in pts], [r["acc1"] * 100 for r in pts]
         full = all(r["k"] is None and not r.get("note") for r in pts)
-        ax.plot(x, y, marker="*" if full else "o", markersize=11 if full else 5, linestyle="none" if full else "-", color=f"C{i}", label=label)
+        ax.plot(
+            x,
+            y,
+            marker="*" if full else "o",
+            markersize=11 if full else 5,
+            linestyle="none" if full else "-",
+            color=f"C{i}",
+            label=label,
+        )
         for r in pts:
             note = r.get("note") or (f"k={r['tokens']}" if r["k"] is not None else None)
             if note:

@@ -110,7 +110,12 @@ def prepare_video(src: Path, dst: Path, opts: PrepOptions) -> int:
                 stream.codec_context.time_base = in_stream.time_base
                 stream.codec_context.gop_size = opts.keyint
                 stream.codec_context.thread_count = 1
-                stream.options = {"crf": str(opts.crf), "preset": opts.preset, "keyint_min": str(opts.keyint), "sc_threshold": "0"}
+                stream.options = {
+                    "crf": str(opts.crf),
+                    "preset": opts.preset,
+                    "keyint_min": str(opts.keyint),
+                    "sc_threshold": "0",
+                }
                 last_pts = None
                 for frame in _chain(first, decoded):
                     out_frame = _resized(frame, rotation, oh, ow)
@@ -236,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lw_lightning.prep_videos", description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path, help="Kinetics folder to read (any layout)")
     parser.add_argument("dst", type=Path, help="output folder (same layout and file names)")
-    parser.add_argument("--short-side", type=int, default=PrepOptions.short_side, help="scale the short side down to this (default 320)")
+    parser.add_argument(
+        "--short-side", type=int, default=PrepOptions.short_side, help="scale the short side down to this (default 320)"
+    )
     parser.add_argument("--keyint", type=int, default=PrepOptions.keyint, help="frames between keyframes (default 16)")
     parser.add_argument("--crf", type=int, default=PrepOptions.crf, help="x264 quality (default 23)")
     parser.add_argument("--preset", default=PrepOptions.preset, help="x264 preset (default veryfast)")
@@ -250,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"prep: {len(report.written)} videos written, {len(report.skipped)} already done, {len(report.copied)} other files copied, "
-          f"{len(report.failed)} failed in {time.perf_counter() - start:.1f} s -> {args.dst}")
+    print(
+        f"prep: {len(report.written)} videos written, {len(report.skipped)} already done, {len(report.copied)} other files copied, "
+        f"{len(report.failed)} failed in {time.perf_counter() - start:.1f} s -> {args.dst}"
+    )
     if report.failed:
         print(f"{len(report.failed)} file(s) failed (also in {args.dst / FAILURES_FILE}):", file=sys.stderr)
         for rel, why in sorted(report.failed.items()):

@@ -31,7 +31,12 @@ def _is_smoke_run(cfg: DictConfig, command: str) -> bool:
     trainer = cfg.get("trainer") or {}
     if trainer.get("fast_dev_run"):
         return True
-    keys = {"fit": ("limit_train_batches",), "validate": ("limit_val_batches",), "test": ("limit_test_batches",), "predict": ("limit_predict_batches",)}
+    keys = {
+        "fit": ("limit_train_batches",),
+        "validate": ("limit_val_batches",),
+        "test": ("limit_test_batches",),
+        "predict": ("limit_predict_batches",),
+    }
     # an int is a number of batches; a float is a fraction of the (full-size) epoch
     return any(isinstance(trainer.get(k), int) for k in keys.get(command, ()))
 
@@ -82,7 +87,7 @@ def warn_if_low_precision_on_cpu(trainer: Any) -> str | None:
     from pytorch_lightning.accelerators import CPUAccelerator
 
     precision = str(trainer.precision)
-    if not isinstance(trainer.accelerator, CPUAccelerator) or not (precision.startswith("bf16") or precision.startswith("16")):
+    if not isinstance(trainer.accelerator, CPUAccelerator) or not (precision.startswith(("bf16", "16"))):
         return None
     line = (
         f"warning: precision {precision} on the CPU is much slower than fp32 (bf16-mixed measured about 10x slower "

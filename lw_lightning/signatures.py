@@ -56,7 +56,10 @@ class Module:
                     out[alias.asname or alias.name] = ("ref", f"{base}.{alias.name}")
             elif isinstance(node, ast.Import):
                 for alias in node.names:
-                    out[alias.asname or alias.name.split(".")[0]] = ("ref", alias.name if alias.asname else alias.name.split(".")[0])
+                    out[alias.asname or alias.name.split(".")[0]] = (
+                        "ref",
+                        alias.name if alias.asname else alias.name.split(".")[0],
+                    )
             elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 out[node.targets[0].id] = ("alias", node.value)
             elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
@@ -64,7 +67,7 @@ class Module:
         return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def find_module(name: str) -> Module | None:
     """The parsed source of module ``name``, found without executing it (None: no such module)."""
     parts = name.split(".")
@@ -193,7 +196,7 @@ def signature(target: str) -> Signature | None:
     return _signature(target, 0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signature(target: str, depth: int) -> Signature | None:
     found = resolve(target)
     if found is None or depth > 10:
@@ -278,7 +281,7 @@ def check(value: Any, module: Module, ann: ast.expr | None, depth: int = 0) -> T
             items = [a for a in args if not (isinstance(a, ast.Constant) and a.value is Ellipsis)]
             if len(items) == 1 or base in ("list", "List", "Sequence", "MutableSequence"):
                 results = [check(v, module, items[0], depth + 1).ok for v in value] if items else []
-                return TypeCheck(False if any(r is False for r in results) else True)
+                return TypeCheck(not any(r is False for r in results))
             return TypeCheck(True)
         if base in ("dict", "Dict", "Mapping", "MutableMapping"):
             return TypeCheck(isinstance(value, dict))

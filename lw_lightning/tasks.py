@@ -24,8 +24,8 @@ from .callbacks.predictions import PredictionWriter
 from .callbacks.save_config import SaveConfig
 from .callbacks.sigterm import SigtermCheckpoint, StoppedBySignal
 from .config import ConfigError, to_yaml
-from .runtime import warn_if_gpu_recipe_on_cpu, warn_if_low_precision_on_cpu
 from .models.checkpoint import check_state_dict, read_weights
+from .runtime import warn_if_gpu_recipe_on_cpu, warn_if_low_precision_on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _build(node: Any, **kwargs: Any) -> Any:
         if isinstance(cause, (TypeError, ValueError, FileNotFoundError)):
             raise ConfigError(f"invalid configuration: {cause}") from cause
         if cause is not None:
-            raise cause
+            raise cause from None  # the constructor's own error, without Hydra's wrapper
         raise ConfigError(f"invalid configuration: {str(err).splitlines()[0]}") from err
 
 
@@ -213,7 +213,11 @@ def _decided_model_settings(cfg: DictConfig, ckpt: dict[str, Any]) -> DictConfig
     saved = (ckpt.get("hyper_parameters") or {}).get("model")
     if not isinstance(saved, Mapping) or OmegaConf.select(cfg, "module.model") is None:
         return cfg
-    fill = {k: saved[k] for k in DECIDED_BY_PRETRAINED if saved.get(k) is not None and OmegaConf.select(cfg, f"module.model.{k}") is None}
+    fill = {
+        k: saved[k]
+        for k in DECIDED_BY_PRETRAINED
+        if saved.get(k) is not None and OmegaConf.select(cfg, f"module.model.{k}") is None
+    }
     if not fill:
         return cfg
     cfg = cfg.copy()
@@ -248,7 +252,11 @@ def _read_checkpoint(path: str) -> dict[str, Any]:
     is not a Lightning checkpoint."""
     ckpt = read_weights(path, "ckpt_path")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        hint = " (official LookWhere weights go to module.model.pretrained)" if isinstance(ckpt, dict) and "extractor" in ckpt else ""
+        hint = (
+            " (official LookWhere weights go to module.model.pretrained)"
+            if isinstance(ckpt, dict) and "extractor" in ckpt
+            else ""
+        )
         raise ConfigError(f"ckpt_path {path} is not a Lightning checkpoint: it has no state_dict{hint}")
     return ckpt
 
@@ -271,8 +279,10 @@ def _finished_note(info: CheckpointInfo, trainer: pl.Trainer) -> str | None:
         reason = f"trainer.max_epochs={max_epochs}"
     else:
         return None
-    return (f"already finished: {info.path} is at global step {info.global_step} (epoch {info.epochs_done}), "
-            f"{reason} reached; nothing to train (raise the limit to continue)")
+    return (
+        f"already finished: {info.path} is at global step {info.global_step} (epoch {info.epochs_done}), "
+        f"{reason} reached; nothing to train (raise the limit to continue)"
+    )
 
 
 class RequireTrainingBatches(pl.Callback):

@@ -104,7 +104,10 @@ def legend_strip(width: int, entries: Sequence[tuple[str, tuple[int, int, int], 
 
 
 def picture_grid(
-    images: Sequence[Image.Image], ncols: int = 4, pad: int = 4, legend: Sequence[tuple[str, tuple[int, int, int], str]] | None = None
+    images: Sequence[Image.Image],
+    ncols: int = 4,
+    pad: int = 4,
+    legend: Sequence[tuple[str, tuple[int, int, int], str]] | None = None,
 ) -> Image.Image:
     """Pictures of equal size in a white-padded grid (torchvision's ``make_grid``); ``legend``
     entries (e.g. :data:`SELECTION_LEGEND`) add a caption strip under it saying what the colours mean."""
@@ -159,7 +162,9 @@ def tokenlearner_maps(net: torch.nn.Module) -> Tensor | None:
     return None
 
 
-def image_model_pictures(net: torch.nn.Module, images: Tensor, k: Any = None, boxes: Tensor | None = None, ncols: int = 4) -> dict[str, Image.Image]:
+def image_model_pictures(
+    net: torch.nn.Module, images: Tensor, k: Any = None, boxes: Tensor | None = None, ncols: int = 4
+) -> dict[str, Image.Image]:
     """Tag -> picture for an image backbone on ``images`` (B,3,H,W): LookWhere's selections at
     ``k`` (``images/selection``), a TokenLearner-ViT's token maps (``images/tokenlearner``), or
     nothing for the full-resolution ViT, which looks everywhere."""
@@ -176,8 +181,13 @@ def image_model_pictures(net: torch.nn.Module, images: Tensor, k: Any = None, bo
         return {}
     out = net(images, k=k)
     overlays = [
-        selection_overlay(images[i].cpu(), out["selector_map"][i], out["selected"][i], net.cfg.patch_size,
-                          boxes[i].tolist() if isinstance(boxes, Tensor) else None)
+        selection_overlay(
+            images[i].cpu(),
+            out["selector_map"][i],
+            out["selected"][i],
+            net.cfg.patch_size,
+            boxes[i].tolist() if isinstance(boxes, Tensor) else None,
+        )
         for i in range(images.shape[0])
     ]
     return {"images/selection": picture_grid(overlays, ncols=ncols)}

@@ -28,8 +28,15 @@ def _as_imagenet(frame: Tensor) -> Tensor:
     return (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
-def slice_overlays(video: Tensor, selector_map: Tensor, selected: Tensor, grid: tuple[int, int, int], tubelet: tuple[int, int, int] | list[int],
-                   track: Tensor | None = None, cell: int = 96) -> list[Image.Image]:
+def slice_overlays(
+    video: Tensor,
+    selector_map: Tensor,
+    selected: Tensor,
+    grid: tuple[int, int, int],
+    tubelet: tuple[int, int, int] | list[int],
+    track: Tensor | None = None,
+    cell: int = 96,
+) -> list[Image.Image]:
     """One clip ``video`` (3, T, H, W): a ``cell``-px picture per temporal slice."""
     nt, nh, nw = grid
     t, h, w = (int(v) for v in tubelet)
@@ -47,8 +54,15 @@ def slice_overlays(video: Tensor, selector_map: Tensor, selected: Tensor, grid: 
     return pictures
 
 
-def video_selection_picture(video: Tensor, selector_map: Tensor, selected: Tensor, grid: tuple[int, int, int], tubelet: tuple[int, int, int] | list[int],
-                            track: Tensor | None = None, cell: int = 96) -> Image.Image:
+def video_selection_picture(
+    video: Tensor,
+    selector_map: Tensor,
+    selected: Tensor,
+    grid: tuple[int, int, int],
+    tubelet: tuple[int, int, int] | list[int],
+    track: Tensor | None = None,
+    cell: int = 96,
+) -> Image.Image:
     """Clips ``video`` (B, 3, T, H, W) with their maps (B, N) and kept tubelets (B, k): one row
     per clip, one column per temporal slice, with a legend."""
     cells = []
@@ -58,7 +72,9 @@ def video_selection_picture(video: Tensor, selector_map: Tensor, selected: Tenso
     return picture_grid(cells, ncols=grid[0], pad=2, legend=legend)
 
 
-def video_lookwhere_pictures(net: Any, batch: dict[str, Tensor], k: int | float | None, device: torch.device) -> dict[str, Image.Image]:
+def video_lookwhere_pictures(
+    net: Any, batch: dict[str, Tensor], k: int | float | None, device: torch.device
+) -> dict[str, Image.Image]:
     """``{"images/video_selection": picture}`` of a :class:`~lw_lightning.models.video_lookwhere.VideoLookWhere`
     on the clips of ``batch`` at ``k``: the first view of evaluation batches, target track when the batch has one."""
     video = batch["video"].to(device)
@@ -66,4 +82,8 @@ def video_lookwhere_pictures(net: Any, batch: dict[str, Tensor], k: int | float 
         video = video[:, 0]
     out = net(video, k=k)
     track = batch.get("track") if batch["video"].ndim == 5 else None
-    return {"images/video_selection": video_selection_picture(video.cpu(), out["selector_map"], out["selected"], net.cfg.grid, net.cfg.tubelet, track)}
+    return {
+        "images/video_selection": video_selection_picture(
+            video.cpu(), out["selector_map"], out["selected"], net.cfg.grid, net.cfg.tubelet, track
+        )
+    }

@@ -92,8 +92,12 @@ in_dm = ImageNetDataModule(root=str(in_root), image_size=160, batch_size=8, num_
 in_dm.setup("fit")
 batch = next(iter(in_dm.train_dataloader()))
 print({k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)})
-show_row([denormalize(x) for x in batch["image"]], [in_dm.class_names[int(y)][:18] for y in batch["label"]],
-         size=1.6, suptitle="ImageNet: one training batch (label = class name)")
+show_row(
+    [denormalize(x) for x in batch["image"]],
+    [in_dm.class_names[int(y)][:18] for y in batch["label"]],
+    size=1.6,
+    suptitle="ImageNet: one training batch (label = class name)",
+)
 
 # %%
 train_ds = in_dm.datasets["train"]
@@ -101,9 +105,18 @@ i = 3
 raw = Image.open(train_ds.image_path(i)).convert("RGB")
 augmented = [denormalize(train_ds[i]["image"]) for _ in range(4)]
 val_view = denormalize(in_dm.datasets["val"][0]["image"])
-show_row([raw, *augmented, val_view], ["file " + "x".join(map(str, raw.size)), "train aug 1", "train aug 2", "train aug 3", "train aug 4",
-                                        "eval (resize + centre crop)"],
-         suptitle=f"ImageNet: {train_ds.image_path(i).name} before and after augmentation")
+show_row(
+    [raw, *augmented, val_view],
+    [
+        "file " + "x".join(map(str, raw.size)),
+        "train aug 1",
+        "train aug 2",
+        "train aug 3",
+        "train aug 4",
+        "eval (resize + centre crop)",
+    ],
+    suptitle=f"ImageNet: {train_ds.image_path(i).name} before and after augmentation",
+)
 summary["ImageNet"] = ([raw, *augmented[:3]], ["file", "RandAugment + RRC", "+ erasing / flip", "another draw"])
 
 # %% [markdown]
@@ -136,13 +149,24 @@ raw = np.asarray(Image.open(img_path).convert("RGB"))
 raw_mask = colorize(ade20k.load_label(ann_path))
 aug = [ade_train[0] for _ in range(2)]
 val_sample = ade_dm.datasets["val"][0]
-show_row([raw, raw_mask] + [p for s in aug for p in (denormalize(s["image"]), colorize(s["mask"]))],
-         ["file " + "x".join(map(str, raw.shape[1::-1])), "its annotation", "aug 1", "aug 1 mask", "aug 2", "aug 2 mask"],
-         suptitle=f"ADE20K: {img_path.name} before and after augmentation")
-print("evaluation sample: image", tuple(val_sample["image"].shape), "(resized), mask", tuple(val_sample["mask"].shape), "(original resolution)")
+show_row(
+    [raw, raw_mask] + [p for s in aug for p in (denormalize(s["image"]), colorize(s["mask"]))],
+    ["file " + "x".join(map(str, raw.shape[1::-1])), "its annotation", "aug 1", "aug 1 mask", "aug 2", "aug 2 mask"],
+    suptitle=f"ADE20K: {img_path.name} before and after augmentation",
+)
+print(
+    "evaluation sample: image",
+    tuple(val_sample["image"].shape),
+    "(resized), mask",
+    tuple(val_sample["mask"].shape),
+    "(original resolution)",
+)
 crop, crop_mask = denormalize(aug[0]["image"]), colorize(aug[0]["mask"])
 blend = (0.45 * crop + 0.55 * crop_mask).astype(np.uint8)  # image and mask stay aligned through the crop
-summary["ADE20K"] = ([raw, raw_mask, blend, crop_mask], ["file", "annotation (ADE palette)", "train crop + its mask", "mask (black: ignore)"])
+summary["ADE20K"] = (
+    [raw, raw_mask, blend, crop_mask],
+    ["file", "annotation (ADE palette)", "train crop + its mask", "mask (black: ignore)"],
+)
 
 # %% [markdown]
 # ## Swedish Traffic Signs
@@ -159,9 +183,12 @@ sts_dm = TrafficSignsDataModule(root=str(sts_root), batch_size=6, num_workers=0,
 sts_dm.setup("fit")
 batch = next(iter(sts_dm.train_dataloader()))
 print({k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)})
-show_row([with_box(denormalize(x), b.tolist()) for x, b in zip(batch["image"], batch["box"])],
-         [sts_dm.class_names[int(y)] for y in batch["label"]], size=2.0,
-         suptitle="Swedish Traffic Signs: one training batch (green: the deciding sign's box)")
+show_row(
+    [with_box(denormalize(x), b.tolist()) for x, b in zip(batch["image"], batch["box"])],
+    [sts_dm.class_names[int(y)] for y in batch["label"]],
+    size=2.0,
+    suptitle="Swedish Traffic Signs: one training batch (green: the deciding sign's box)",
+)
 
 # %%
 sts_train = sts_dm.datasets["train"]
@@ -169,10 +196,16 @@ i = next(j for j in range(len(sts_train)) if sts_train.samples[j].box is not Non
 s = sts_train.samples[i]
 raw = with_box(np.asarray(Image.open(s.path).convert("RGB")), s.box)
 aug = [sts_train[i] for _ in range(3)]
-show_row([raw] + [with_box(denormalize(a["image"]), a["box"].tolist()) for a in aug], ["file + annotated box", "aug 1", "aug 2", "aug 3"],
-         size=2.6, suptitle=f"Swedish Traffic Signs: {s.path.name} ({sts_dm.class_names[s.label]}) before and after augmentation")
-summary["Swedish Traffic Signs"] = ([raw] + [with_box(denormalize(a["image"]), a["box"].tolist()) for a in aug[:2]],
-                                    [f"file ({sts_dm.class_names[s.label]})", "jitter + shift", "another draw"])
+show_row(
+    [raw] + [with_box(denormalize(a["image"]), a["box"].tolist()) for a in aug],
+    ["file + annotated box", "aug 1", "aug 2", "aug 3"],
+    size=2.6,
+    suptitle=f"Swedish Traffic Signs: {s.path.name} ({sts_dm.class_names[s.label]}) before and after augmentation",
+)
+summary["Swedish Traffic Signs"] = (
+    [raw] + [with_box(denormalize(a["image"]), a["box"].tolist()) for a in aug[:2]],
+    [f"file ({sts_dm.class_names[s.label]})", "jitter + shift", "another draw"],
+)
 
 # %% [markdown]
 # ## Kinetics
@@ -189,8 +222,20 @@ summary["Swedish Traffic Signs"] = ([raw] + [with_box(denormalize(a["image"]), a
 kin_root = work / "kinetics"
 if not (kin_root / "annotations").exists():
     make_synthetic_kinetics(kin_root, SyntheticKineticsSpec(train_per_class=2, val_per_class=1, test_per_class=1, seed=SEED))
-kin_dm = KineticsDataModule(root=str(kin_root), num_frames=8, frame_stride=2, img_size=32, train_short_side=[32, 40], eval_short_side=36,
-                            flip=False, test_clips=2, test_crops=3, batch_size=4, num_workers=0, seed=SEED)
+kin_dm = KineticsDataModule(
+    root=str(kin_root),
+    num_frames=8,
+    frame_stride=2,
+    img_size=32,
+    train_short_side=[32, 40],
+    eval_short_side=36,
+    flip=False,
+    test_clips=2,
+    test_crops=3,
+    batch_size=4,
+    num_workers=0,
+    seed=SEED,
+)
 kin_dm.setup("fit")
 raw_batch = next(iter(kin_dm.train_dataloader()))  # uint8 [B, T, H, W, 3] clips and their augmentation parameters
 batch = kin_dm.on_after_batch_transfer(raw_batch, 0)  # flip / colour / normalise on the device, as Lightning calls it
@@ -199,24 +244,43 @@ print({k: tuple(v.shape) for k, v in raw_batch.items()}, "->", tuple(batch["vide
 
 def clip_frames(video):
     """[3, T, H, W] normalised with mean = std = 0.5 -> T uint8 frames."""
-    return [(video[:, t].permute(1, 2, 0).mul(0.5).add(0.5).clamp(0, 1).numpy() * 255).astype(np.uint8) for t in range(video.shape[1])]
+    return [
+        (video[:, t].permute(1, 2, 0).mul(0.5).add(0.5).clamp(0, 1).numpy() * 255).astype(np.uint8) for t in range(video.shape[1])
+    ]
 
 
 for v, y in zip(batch["video"][:2], batch["label"][:2]):
-    show_row(clip_frames(v), [f"frame {2 * t}" for t in range(v.shape[1])], size=1.2, suptitle=f"Kinetics training clip: {kin_dm.class_names[int(y)]}")
+    show_row(
+        clip_frames(v),
+        [f"frame {2 * t}" for t in range(v.shape[1])],
+        size=1.2,
+        suptitle=f"Kinetics training clip: {kin_dm.class_names[int(y)]}",
+    )
 
 # %%
 rec = kin_dm.datasets["train"].records[0]
 raw = read_frames(rec.path, list(range(0, 16, 2)))  # the file's own frames, no augmentation
 aug = clip_frames(kin_dm.on_after_batch_transfer(default_collate([kin_dm.datasets["train"][0]]), 0)["video"][0])
 kin_dm.setup("test")
-views = kin_dm.on_after_batch_transfer(default_collate([kin_dm.datasets["test"][0]]), 0)["video"][0]  # [clips x crops, 3, T, H, W]
-print(f"{rec.path.split('/')[-1]}: {count_frames(rec.path)} frames of {raw.shape[1]}x{raw.shape[2]}; "
-      f"a test video gives {views.shape[0]} views of {tuple(views.shape[1:])}")
-show_row(list(raw[::2]) + aug[::2], ["file t=0", "file t=4", "file t=8", "file t=12", "aug t=0", "aug t=4", "aug t=8", "aug t=12"], size=1.3,
-         suptitle=f"Kinetics: {kin_dm.class_names[rec.label]}, decoded frames and the augmented training clip")
-show_row([clip_frames(v)[4] for v in views], [f"clip {c}, crop {r}" for c in range(2) for r in range(3)], size=1.3,
-         suptitle="Kinetics evaluation views of one test video (middle frame of each)")
+views = kin_dm.on_after_batch_transfer(default_collate([kin_dm.datasets["test"][0]]), 0)["video"][
+    0
+]  # [clips x crops, 3, T, H, W]
+print(
+    f"{rec.path.split('/')[-1]}: {count_frames(rec.path)} frames of {raw.shape[1]}x{raw.shape[2]}; "
+    f"a test video gives {views.shape[0]} views of {tuple(views.shape[1:])}"
+)
+show_row(
+    list(raw[::2]) + aug[::2],
+    ["file t=0", "file t=4", "file t=8", "file t=12", "aug t=0", "aug t=4", "aug t=8", "aug t=12"],
+    size=1.3,
+    suptitle=f"Kinetics: {kin_dm.class_names[rec.label]}, decoded frames and the augmented training clip",
+)
+show_row(
+    [clip_frames(v)[4] for v in views],
+    [f"clip {c}, crop {r}" for c in range(2) for r in range(3)],
+    size=1.3,
+    suptitle="Kinetics evaluation views of one test video (middle frame of each)",
+)
 summary["Kinetics"] = (list(raw[::2]), ["frame 0", "frame 4", "frame 8", "frame 12"])
 
 # %% [markdown]
@@ -234,7 +298,9 @@ for row, (name, (pics, titles)) in enumerate(summary.items()):
         if col < len(pics):
             ax.imshow(np.asarray(pics[col]), interpolation="nearest")
             ax.set_title(titles[col], fontsize=9)
-    axes[row, 0].text(-0.08, 0.5, name, transform=axes[row, 0].transAxes, rotation=90, ha="right", va="center", fontsize=11, weight="bold")
+    axes[row, 0].text(
+        -0.08, 0.5, name, transform=axes[row, 0].transAxes, rotation=90, ha="right", va="center", fontsize=11, weight="bold"
+    )
 fig.suptitle("lw_lightning.data: each DataModule on its tiny generated copy, before and after augmentation", fontsize=11)
 fig.tight_layout()
 if FIGURE_DIR:

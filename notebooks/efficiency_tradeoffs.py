@@ -42,7 +42,9 @@ SWEEP_KS = [0.05, 0.1, 0.25, 0.5, 1.0]
 SWEEP_LOCS = [0.0, 0.25, 0.5, 0.75]
 TRAIN_BATCH = 2  # batch of the timed training step and the memory measurement
 REPEATS = 5  # timed repeats after one warm-up call; the fastest counts (least disturbed by other jobs)
-THREADS = 1  # torch threads while timing: 1 gives steady numbers on a shared machine (as conf/bench/cpu.yaml); None: torch's default
+THREADS = (
+    1  # torch threads while timing: 1 gives steady numbers on a shared machine (as conf/bench/cpu.yaml); None: torch's default
+)
 
 # %%
 import json
@@ -50,9 +52,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import torch.nn as nn
 from IPython.display import Markdown, display
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from benchmarks.common import Case, fmt_bytes, fmt_time, make_env, time_interleaved
 from benchmarks.images import count_variant_flops, forward_fn, train_activation_bytes, train_step_fn
@@ -103,9 +105,17 @@ def measure(size, vs, num_classes=10):
             model.selector.requires_grad_(False)  # the fine-tuning protocol: the selector is frozen
         head = nn.Linear(model.embed_dim, num_classes)
         fwd = forward_fn(model, v["k"])
-        row = dict(size=size, method=METHODS[v["arch"]], label=label(v, n), arch=v["arch"], k=v["k"], patches=n,
-                   loc=v["fields"].get("tokenlearner_loc"), flops=count_variant_flops(PRESET, size, v["arch"], v["k"], **v["fields"]),
-                   tokens=n if v["k"] is None else resolve_k(v["k"], n))
+        row = dict(
+            size=size,
+            method=METHODS[v["arch"]],
+            label=label(v, n),
+            arch=v["arch"],
+            k=v["k"],
+            patches=n,
+            loc=v["fields"].get("tokenlearner_loc"),
+            flops=count_variant_flops(PRESET, size, v["arch"], v["k"], **v["fields"]),
+            tokens=n if v["k"] is None else resolve_k(v["k"], n),
+        )
 
         def infer(fwd=fwd, model=model):
             model.eval()
@@ -113,7 +123,9 @@ def measure(size, vs, num_classes=10):
                 fwd(x1)
 
         row["_infer"] = Case(f"{row['label']} @{size} | infer b=1", infer)
-        row["_train"] = Case(f"{row['label']} @{size} | train b={TRAIN_BATCH}", train_step_fn(model, head, v["k"], xt, yt, env), items=TRAIN_BATCH)
+        row["_train"] = Case(
+            f"{row['label']} @{size} | train b={TRAIN_BATCH}", train_step_fn(model, head, v["k"], xt, yt, env), items=TRAIN_BATCH
+        )
         row["act_bytes"] = train_activation_bytes(model, head, v["k"], xt, yt, env)
         cases += [row["_infer"], row["_train"]]
         rows.append(row)
@@ -131,6 +143,7 @@ def measure(size, vs, num_classes=10):
 # rows are measured here when the file has none (their FLOPs at the bench's own sizes are counted on
 # meta tensors, which costs nothing).
 
+
 # %%
 def from_bench(path):
     results = json.loads(Path(path).read_text())
@@ -141,10 +154,27 @@ def from_bench(path):
         batches = sorted(int(key[len("infer_b") : -2]) for key in r if key.startswith("infer_b") and key.endswith("_s"))
         n = (r["size"] // 14) ** 2
         method = METHODS.get(r["arch"], r["arch"])
-        name = "full ViT" if r["arch"] == "vit" else (f"LookWhere k={r['k']:.0%}" if isinstance(r["k"], float) else f"LookWhere k={r['tokens']}")
-        rows.append(dict(size=r["size"], method=method, label=name, arch=r["arch"], k=r["k"], patches=n, loc=None, flops=r["flops"],
-                         tokens=r["tokens"], latency_s=r.get(f"infer_b{batches[0]}_s", float("nan")) if batches else float("nan"),
-                         train_s=r.get("train_s", float("nan")), act_bytes=r.get("act_bytes")))
+        name = (
+            "full ViT"
+            if r["arch"] == "vit"
+            else (f"LookWhere k={r['k']:.0%}" if isinstance(r["k"], float) else f"LookWhere k={r['tokens']}")
+        )
+        rows.append(
+            dict(
+                size=r["size"],
+                method=method,
+                label=name,
+                arch=r["arch"],
+                k=r["k"],
+                patches=n,
+                loc=None,
+                flops=r["flops"],
+                tokens=r["tokens"],
+                latency_s=r.get(f"infer_b{batches[0]}_s", float("nan")) if batches else float("nan"),
+                train_s=r.get("train_s", float("nan")),
+                act_bytes=r.get("act_bytes"),
+            )
+        )
     return results, rows
 
 
@@ -152,42 +182,77 @@ video_rows = []
 if BENCH_RESULTS:
     results, rows = from_bench(BENCH_RESULTS)
     video_rows = results.get("video", [])
-    print(f"read {len(rows)} image rows and {len(video_rows)} video rows from {BENCH_RESULTS}: {results['machine'].get('gpu', results['machine']['cpu'])}")
+    print(
+        f"read {len(rows)} image rows and {len(video_rows)} video rows from {BENCH_RESULTS}: {results['machine'].get('gpu', results['machine']['cpu'])}"
+    )
     sizes = sorted({r["size"] for r in rows})
-    bench_preset = next((p for p in ("tiny", "small", "base") if f"LookWhere-{p}" in json.dumps(results.get("images", []))), PRESET)
+    bench_preset = next(
+        (p for p in ("tiny", "small", "base") if f"LookWhere-{p}" in json.dumps(results.get("images", []))), PRESET
+    )
     PRESET = bench_preset
     if not any(r["arch"] == "tokenlearner" for r in rows):
         for size in sizes:  # FLOPs only: timing ViT-B on a CPU here would take minutes
             fields = dict(tokenlearner_loc=TL_LOC, tokenlearner_tokens=TL_TOKENS)
             flops = count_variant_flops(PRESET, size, "tokenlearner", None, **fields)
-            rows.append(dict(size=size, method="TokenLearner-ViT", label=f"TokenLearner S={TL_TOKENS} at {TL_LOC:.0%} depth", arch="tokenlearner",
-                             k=None, patches=(size // 14) ** 2, loc=TL_LOC, flops=flops, tokens=TL_TOKENS, latency_s=float("nan"),
-                             train_s=float("nan"), act_bytes=None))
+            rows.append(
+                dict(
+                    size=size,
+                    method="TokenLearner-ViT",
+                    label=f"TokenLearner S={TL_TOKENS} at {TL_LOC:.0%} depth",
+                    arch="tokenlearner",
+                    k=None,
+                    patches=(size // 14) ** 2,
+                    loc=TL_LOC,
+                    flops=flops,
+                    tokens=TL_TOKENS,
+                    latency_s=float("nan"),
+                    train_s=float("nan"),
+                    act_bytes=None,
+                )
+            )
     SWEEP_SIZE = max(sizes)
     sweep = [r for r in rows if r["size"] == SWEEP_SIZE]
     for loc in SWEEP_LOCS:  # FLOPs of the insertion points at the largest size
         fields = dict(tokenlearner_loc=loc, tokenlearner_tokens=TL_TOKENS)
         if loc != TL_LOC:
-            sweep.append(dict(size=SWEEP_SIZE, method="TokenLearner-ViT", label=f"TokenLearner at {loc:.0%}", arch="tokenlearner", k=None,
-                              patches=(SWEEP_SIZE // 14) ** 2, loc=loc, flops=count_variant_flops(PRESET, SWEEP_SIZE, "tokenlearner", None, **fields),
-                              tokens=TL_TOKENS, latency_s=float("nan"), train_s=float("nan"), act_bytes=None))
+            sweep.append(
+                dict(
+                    size=SWEEP_SIZE,
+                    method="TokenLearner-ViT",
+                    label=f"TokenLearner at {loc:.0%}",
+                    arch="tokenlearner",
+                    k=None,
+                    patches=(SWEEP_SIZE // 14) ** 2,
+                    loc=loc,
+                    flops=count_variant_flops(PRESET, SWEEP_SIZE, "tokenlearner", None, **fields),
+                    tokens=TL_TOKENS,
+                    latency_s=float("nan"),
+                    train_s=float("nan"),
+                    act_bytes=None,
+                )
+            )
 else:
     rows = [row for size in SIZES for row in measure(size, variants(KS, [TL_LOC]))]
     sweep = measure(SWEEP_SIZE, variants(SWEEP_KS, SWEEP_LOCS))
     print(f"measured {len(rows) + len(sweep)} variants of the {PRESET} preset")
 
+
 # %%
 def table(rows):
     full = {r["size"]: r for r in rows if r["arch"] == "vit"}
-    lines = ["| size | variant | tokens per block | MFLOPs | FLOP ratio | latency b=1 | speedup | train step b=%d | activations (train) |" % TRAIN_BATCH,
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| size | variant | tokens per block | MFLOPs | FLOP ratio | latency b=1 | speedup | train step b={TRAIN_BATCH} | activations (train) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["size"], -r["flops"])):
         f = full.get(r["size"])
         ratio = f"{f['flops'] / r['flops']:.1f}×" if f else "—"
         speed = f"{f['latency_s'] / r['latency_s']:.1f}×" if f and r["latency_s"] == r["latency_s"] else "—"
         lat = fmt_time(r["latency_s"])
-        lines.append(f"| {r['size']} | {r['label']} | {r['tokens']} of {r['patches']} | {r['flops'] / 1e6:,.0f} | {ratio} | {lat} | {speed} | "
-                     f"{fmt_time(r['train_s'])} | {fmt_bytes(r['act_bytes'])} |")
+        lines.append(
+            f"| {r['size']} | {r['label']} | {r['tokens']} of {r['patches']} | {r['flops'] / 1e6:,.0f} | {ratio} | {lat} | {speed} | "
+            f"{fmt_time(r['train_s'])} | {fmt_bytes(r['act_bytes'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -204,7 +269,11 @@ display(Markdown(f"### vs k and insertion point at {SWEEP_SIZE} px\n\n" + table(
 
 # %%
 plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
-METRICS = [("flops", "GFLOPs per image", 1e-9), ("latency_s", "latency, batch 1 (ms)", 1e3), ("act_bytes", f"activations, train b={TRAIN_BATCH} (MiB)", 2**-20)]
+METRICS = [
+    ("flops", "GFLOPs per image", 1e-9),
+    ("latency_s", "latency, batch 1 (ms)", 1e3),
+    ("act_bytes", f"activations, train b={TRAIN_BATCH} (MiB)", 2**-20),
+]
 fig, axes = plt.subplots(2, 3, figsize=(12, 7.2))
 for ax, (key, title, scale) in zip(axes[0], METRICS):
     for name in dict.fromkeys(r["label"] for r in rows):
@@ -213,7 +282,14 @@ for ax, (key, title, scale) in zip(axes[0], METRICS):
             continue
         method = next(r["method"] for r in rows if r["label"] == name)
         dashed = method == "LookWhere" and name.endswith(f"{max(KS):.0%}")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=COLOURS[method], linestyle="--" if dashed else "-", label=name)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker="o",
+            color=COLOURS[method],
+            linestyle="--" if dashed else "-",
+            label=name,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     sizes_here = sorted({r["size"] for r in rows})
@@ -236,7 +312,13 @@ for ax, (key, title, _) in zip(axes[1], METRICS):
     tl = sorted((r["loc"], full[key] / r[key]) for r in sweep if r["arch"] == "tokenlearner" and r[key] and r[key] == r[key])
     ax.plot([p[0] for p in lw], [p[1] for p in lw], marker="o", color=COLOURS["LookWhere"], label="LookWhere: kept fraction k")
     if tl:
-        ax.plot([p[0] for p in tl], [p[1] for p in tl], marker="s", color=COLOURS["TokenLearner-ViT"], label=f"TokenLearner S={TL_TOKENS}: insertion point L / depth")
+        ax.plot(
+            [p[0] for p in tl],
+            [p[1] for p in tl],
+            marker="s",
+            color=COLOURS["TokenLearner-ViT"],
+            label=f"TokenLearner S={TL_TOKENS}: insertion point L / depth",
+        )
     ax.axhline(1.0, color="black", linewidth=1, label="full ViT")
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -265,9 +347,18 @@ if not video_rows:
     from benchmarks.config import VideoSuite
     from benchmarks.video import run_video
 
-    video_rows = run_video(VideoSuite(presets=["tiny"], num_frames=8, num_tokens=4, batch_sizes=[1], train_batch=TRAIN_BATCH), env, log=lambda m: None)
-lines = ["| model | tokens in / after TokenLearner | GFLOPs per clip | latency b=1 | train step | activations (train) |", "|---|---|---|---|---|---|"]
+    video_rows = run_video(
+        VideoSuite(presets=["tiny"], num_frames=8, num_tokens=4, batch_sizes=[1], train_batch=TRAIN_BATCH),
+        env,
+        log=lambda m: None,
+    )
+lines = [
+    "| model | tokens in / after TokenLearner | GFLOPs per clip | latency b=1 | train step | activations (train) |",
+    "|---|---|---|---|---|---|",
+]
 for r in video_rows:
-    lines.append(f"| {r['name']} | {r['tokens_in']} / {r['tokens_out']} | {r['flops'] / 1e9:.2f} | {fmt_time(r.get('infer_b1_s', float('nan')))} | "
-                 f"{fmt_time(r.get('train_s', float('nan')))} | {fmt_bytes(r.get('act_bytes'))} |")
+    lines.append(
+        f"| {r['name']} | {r['tokens_in']} / {r['tokens_out']} | {r['flops'] / 1e9:.2f} | {fmt_time(r.get('infer_b1_s', float('nan')))} | "
+        f"{fmt_time(r.get('train_s', float('nan')))} | {fmt_bytes(r.get('act_bytes'))} |"
+    )
 display(Markdown("\n".join(lines)))

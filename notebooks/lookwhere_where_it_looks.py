@@ -50,14 +50,14 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from IPython.display import Markdown, display
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from omegaconf import OmegaConf
 
 from benchmarks.compare import find_demo_runs, load_classifier
-from hydra.utils import instantiate
 from lw_lightning.data.synthetic_signs import CLASS_NAMES, SyntheticSigns
 from lw_lightning.demo import best_checkpoint, run_stage
 from lw_lightning.flops import image_model_flops
@@ -82,20 +82,55 @@ if DEMO_DIR:
     print(f"demo run {DEMO_DIR}: teacher {runs.teacher_ckpt.name}, LookWhere {runs.finetune_ckpt.name}")
 else:
     # the demo's recipes at 112 px (8×8 = 64 patches), a larger sign, a stronger patch loss and short schedules
-    common = [f"output_dir={work}", f"seed={SEED}", "data.image_size=112", "module.model.img_size=[112,112]",
-              "module.model.selector_img_size=56", "data.sign_fraction=0.12", f"data.num_train={TRAIN_IMAGES}", "data.num_val=96",
-              "data.num_test=256", "data.batch_size=16", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-              "callbacks.images=null", "callbacks.flops=null"]
+    common = [
+        f"output_dir={work}",
+        f"seed={SEED}",
+        "data.image_size=112",
+        "module.model.img_size=[112,112]",
+        "module.model.selector_img_size=56",
+        "data.sign_fraction=0.12",
+        f"data.num_train={TRAIN_IMAGES}",
+        "data.num_val=96",
+        "data.num_test=256",
+        "data.batch_size=16",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks.images=null",
+        "callbacks.flops=null",
+    ]
     t0 = time.perf_counter()
-    a, ta = run_stage("(a) full-resolution ViT (the teacher)", "demo_teacher.yaml",
-                      common + ["module.patch_loss_weight=3", "module.lr=2e-3", f"trainer.max_epochs={TEACHER_EPOCHS}"])
-    b, tb = run_stage("(b) what-where distillation into LookWhere", "demo_distill.yaml",
-                      common + [f"module.teacher.checkpoint={best_checkpoint(a)}", "module.k_min=4", "module.k_max=24", "module.val_k=8",
-                                "trainer.max_epochs=1"])
-    c, tc = run_stage("(c) fine-tune LookWhere, selector frozen", "demo_finetune.yaml",
-                      common + [f"module.model.pretrained={Path(b.log_dir) / 'lookwhere.pt'}", "module.train_k=8", "module.eval_k=8",
-                                "module.eval_ks=[]", "trainer.max_epochs=2"])
-    print(f"\nstage times: teacher {ta:.0f} s, distillation {tb:.0f} s, fine-tuning {tc:.0f} s (total {time.perf_counter() - t0:.0f} s)")
+    a, ta = run_stage(
+        "(a) full-resolution ViT (the teacher)",
+        "demo_teacher.yaml",
+        common + ["module.patch_loss_weight=3", "module.lr=2e-3", f"trainer.max_epochs={TEACHER_EPOCHS}"],
+    )
+    b, tb = run_stage(
+        "(b) what-where distillation into LookWhere",
+        "demo_distill.yaml",
+        common
+        + [
+            f"module.teacher.checkpoint={best_checkpoint(a)}",
+            "module.k_min=4",
+            "module.k_max=24",
+            "module.val_k=8",
+            "trainer.max_epochs=1",
+        ],
+    )
+    c, tc = run_stage(
+        "(c) fine-tune LookWhere, selector frozen",
+        "demo_finetune.yaml",
+        common
+        + [
+            f"module.model.pretrained={Path(b.log_dir) / 'lookwhere.pt'}",
+            "module.train_k=8",
+            "module.eval_k=8",
+            "module.eval_ks=[]",
+            "trainer.max_epochs=2",
+        ],
+    )
+    print(
+        f"\nstage times: teacher {ta:.0f} s, distillation {tb:.0f} s, fine-tuning {tc:.0f} s (total {time.perf_counter() - t0:.0f} s)"
+    )
     teacher, lookwhere = load_classifier(best_checkpoint(a)).eval(), load_classifier(best_checkpoint(c)).eval()
     datamodule = c.datamodule
 datamodule.setup("test")
@@ -106,8 +141,10 @@ size = tuple(cfg.img_size)
 grid = cfg.grid
 n = grid[0] * grid[1]
 p = cfg.patch_size
-print(f"LookWhere {cfg.preset}: {size[0]}×{size[1]} px, {grid[0]}×{grid[1]} = {n} patches of {p} px; "
-      f"selector: {cfg.selector_depth} blocks on a {cfg.selector_size_for(size)} copy")
+print(
+    f"LookWhere {cfg.preset}: {size[0]}×{size[1]} px, {grid[0]}×{grid[1]} = {n} patches of {p} px; "
+    f"selector: {cfg.selector_depth} blocks on a {cfg.selector_size_for(size)} copy"
+)
 
 # %% [markdown]
 # ## One image: the low-res copy and the selector's map
@@ -163,6 +200,7 @@ plt.show()
 # three principal components (fitted once, on the teacher's features of this image, so colours are
 # comparable across k) are shown as RGB. With more patches the fill gets closer to a dense map.
 
+
 # %%
 def teacher_dense(image):
     with torch.no_grad():
@@ -209,8 +247,8 @@ plt.show()
 # forward pass (`lw_lightning.flops.image_model_flops`), selector included.
 
 # %%
-ks = [k for k in KS if k <= n] if KS else sorted({2 ** i for i in range(1, n.bit_length()) if 2 ** i < n} | {n})
-correct = {k: 0 for k in ks}
+ks = [k for k in KS if k <= n] if KS else sorted({2**i for i in range(1, n.bit_length()) if 2**i < n} | {n})
+correct = dict.fromkeys(ks, 0)
 teacher_correct, total = 0, 0
 loader = datamodule.test_dataloader()
 with torch.no_grad():
@@ -226,15 +264,25 @@ acc = {k: correct[k] / total for k in ks}
 teacher_acc = teacher_correct / total
 flops = {k: image_model_flops(net, size, k=k) for k in ks}
 teacher_flops = image_model_flops(teacher.net, size)
-lines = ["| model | patches | % of N | test top-1 | MFLOPs / image | fewer FLOPs |", "|---|---|---|---|---|---|",
-         f"| full-res ViT | {n} | 100% | {teacher_acc:.1%} | {teacher_flops / 1e6:.1f} | 1.0× |"]
-lines += [f"| LookWhere k={k} | {k} | {k / n:.0%} | {acc[k]:.1%} | {flops[k] / 1e6:.1f} | {teacher_flops / flops[k]:.1f}× |" for k in ks]
-display(Markdown(f"Test split: {total} images, {len(CLASS_NAMES)} classes (chance {1 / len(CLASS_NAMES):.0%}).\n\n" + "\n".join(lines)))
+lines = [
+    "| model | patches | % of N | test top-1 | MFLOPs / image | fewer FLOPs |",
+    "|---|---|---|---|---|---|",
+    f"| full-res ViT | {n} | 100% | {teacher_acc:.1%} | {teacher_flops / 1e6:.1f} | 1.0× |",
+]
+lines += [
+    f"| LookWhere k={k} | {k} | {k / n:.0%} | {acc[k]:.1%} | {flops[k] / 1e6:.1f} | {teacher_flops / flops[k]:.1f}× |" for k in ks
+]
+display(
+    Markdown(
+        f"Test split: {total} images, {len(CLASS_NAMES)} classes (chance {1 / len(CLASS_NAMES):.0%}).\n\n" + "\n".join(lines)
+    )
+)
 
 # %% [markdown]
 # Accuracy saturates long before k reaches N: the selector puts the sign's patches first, and the
 # patches of clutter it adds after them carry nothing the classifier needs. The FLOPs fall roughly in
 # proportion to k, down to the selector's fixed cost.
+
 
 # %%
 def accuracy_axes(ax_k, ax_f):
@@ -251,7 +299,15 @@ def accuracy_axes(ax_k, ax_f):
     ax_f.plot([flops[k] / 1e6 for k in ks], [100 * acc[k] for k in ks], marker="o", color="tab:blue", label="LookWhere")
     for k in ks:
         ax_f.annotate(f"k={k}", (flops[k] / 1e6, 100 * acc[k]), fontsize=7, xytext=(3, -9), textcoords="offset points")
-    ax_f.plot([teacher_flops / 1e6], [100 * teacher_acc], marker="*", markersize=12, color="black", linestyle="none", label="full-res ViT")
+    ax_f.plot(
+        [teacher_flops / 1e6],
+        [100 * teacher_acc],
+        marker="*",
+        markersize=12,
+        color="black",
+        linestyle="none",
+        label="full-res ViT",
+    )
     ax_f.set_xscale("log")
     ax_f.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax_f.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

@@ -29,7 +29,9 @@
 # %% tags=["parameters"]
 FIGURE_DIR = None  # folder for the figure (nb_tokenlearner_video_maps.png) and the GIF; None: a temporary folder, shown only
 CHECKPOINT = None  # a VideoClassifier .ckpt (e.g. runs/demo_video/version_0/checkpoints/last.ckpt); None: train here
-DATA_DIR = None  # a synthetic Kinetics folder (python -m lw_lightning.data.synthetic_kinetics --make-tiny DIR); None: written here
+DATA_DIR = (
+    None  # a synthetic Kinetics folder (python -m lw_lightning.data.synthetic_kinetics --make-tiny DIR); None: written here
+)
 WORK_DIR = None  # where the data and the training run go; None: a temporary folder
 EPOCHS = 20  # training epochs when no CHECKPOINT is given
 TRAIN_PER_CLASS = 40  # training clips per class written here
@@ -76,10 +78,18 @@ out_dir.mkdir(parents=True, exist_ok=True)
 data_dir = Path(DATA_DIR) if DATA_DIR else work / "synthetic_kinetics"
 if not (data_dir / "annotations").exists():
     t0 = time.perf_counter()
-    counts = make_synthetic_kinetics(data_dir, SyntheticKineticsSpec(train_per_class=TRAIN_PER_CLASS, val_per_class=5, test_per_class=5, seed=SEED))
+    counts = make_synthetic_kinetics(
+        data_dir, SyntheticKineticsSpec(train_per_class=TRAIN_PER_CLASS, val_per_class=5, test_per_class=5, seed=SEED)
+    )
     print(f"wrote {counts} clips to {data_dir} in {time.perf_counter() - t0:.0f} s")
-overrides = [f"data.root={data_dir}", f"output_dir={work / 'runs'}", f"seed={SEED}", "trainer.enable_progress_bar=false",
-             "trainer.enable_model_summary=false", "callbacks.images=null"]
+overrides = [
+    f"data.root={data_dir}",
+    f"output_dir={work / 'runs'}",
+    f"seed={SEED}",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks.images=null",
+]
 if CHECKPOINT is None:
     # 20 steps an epoch and a higher peak rate: the short schedule leaves the model where it has the
     # shapes and is learning the direction (the 40-epoch recipe reaches 0.85, docs/video.md)
@@ -88,13 +98,17 @@ if CHECKPOINT is None:
     t0 = time.perf_counter()
     fit = run(load_config("demo_video", fit_overrides), "fit")
     CHECKPOINT = fit.trainer.checkpoint_callback.last_model_path  # the final weights (20 val videos pick a "best" by noise)
-    print(f"trained in {time.perf_counter() - t0:.0f} s: val top-1 {fit.metrics['val/acc1']:.2f}, train top-1 {fit.metrics['train/acc1']:.2f}; "
-          f"checkpoint {CHECKPOINT}")
+    print(
+        f"trained in {time.perf_counter() - t0:.0f} s: val top-1 {fit.metrics['val/acc1']:.2f}, train top-1 {fit.metrics['train/acc1']:.2f}; "
+        f"checkpoint {CHECKPOINT}"
+    )
 module = VideoClassifier.load_from_checkpoint(CHECKPOINT, map_location="cpu").eval()
 cfg = module.model_cfg
 nt, nh, nw = cfg.grid
-print(f"ViViT {cfg.preset}: {cfg.num_frames} frames of {cfg.img_size}², tubelet {cfg.tubelet} -> {nt} slices of {nh}×{nw} tokens; "
-      f"TokenLearner after block {cfg.tokenlearner_loc}: {nt * nh * nw} -> {module.net.num_output_tokens} tokens")
+print(
+    f"ViViT {cfg.preset}: {cfg.num_frames} frames of {cfg.img_size}², tubelet {cfg.tubelet} -> {nt} slices of {nh}×{nw} tokens; "
+    f"TokenLearner after block {cfg.tokenlearner_loc}: {nt * nh * nw} -> {module.net.num_output_tokens} tokens"
+)
 
 # %% [markdown]
 # ## Test accuracy
@@ -102,10 +116,16 @@ print(f"ViViT {cfg.preset}: {cfg.num_frames} frames of {cfg.img_size}², tubelet
 # The test split is evaluated as the recipe says: 4 clips × 3 crops per video, softmax averaged.
 
 # %%
-test = run(load_config("demo_video", overrides + [f"ckpt_path={CHECKPOINT}", "logger=null", "callbacks.lr_monitor=null"],
-                       evaluation=True), "test")
+test = run(
+    load_config(
+        "demo_video", overrides + [f"ckpt_path={CHECKPOINT}", "logger=null", "callbacks.lr_monitor=null"], evaluation=True
+    ),
+    "test",
+)
 classes = test.datamodule.class_names
-print(f"test top-1 {test.metrics['test/acc1']:.2f} over {len(test.datamodule.datasets['test'])} videos ({len(classes)} classes: {classes}; chance {1 / len(classes):.2f})")
+print(
+    f"test top-1 {test.metrics['test/acc1']:.2f} over {len(test.datamodule.datasets['test'])} videos ({len(classes)} classes: {classes}; chance {1 / len(classes):.2f})"
+)
 
 # %% [markdown]
 # ## The maps of one clip per class
@@ -180,6 +200,7 @@ for b, label in enumerate(labels):
 # The middle frame of each slice and the map of the token that weighs the shape most (the token whose
 # map puts the most mass on the brightest pixels), for one clip of every class.
 
+
 # %%
 def object_token(b):
     """The token whose maps (over all slices) overlap the bright moving shape most."""
@@ -210,9 +231,11 @@ for b, label in enumerate(labels):
 for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
-fig.suptitle(f"TokenLearner in ViViT: one learned token's attention over the {nt} temporal slices\n"
-             f"(synthetic Kinetics test clips, S={S} tokens per slice after block {cfg.tokenlearner_loc}; test top-1 {test.metrics['test/acc1']:.2f})",
-             fontsize=9)
+fig.suptitle(
+    f"TokenLearner in ViViT: one learned token's attention over the {nt} temporal slices\n"
+    f"(synthetic Kinetics test clips, S={S} tokens per slice after block {cfg.tokenlearner_loc}; test top-1 {test.metrics['test/acc1']:.2f})",
+    fontsize=9,
+)
 fig.tight_layout()
 figure = out_dir / "nb_tokenlearner_video_maps.png"
 fig.savefig(figure, dpi=120, bbox_inches="tight")
@@ -224,6 +247,7 @@ plt.show()
 #
 # Every frame of the first clip next to each token's map of the slice that frame belongs to, saved as a
 # GIF (Pillow; no video encoder needed).
+
 
 # %%
 def animation_frames(b, cell=96):

@@ -21,7 +21,9 @@ class KillAtStep(pl.Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -46,7 +48,9 @@ class RankProbe(pl.Callback):
         self.folder = folder
         self.record: dict[str, Any] = {"indices": [], "batch_sizes": [], "k": [], "k_all_ranks": []}
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.record["indices"].extend(int(i) for i in batch["index"])
         self.record["batch_sizes"].append(int(batch["index"].shape[0]))
         k = getattr(pl_module, "last_k", None)
@@ -76,7 +80,9 @@ class StepMarker(pl.Callback):
         self.path = Path(path)
         self.delay = delay
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(str(trainer.global_step))
         tmp.replace(self.path)

@@ -13,7 +13,6 @@ from torchvision import tv_tensors
 
 from lw_lightning.config import ConfigError
 from lw_lightning.data.ade20k import FOLDER, ADE20KDataModule, make_tiny, read_object_info
-from lw_lightning.data.images import UnreadableImageError
 from lw_lightning.data.transforms import CatMaxRandomCrop, ade20k_train_transform, ceil_to
 
 
@@ -250,11 +249,23 @@ def test_wrong_size_mask_in_a_worker_is_one_line_exit_2(tmp_path: Path, root: Pa
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)
     argv = [
-        "fit", "experiment=vit_ade20k_518", f"data.root={copy}", f"output_dir={tmp_path / 'runs'}",
-        f"trainer.default_root_dir={tmp_path / 'runs'}", "data.num_workers=1", "data.pin_memory=false",
-        "data.batch_size=4", "data.eval_batch_size=2", "data.crop_size=56", "data.scale=[224,56]",
-        "module.model.preset=tiny", "module.model.img_size=[56,56]", "trainer.accelerator=cpu",
-        "trainer.precision=32-true", "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false",
+        "fit",
+        "experiment=vit_ade20k_518",
+        f"data.root={copy}",
+        f"output_dir={tmp_path / 'runs'}",
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        "data.num_workers=1",
+        "data.pin_memory=false",
+        "data.batch_size=4",
+        "data.eval_batch_size=2",
+        "data.crop_size=56",
+        "data.scale=[224,56]",
+        "module.model.preset=tiny",
+        "module.model.img_size=[56,56]",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.fast_dev_run=true",
+        "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
     ]
     assert main(argv) == 2

@@ -63,7 +63,12 @@ def test_bench_smoke_writes_tables_and_plot(root, tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "bench=smoke", f"output_dir={out}"]) == 0
     md = (out / "benchmarks.md").read_text()
-    for title in ("LookWhere vs full-resolution ViT", "ViViT with vs without TokenLearner", "Kinetics data loading", "Lightning vs a plain"):
+    for title in (
+        "LookWhere vs full-resolution ViT",
+        "ViViT with vs without TokenLearner",
+        "Kinetics data loading",
+        "Lightning vs a plain",
+    ):
         assert title in md
     assert (out / "speedup_vs_resolution.png").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
@@ -78,25 +83,47 @@ def test_accuracy_suite_matches_the_test_command_and_plots(tmp_path, root, monke
     from lw_lightning.config import load_config
     from lw_lightning.tasks import run
 
-    from .conftest import tiny_overrides  # noqa: I001
+    from .conftest import tiny_overrides
 
     monkeypatch.chdir(root)
     vit_rec, lw_rec = root / "conf/experiment/demo_vit.yaml", root / "conf/experiment/demo_finetune.yaml"
     vit_o = [*tiny_overrides(tmp_path), "trainer.max_steps=2", "trainer.limit_val_batches=1"]
-    lw_o = [*tiny_overrides(tmp_path, "lookwhere"), "trainer.max_steps=2", "trainer.limit_val_batches=1", "module.model.pretrained=null",
-            "module.train_k=16", "module.eval_k=16", "module.eval_ks=[8,16]"]
+    lw_o = [
+        *tiny_overrides(tmp_path, "lookwhere"),
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=1",
+        "module.model.pretrained=null",
+        "module.train_k=16",
+        "module.eval_k=16",
+        "module.eval_ks=[8,16]",
+    ]
     ckpts = {}
     for name, rec, o in (("v", vit_rec, vit_o), ("l", lw_rec, lw_o)):
         assert main(["fit", f"experiment={rec.stem}", *o, f"name={name}"]) == 0
         ckpts[name] = str(next((tmp_path / "runs" / name).glob("version_*/checkpoints/last.ckpt")))
-    reported = {name: run(load_config(rec, [*o, f"name={name}_test", f"ckpt_path={ckpts[name]}"]), "test").metrics
-                for name, rec, o in (("v", vit_rec, vit_o), ("l", lw_rec, lw_o))}
+    reported = {
+        name: run(load_config(rec, [*o, f"name={name}_test", f"ckpt_path={ckpts[name]}"]), "test").metrics
+        for name, rec, o in (("v", vit_rec, vit_o), ("l", lw_rec, lw_o))
+    }
 
     out = tmp_path / "bench"
-    runs = (f"[{{config: {vit_rec}, ckpt_path: '{ckpts['v']}', overrides: {json.dumps(vit_o)}, label: full-res}},"
-            f" {{config: {lw_rec}, ckpt_path: '{ckpts['l']}', overrides: {json.dumps(lw_o)}, ks: [8, 16]}}]")
-    assert main(["bench", "bench=smoke", f"output_dir={out}", "bench.suites=[accuracy]",
-                 "bench.accuracy.split=test", f"bench.accuracy.runs={runs}"]) == 0
+    runs = (
+        f"[{{config: {vit_rec}, ckpt_path: '{ckpts['v']}', overrides: {json.dumps(vit_o)}, label: full-res}},"
+        f" {{config: {lw_rec}, ckpt_path: '{ckpts['l']}', overrides: {json.dumps(lw_o)}, ks: [8, 16]}}]"
+    )
+    assert (
+        main(
+            [
+                "bench",
+                "bench=smoke",
+                f"output_dir={out}",
+                "bench.suites=[accuracy]",
+                "bench.accuracy.split=test",
+                f"bench.accuracy.runs={runs}",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "results.json").read_text())["accuracy"]
     assert [(r["label"], r["k"]) for r in rows] == [("full-res", None), ("LookWhere-tiny", 8), ("LookWhere-tiny", 16)]
     assert rows[0]["acc1"] == pytest.approx(reported["v"]["test/acc1"])
@@ -110,6 +137,5 @@ def test_accuracy_suite_matches_the_test_command_and_plots(tmp_path, root, monke
 
 def test_accuracy_suite_names_a_missing_checkpoint(tmp_path, root, capsys):
     runs = f"[{{config: {root / 'conf/experiment/demo_vit.yaml'}, ckpt_path: {tmp_path / 'nope.ckpt'}}}]"
-    assert main(["bench", "bench=smoke", f"output_dir={tmp_path}", "bench.suites=[accuracy]",
-                 f"bench.accuracy.runs={runs}"]) == 2
+    assert main(["bench", "bench=smoke", f"output_dir={tmp_path}", "bench.suites=[accuracy]", f"bench.accuracy.runs={runs}"]) == 2
     assert "nope.ckpt" in capsys.readouterr().err

@@ -35,8 +35,13 @@ def _fast(tmp_path: Path, name: str, size: int = 56) -> list[str]:
     """A full-res ViT on 56 px images (16 patches): a training step takes well under a second."""
     return [
         *tiny_overrides(tmp_path, size=size),
-        "data.num_train=8", "data.batch_size=4", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-        "callbacks.images=null", "callbacks.flops=null", f"name={name}",
+        "data.num_train=8",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "callbacks.images=null",
+        "callbacks.flops=null",
+        f"name={name}",
     ]
 
 
@@ -74,8 +79,12 @@ def trained(tmp_path_factory) -> tuple[Path, list[str]]:
 def test_one_last_ckpt_holds_the_final_step_and_resumes(tmp_path):
     # 4 steps per epoch, the step checkpoint at 3 and 6: it writes last.ckpt before the first epoch
     # ends (Lightning then wrote last-v1.ckpt), and the final step 8 is no multiple of 3
-    overrides = [*_fast(tmp_path, "steps"), "data.num_train=16", "trainer.max_epochs=2",
-                 "callbacks.last_every_n_steps.every_n_train_steps=3"]
+    overrides = [
+        *_fast(tmp_path, "steps"),
+        "data.num_train=16",
+        "trainer.max_epochs=2",
+        "callbacks.last_every_n_steps.every_n_train_steps=3",
+    ]
     result = run(load_config(DEMO, overrides), "fit")
     run_dir = Path(result.log_dir)
     assert result.trainer.global_step == 8
@@ -160,10 +169,17 @@ def _bad_files(tmp_path: Path, good: Path) -> dict[str, Path]:
     [
         ("truncated", [], "is truncated or corrupt"),
         ("random", [], "is not a checkpoint"),
-        ("weights", [], "is not a Lightning checkpoint: it has no state_dict (official LookWhere weights go to module.model.pretrained)"),
+        (
+            "weights",
+            [],
+            "is not a Lightning checkpoint: it has no state_dict (official LookWhere weights go to module.model.pretrained)",
+        ),
         # another image size: same keys, another pos_embed shape
-        ("good", ["data.image_size=112", "module.model.img_size=[112,112]"],
-         "does not fit the model: 'net.backbone.pos_embed' has shape [1, 16, 96] in the checkpoint, [1, 64, 96] in the model"),
+        (
+            "good",
+            ["data.image_size=112", "module.model.img_size=[112,112]"],
+            "does not fit the model: 'net.backbone.pos_embed' has shape [1, 16, 96] in the checkpoint, [1, 64, 96] in the model",
+        ),
         ("good", ["module.model.arch=lookwhere"], "does not fit the model (key mismatch): 90 missing keys ['net.extractor."),
     ],
 )
@@ -187,16 +203,48 @@ def test_bad_pretrained_and_teacher_files_are_one_line(tmp_path, capsys):
     narrow = tmp_path / "narrow_vit.pt"  # a timm state dict of another width
     torch.save(FullResViT(model_config("tiny", arch="vit", img_size=[112, 112], embed_dim=48)).backbone.state_dict(), narrow)
     cases = [
-        (FINETUNE, lw_common, f"module.model.pretrained={files['truncated']}", f"model.pretrained {files['truncated']} is truncated or corrupt"),
-        (FINETUNE, lw_common, f"module.model.pretrained={files['random']}", f"model.pretrained {files['random']} is not a checkpoint"),
-        (FINETUNE, [*lw_common, "module.model.depth=2"], f"module.model.pretrained={official}",
-         f"model.pretrained {official}: extractor does not fit the model (key mismatch): 24 unexpected keys ['blocks.2."),
-        (FINETUNE, [*lw_common, "module.model.embed_dim=48", "module.model.num_heads=2"], f"module.model.pretrained={official}",
-         f"model.pretrained {official}: selector.backbone does not fit the model: 'cls_token' has shape [1, 1, 96] in the checkpoint, [1, 1, 48] in the model"),
-        (DEMO, tiny_overrides(tmp_path), f"module.model.pretrained={narrow}",
-         f"model.pretrained {narrow}: backbone does not fit the model: 'cls_token' has shape [1, 1, 48] in the checkpoint, [1, 1, 96] in the model"),
-        (DISTILL, lw_common, f"module.teacher.checkpoint={tmp_path / 'truncated.ckpt'}", f"teacher checkpoint {files['truncated']} is truncated or corrupt"),
-        (DISTILL, lw_common, f"module.teacher.checkpoint={files['random']}", f"teacher checkpoint {files['random']} is not a checkpoint"),
+        (
+            FINETUNE,
+            lw_common,
+            f"module.model.pretrained={files['truncated']}",
+            f"model.pretrained {files['truncated']} is truncated or corrupt",
+        ),
+        (
+            FINETUNE,
+            lw_common,
+            f"module.model.pretrained={files['random']}",
+            f"model.pretrained {files['random']} is not a checkpoint",
+        ),
+        (
+            FINETUNE,
+            [*lw_common, "module.model.depth=2"],
+            f"module.model.pretrained={official}",
+            f"model.pretrained {official}: extractor does not fit the model (key mismatch): 24 unexpected keys ['blocks.2.",
+        ),
+        (
+            FINETUNE,
+            [*lw_common, "module.model.embed_dim=48", "module.model.num_heads=2"],
+            f"module.model.pretrained={official}",
+            f"model.pretrained {official}: selector.backbone does not fit the model: 'cls_token' has shape [1, 1, 96] in the checkpoint, [1, 1, 48] in the model",
+        ),
+        (
+            DEMO,
+            tiny_overrides(tmp_path),
+            f"module.model.pretrained={narrow}",
+            f"model.pretrained {narrow}: backbone does not fit the model: 'cls_token' has shape [1, 1, 48] in the checkpoint, [1, 1, 96] in the model",
+        ),
+        (
+            DISTILL,
+            lw_common,
+            f"module.teacher.checkpoint={tmp_path / 'truncated.ckpt'}",
+            f"teacher checkpoint {files['truncated']} is truncated or corrupt",
+        ),
+        (
+            DISTILL,
+            lw_common,
+            f"module.teacher.checkpoint={files['random']}",
+            f"teacher checkpoint {files['random']} is not a checkpoint",
+        ),
     ]
     for recipe, common, override, message in cases:
         code = main(["fit", f"experiment={Path(recipe).stem}", *common, override])
@@ -226,7 +274,11 @@ class RaiseAt(pl.Callback):
 
 @pytest.mark.parametrize("hook", ["on_fit_start", "on_train_batch_start"])
 def test_crash_before_the_first_step_leaves_no_run_folder(tmp_path, hook):
-    overrides = [*_fast(tmp_path, "crash"), "callbacks.boom._target_=tests.test_checkpoints.RaiseAt", f"callbacks.boom.hook={hook}"]
+    overrides = [
+        *_fast(tmp_path, "crash"),
+        "callbacks.boom._target_=tests.test_checkpoints.RaiseAt",
+        f"callbacks.boom.hook={hook}",
+    ]
     with pytest.raises(RuntimeError, match="boom"):
         run(load_config(DEMO, overrides), "fit")
     assert not (tmp_path / "runs").exists()
@@ -235,8 +287,16 @@ def test_crash_before_the_first_step_leaves_no_run_folder(tmp_path, hook):
 def test_crash_of_an_evaluation_leaves_no_new_folder(trained, tmp_path):
     tmp, overrides = trained
     ckpt = tmp / "runs" / "src" / "version_0" / "checkpoints" / "last.ckpt"
-    cfg = load_config(DEMO, [*overrides, f"output_dir={tmp_path / 'runs'}", f"ckpt_path={ckpt}",
-                               "callbacks.boom._target_=tests.test_checkpoints.RaiseAt", "callbacks.boom.hook=on_test_start"])
+    cfg = load_config(
+        DEMO,
+        [
+            *overrides,
+            f"output_dir={tmp_path / 'runs'}",
+            f"ckpt_path={ckpt}",
+            "callbacks.boom._target_=tests.test_checkpoints.RaiseAt",
+            "callbacks.boom.hook=on_test_start",
+        ],
+    )
     with pytest.raises(RuntimeError, match="boom"):
         run(cfg, "test")
     assert not (tmp_path / "runs").exists()
@@ -301,8 +361,15 @@ def test_finetuned_checkpoint_evaluates_after_its_pretrained_file_is_gone(tmp_pa
     release = export_official(LookWhere(model_config("tiny", img_size=[112, 112], selector_img_size=56, selector_r=3)))
     del release["resize_mode"]
     torch.save(release, pretrained)
-    common = [*tiny_overrides(tmp_path, "lookwhere"), "data.num_train=8", "data.batch_size=4", "trainer.max_epochs=1",
-              "trainer.limit_val_batches=1", "callbacks.images=null", "callbacks.flops=null"]
+    common = [
+        *tiny_overrides(tmp_path, "lookwhere"),
+        "data.num_train=8",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "callbacks.images=null",
+        "callbacks.flops=null",
+    ]
     assert main(["fit", "experiment=demo_finetune", *common, f"module.model.pretrained={pretrained}"]) == 0
     last = tmp_path / "runs" / "demo_finetune" / "version_0" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=False)["hyper_parameters"]["model"]

@@ -39,8 +39,10 @@ def test_recipe_of_another_config_dir_interpolates_a_cli_override(tmp_path, caps
     and interpolation runs once on the final tree, so it sees a command-line override."""
     (tmp_path / "experiment").mkdir()
     recipe = tmp_path / "experiment" / "mine.yaml"
-    recipe.write_text("# @package _global_\ndefaults: [demo_vit, _self_]\nname: mine\n"
-                      "module:\n  model:\n    img_size: ['${data.image_size}', '${data.image_size}']\n")
+    recipe.write_text(
+        "# @package _global_\ndefaults: [demo_vit, _self_]\nname: mine\n"
+        "module:\n  model:\n    img_size: ['${data.image_size}', '${data.image_size}']\n"
+    )
     cfg = load_config(recipe, ["data.image_size=112"])
     assert list(cfg.module.model.img_size) == [112, 112] and cfg.name == "mine"
     assert main(["fit", "--config-dir", str(tmp_path), "experiment=mine", "data.image_size=96", "--cfg", "job", "--resolve"]) == 0
@@ -63,8 +65,17 @@ def test_slurm_launch_composes_with_submitit():
     from lw_lightning.config import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("run", ["experiment=lookwhere_in1k_224_k128", "launch=slurm", "trainer.num_nodes=2", "trainer.devices=8",
-                              "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose(
+            "run",
+            [
+                "experiment=lookwhere_in1k_224_k128",
+                "launch=slurm",
+                "trainer.num_nodes=2",
+                "trainer.devices=8",
+                "hydra.launcher.partition=gpu",
+            ],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert get_class(launcher._target_).__name__ == "SlurmLauncher"
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node, launcher.partition) == (2, 8, 8, "gpu")
@@ -108,26 +119,47 @@ def test_a_sweep_is_checked_job_by_job_before_the_first_runs(tmp_path, capsys):
 def test_unknown_key_is_reported_before_torch_is_imported(tmp_path):
     """The one-line error comes from the config layer alone: neither torch nor Lightning is
     imported (they cost seconds, much more on a loaded machine)."""
-    probe = ("import sys, time; t = time.perf_counter(); from lw_lightning.cli import main; "
-             "code = main(['fit', 'experiment=demo_vit', 'trainer.max_epoch=3']); "
-             "heavy = [m for m in ('torch', 'pytorch_lightning', 'timm') if m in sys.modules]; "
-             "print(heavy, round(time.perf_counter() - t, 2)); sys.exit(code)")
+    probe = (
+        "import sys, time; t = time.perf_counter(); from lw_lightning.cli import main; "
+        "code = main(['fit', 'experiment=demo_vit', 'trainer.max_epoch=3']); "
+        "heavy = [m for m in ('torch', 'pytorch_lightning', 'timm') if m in sys.modules]; "
+        "print(heavy, round(time.perf_counter() - t, 2)); sys.exit(code)"
+    )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == "error: unknown key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?) for pytorch_lightning.Trainer"
+    assert (
+        proc.stderr.strip()
+        == "error: unknown key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?) for pytorch_lightning.Trainer"
+    )
     assert proc.stdout.startswith("[] "), proc.stdout
 
 
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["fit", "--config", "conf/experiment/demo_vit.yaml", "trainer.max_epochs=2"],
-         "run: python -m lw_lightning fit experiment=demo_vit trainer.max_epochs=2"),
-        (["test", "--config", "conf/experiment/lookwhere_in1k_224_k128.yaml", "--config", "conf/launch/ddp_gpu.yaml", "ckpt_path=last"],
-         "run: python -m lw_lightning test experiment=lookwhere_in1k_224_k128 launch=ddp_gpu ckpt_path=last"),
-        (["fit", "-c", "conf/experiment/demo_vit.yaml", "--print-config"],
-         "run: python -m lw_lightning fit experiment=demo_vit --cfg job --resolve"),
-        (["bench", "--config", "conf/bench/cpu.yaml", "output_dir=x"], "run: python -m lw_lightning bench bench=cpu output_dir=x"),
+        (
+            ["fit", "--config", "conf/experiment/demo_vit.yaml", "trainer.max_epochs=2"],
+            "run: python -m lw_lightning fit experiment=demo_vit trainer.max_epochs=2",
+        ),
+        (
+            [
+                "test",
+                "--config",
+                "conf/experiment/lookwhere_in1k_224_k128.yaml",
+                "--config",
+                "conf/launch/ddp_gpu.yaml",
+                "ckpt_path=last",
+            ],
+            "run: python -m lw_lightning test experiment=lookwhere_in1k_224_k128 launch=ddp_gpu ckpt_path=last",
+        ),
+        (
+            ["fit", "-c", "conf/experiment/demo_vit.yaml", "--print-config"],
+            "run: python -m lw_lightning fit experiment=demo_vit --cfg job --resolve",
+        ),
+        (
+            ["bench", "--config", "conf/bench/cpu.yaml", "output_dir=x"],
+            "run: python -m lw_lightning bench bench=cpu output_dir=x",
+        ),
     ],
 )
 def test_pre_hydra_command_lines_say_what_to_type(capsys, argv, expected):

@@ -17,15 +17,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_stage_recipes_share_data_and_the_finetuning_schedule():
     """Same data everywhere; TokenLearner is fine-tuned with video LookWhere's fine-tuning schedule."""
-    cfgs = {k: load_config(v, ["module.model.pretrained=x", "module.teacher.checkpoint=x.ckpt"] if k == "distill" else
-                           (["module.model.pretrained=x"] if k in ("finetune", "tokenlearner") else [])) for k, v in compare_video.RECIPES.items()}
+    cfgs = {
+        k: load_config(
+            v,
+            ["module.model.pretrained=x", "module.teacher.checkpoint=x.ckpt"]
+            if k == "distill"
+            else (["module.model.pretrained=x"] if k in ("finetune", "tokenlearner") else []),
+        )
+        for k, v in compare_video.RECIPES.items()
+    }
     for k in cfgs:
         assert cfgs[k].data == cfgs["vivit"].data and cfgs[k].seed == cfgs["vivit"].seed, k
     for key in ("lr", "weight_decay", "warmup", "min_lr_ratio", "optimizer"):
         assert cfgs["tokenlearner"].module[key] == cfgs["finetune"].module[key], key
     assert cfgs["tokenlearner"].trainer == cfgs["finetune"].trainer
     lw = video_lookwhere_config(**{k: v for k, v in cfgs["finetune"].module.model.items() if k not in ("arch", "pretrained")})
-    vivit = vivit_config(**{k: v for k, v in cfgs["vivit"].module.model.items()})
+    vivit = vivit_config(**dict(cfgs["vivit"].module.model.items()))
     assert lw.grid == vivit.grid == (8, 8, 8) and lw.selector_grid == (4, 4, 4) and lw.embed_dim == vivit.embed_dim
 
 
@@ -41,7 +48,9 @@ def test_tokenlearner_specs_and_bad_arguments(capsys):
 
 
 def test_token_plans():
-    lw = video_lookwhere_config("tiny", num_frames=16, img_size=64, tubelet=[2, 8, 8], selector_num_frames=8, selector_img_size=32)
+    lw = video_lookwhere_config(
+        "tiny", num_frames=16, img_size=64, tubelet=[2, 8, 8], selector_num_frames=8, selector_img_size=32
+    )
     assert compare_video.token_plan(lw, 51) == "51 ×4 + selector 64 ×2"
     full = vivit_config("tiny", num_frames=16, img_size=64, tubelet=[2, 8, 8])
     assert compare_video.token_plan(full, None) == "512 ×4"
@@ -51,11 +60,38 @@ def test_token_plans():
 
 def test_table_has_ratios_against_the_full_vivit_and_the_recall():
     rows = [
-        dict(method="full ViViT", variant="all tubelets", token_plan="512 ×4", flops=470e6, acc1=0.9, latency_s=0.1, train_s=2.0, act_bytes=100 * 2**20),
-        dict(method="video LookWhere", variant="k=10%", token_plan="51 ×4", flops=47e6, acc1=0.89, latency_s=0.05, train_s=0.5, act_bytes=10 * 2**20,
-             object_recall=0.8, slice_hit=0.95),
-        dict(method="ViViT + TokenLearner", variant="8 tokens at 1/2", token_plan="512 ×2, 64 ×2", flops=250e6, acc1=0.85, latency_s=0.06,
-             train_s=1.0, act_bytes=60 * 2**20),
+        dict(
+            method="full ViViT",
+            variant="all tubelets",
+            token_plan="512 ×4",
+            flops=470e6,
+            acc1=0.9,
+            latency_s=0.1,
+            train_s=2.0,
+            act_bytes=100 * 2**20,
+        ),
+        dict(
+            method="video LookWhere",
+            variant="k=10%",
+            token_plan="51 ×4",
+            flops=47e6,
+            acc1=0.89,
+            latency_s=0.05,
+            train_s=0.5,
+            act_bytes=10 * 2**20,
+            object_recall=0.8,
+            slice_hit=0.95,
+        ),
+        dict(
+            method="ViViT + TokenLearner",
+            variant="8 tokens at 1/2",
+            token_plan="512 ×2, 64 ×2",
+            flops=250e6,
+            acc1=0.85,
+            latency_s=0.06,
+            train_s=1.0,
+            act_bytes=60 * 2**20,
+        ),
     ]
     md = compare_video.results_md(rows, 16)
     assert "| video LookWhere | k=10% | 51 ×4 | 0.0235 | 10.0× | 89.0% | 50.0 ms | 2.0× | 32 | 4.0× | 10 MiB | 10.0× |" in md
@@ -70,7 +106,12 @@ def test_quick_comparison_end_to_end_and_resume(tmp_path, monkeypatch):
     assert compare_video.main(args) == 0
     results = json.loads((tmp_path / "compare_video_results.json").read_text())
     names = [r["name"] for r in results["rows"]]
-    assert names == ["full ViViT all tubelets", "video LookWhere k=5%", "video LookWhere k=10%", "ViViT + TokenLearner 8 tokens at 1/2"]
+    assert names == [
+        "full ViViT all tubelets",
+        "video LookWhere k=5%",
+        "video LookWhere k=10%",
+        "ViViT + TokenLearner 8 tokens at 1/2",
+    ]
     full, lw5, lw10, tl = results["rows"]
     assert lw5["flops"] < lw10["flops"] < full["flops"] and tl["flops"] < full["flops"]
     assert all(0.0 <= r["acc1"] <= 1.0 and r["latency_s"] > 0 and r["act_bytes"] > 0 for r in results["rows"])

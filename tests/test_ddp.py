@@ -38,8 +38,14 @@ def _cli(args: list[str], launcher: list[str] | None = None, timeout: int = 400)
 
 
 def _eval_overrides(tmp_path: Path, task: str) -> list[str]:
-    common = [*tiny_overrides(tmp_path, "lookwhere"), "data.num_val=7", "data.eval_batch_size=4", "module.eval_k=8",
-              "callbacks.images=null", "callbacks.flops=null"]  # pictures and FLOPs are tested elsewhere
+    common = [
+        *tiny_overrides(tmp_path, "lookwhere"),
+        "data.num_val=7",
+        "data.eval_batch_size=4",
+        "module.eval_k=8",
+        "callbacks.images=null",
+        "callbacks.flops=null",
+    ]  # pictures and FLOPs are tested elsewhere
     if task == "segmentation":
         return ["experiment=demo_seg", *common]
     return ["experiment=demo_vit", *common, "module.class_weights=[1.0,2.0,3.0,0.5]"]
@@ -74,12 +80,22 @@ def test_ddp_validate_equals_single_process(tmp_path):
 
 def _distill_overrides(tmp_path: Path) -> list[str]:
     return [
-        "experiment=demo_distill", *tiny_overrides(tmp_path, "lookwhere"),
-        "module.teacher.checkpoint=null", "module.teacher.preset=tiny", "module.teacher.img_size=[112,112]",
-        "module.init_from_teacher=false", "module.k_min=4", "module.k_max=32", "module.val_k=8",
-        "trainer.max_epochs=2", "trainer.limit_val_batches=1", "data.num_train=32",  # 2 steps per epoch at 16
-        "data.batch_size=16", "trainer.log_every_n_steps=1",
-        "callbacks.probe._target_=tests.scale_helpers.RankProbe", f"callbacks.probe.folder={tmp_path / 'ranks'}",
+        "experiment=demo_distill",
+        *tiny_overrides(tmp_path, "lookwhere"),
+        "module.teacher.checkpoint=null",
+        "module.teacher.preset=tiny",
+        "module.teacher.img_size=[112,112]",
+        "module.init_from_teacher=false",
+        "module.k_min=4",
+        "module.k_max=32",
+        "module.val_k=8",
+        "trainer.max_epochs=2",
+        "trainer.limit_val_batches=1",
+        "data.num_train=32",  # 2 steps per epoch at 16
+        "data.batch_size=16",
+        "trainer.log_every_n_steps=1",
+        "callbacks.probe._target_=tests.scale_helpers.RankProbe",
+        f"callbacks.probe.folder={tmp_path / 'ranks'}",
     ]
 
 
@@ -112,8 +128,14 @@ def test_ddp_distill_same_k_on_all_ranks_and_rank0_writes(tmp_path):
 def test_torchrun_two_local_processes(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"]
     args = [
-        "fit", "experiment=demo_vit", *tiny_overrides(tmp_path), "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-        *DDP2, "callbacks.probe._target_=tests.scale_helpers.RankProbe", f"callbacks.probe.folder={tmp_path / 'ranks'}",
+        "fit",
+        "experiment=demo_vit",
+        *tiny_overrides(tmp_path),
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        *DDP2,
+        "callbacks.probe._target_=tests.scale_helpers.RankProbe",
+        f"callbacks.probe.folder={tmp_path / 'ranks'}",
     ]
     proc = _cli(args, launcher=launcher)
     assert proc.stdout.count("fit done:") == 1
@@ -138,8 +160,14 @@ def test_every_task_fits_and_tests_under_ddp(task, tmp_path, kinetics):
     if task == "distill":
         args = _distill_overrides(tmp_path)
     elif task == "video":
-        args = ["experiment=demo_video", f"data.root={kinetics}", f"output_dir={tmp_path / 'runs'}",
-                "data.batch_size=4", "data.eval_batch_size=2", "trainer.enable_progress_bar=false"]
+        args = [
+            "experiment=demo_video",
+            f"data.root={kinetics}",
+            f"output_dir={tmp_path / 'runs'}",
+            "data.batch_size=4",
+            "data.eval_batch_size=2",
+            "trainer.enable_progress_bar=false",
+        ]
     else:
         args = _eval_overrides(tmp_path, task)
     args = [*args, "trainer.max_epochs=1"]

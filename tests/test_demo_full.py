@@ -12,7 +12,7 @@ import pytest
 #: What every seed of the demo must reach on the test split (chance is 25%).
 TEACHER_MIN = 0.60
 LOOKWHERE_GAP_MAX = 0.05  # LookWhere at ~10% of the patches, below the teacher
-RECALL_MIN = 0.40         # fraction of a sign's patches among the selector's top-k
+RECALL_MIN = 0.40  # fraction of a sign's patches among the selector's top-k
 
 
 def check_summary(summary: dict) -> list[str]:
@@ -24,7 +24,9 @@ def check_summary(summary: dict) -> list[str]:
     if teacher < TEACHER_MIN:
         failures.append(f"teacher test acc {teacher:.3f} < {TEACHER_MIN}")
     if lookwhere < teacher - LOOKWHERE_GAP_MAX:
-        failures.append(f"LookWhere k={summary['eval_k']} {lookwhere:.3f} more than {LOOKWHERE_GAP_MAX} below the teacher {teacher:.3f}")
+        failures.append(
+            f"LookWhere k={summary['eval_k']} {lookwhere:.3f} more than {LOOKWHERE_GAP_MAX} below the teacher {teacher:.3f}"
+        )
     if summary["selector_recall"] < RECALL_MIN:
         failures.append(f"selector recall {summary['selector_recall']:.3f} < {RECALL_MIN}")
     return failures
@@ -55,9 +57,16 @@ def test_full_demo_reaches_its_thresholds(tmp_path, root, monkeypatch):
 
 def _summary(seed: int, teacher: float, lw: float, recall: float) -> dict:
     return {
-        "seed": seed, "num_classes": 4, "patches": 256, "eval_k": 25, "selector_recall": recall, "selector_hit": 1.0,
-        "rows": [{"model": "full-res ViT", "patches": 256, "acc1": teacher, "flops": 364_000_000},
-                 {"model": "LookWhere k=25", "patches": 25, "acc1": lw, "flops": 43_600_000}],
+        "seed": seed,
+        "num_classes": 4,
+        "patches": 256,
+        "eval_k": 25,
+        "selector_recall": recall,
+        "selector_hit": 1.0,
+        "rows": [
+            {"model": "full-res ViT", "patches": 256, "acc1": teacher, "flops": 364_000_000},
+            {"model": "LookWhere k=25", "patches": 25, "acc1": lw, "flops": 43_600_000},
+        ],
         "seconds": {"teacher": 1.0, "distill": 1.0, "finetune": 1.0, "total": 300.0 + seed},
     }
 

@@ -83,7 +83,10 @@ def test_documented_command_composes(where, argv, monkeypatch):
 PREREQUISITES = {
     "runs/demo_teacher/version_0/checkpoints/last.ckpt": ["fit", "experiment=demo_teacher"],
     "runs/demo_distill/version_0/lookwhere.pt": [
-        "fit", "experiment=demo_distill", "module.teacher.checkpoint=runs/demo_teacher/version_0/checkpoints/last.ckpt"],
+        "fit",
+        "experiment=demo_distill",
+        "module.teacher.checkpoint=runs/demo_teacher/version_0/checkpoints/last.ckpt",
+    ],
 }
 TINY_SIGNS = ["data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4"]
 TINY_DATA = {  # per DataModule: a few samples per batch
@@ -99,8 +102,13 @@ def tiny(argv: list[str]) -> list[str]:
     command, words = argv[0], argv[1:]
     first_job = expand_sweep(prepare_overrides([w for w in words if "=" in w and not w.startswith("-")]), multirun=True)[0]
     cfg = finalize(compose(RUN_CONFIG, first_job), allow_missing=True, validate_tree=False)
-    extra = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-             "trainer.precision=32-true", *TINY_DATA.get(str(cfg.data._target_).rsplit(".", 1)[-1], [])]
+    extra = [
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "trainer.precision=32-true",
+        *TINY_DATA.get(str(cfg.data._target_).rsplit(".", 1)[-1], []),
+    ]
     if command == "fit":
         if not any(w.startswith("trainer.fast_dev_run") for w in words):
             extra += ["trainer.max_steps=1", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]
@@ -121,8 +129,14 @@ def test_readme_commands_run_in_order_on_tiny_data(tmp_path, monkeypatch, capsys
         line = line.strip()
         maker = re.match(r"python -m (lw_lightning\.data\.\w+) --make-tiny (\S+)$", line)
         if maker:
-            subprocess.run([sys.executable, "-m", maker.group(1), "--make-tiny", maker.group(2)], cwd=tmp_path, check=True,
-                           env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, capture_output=True, timeout=600)
+            subprocess.run(
+                [sys.executable, "-m", maker.group(1), "--make-tiny", maker.group(2)],
+                cwd=tmp_path,
+                check=True,
+                env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                timeout=600,
+            )
             continue
         match = re.match(r"python -m lw_lightning (\w+)\b(.*)", line)
         if not match or match.group(1) not in COMMANDS or "launch=slurm" in line or re.search(r"=(DIR|/data/|/path/)", line):

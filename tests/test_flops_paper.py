@@ -76,8 +76,10 @@ def test_vit_b16_224_is_17_6_gmacs():
 
 def test_tokenlearner_b16_8_tokens_at_a_quarter_is_under_a_third_of_the_baseline():
     base = count_variant_flops("vit_b16", 224, "vit", None)
-    tl = {loc: count_variant_flops("vit_b16", 224, "tokenlearner", None, tokenlearner_loc=loc, tokenlearner_tokens=8)
-          for loc in (0.25, 0.5, 0.75)}
+    tl = {
+        loc: count_variant_flops("vit_b16", 224, "tokenlearner", None, tokenlearner_loc=loc, tokenlearner_tokens=8)
+        for loc in (0.25, 0.5, 0.75)
+    }
     assert tl[0.25] < base / 3  # the paper: matches the baseline's accuracy at under a third of its FLOPs
     assert tl[0.25] < tl[0.5] < tl[0.75] < base  # and at 3/4 still cheaper than the baseline
 
@@ -85,7 +87,9 @@ def test_tokenlearner_b16_8_tokens_at_a_quarter_is_under_a_third_of_the_baseline
 def test_tokenlearner_b16_384_rows():
     """Image table, B/16 at 384 px: ViT 55.6 GFLOPs, TokenLearner (8 tokens, middle) 28.7."""
     assert close(gmacs(count_variant_flops("vit_b16", 384, "vit", None)), 55.6)
-    assert close(gmacs(count_variant_flops("vit_b16", 384, "tokenlearner", None, tokenlearner_loc=6, tokenlearner_tokens=8)), 28.7)
+    assert close(
+        gmacs(count_variant_flops("vit_b16", 384, "tokenlearner", None, tokenlearner_loc=6, tokenlearner_tokens=8)), 28.7
+    )
 
 
 def test_tokenlearner_l16_512_rows():

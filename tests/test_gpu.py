@@ -32,8 +32,13 @@ def test_short_mixed_precision_fit_on_gpu(precision, tmp_path, monkeypatch, caps
     if precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
         pytest.skip("no bf16 on this GPU")
     monkeypatch.chdir(ROOT)
-    args = [*tiny_overrides(tmp_path, "lookwhere"), "trainer.accelerator=gpu", f"trainer.precision={precision}",
-            "trainer.max_epochs=2", "module.eval_k=8"]
+    args = [
+        *tiny_overrides(tmp_path, "lookwhere"),
+        "trainer.accelerator=gpu",
+        f"trainer.precision={precision}",
+        "trainer.max_epochs=2",
+        "module.eval_k=8",
+    ]
     assert main(["fit", "experiment=demo_vit", *args]) == 0
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fit done:")][0]
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fit done:"))
     assert "val/loss=nan" not in line and "train/loss=nan" not in line

@@ -15,8 +15,14 @@ from .conftest import ROOT
 def test_gpu_suite_dry_run_writes_one_table(tmp_path):
     out = tmp_path / "suite"
     env = {**os.environ, "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--dry-run", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_suite.sh", "--dry-run", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     md = (out / "gpu_suite.md").read_text()
     assert md.startswith("## GPU suite (DRY RUN") and md.count("| part | case | result | compared |") == 1
@@ -40,7 +46,8 @@ def test_report_names_failed_and_timed_out_steps(tmp_path):
     (tmp_path / "steps.tsv").write_text("images\t124\t150\t150\nvideo\t1\t3\t75\ndata\t0\t20\t100\n")
     (tmp_path / "amp_check.log").write_text(
         "device: cpu\ntask                 32-true    bf16-mixed rel bf16-mixed\nvideo  1.000000  1.010000  1.00e-02\n"
-        "all finite and within 3% of fp32\n")
+        "all finite and within 3% of fp32\n"
+    )
     md = gpu_suite_report.render(tmp_path)
     assert "TIMED OUT after 150 s (limit 150 s)" in md and "FAILED (exit 1), 3 s" in md and "ok, 20 s" in md
     assert "| amp_check | video | 32-true 1.000000, bf16-mixed 1.010000 | bf16-mixed 1.00e-02 relative to fp32 |" in md
@@ -50,4 +57,7 @@ def test_report_names_failed_and_timed_out_steps(tmp_path):
 
 def test_unknown_argument_is_one_line(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--bogus"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.strip() == "gpu_suite.sh: unknown argument '--bogus' (expected --out DIR or --dry-run)"
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == "gpu_suite.sh: unknown argument '--bogus' (expected --out DIR or --dry-run)"
+    )

@@ -25,7 +25,15 @@ from lw_lightning.models.hf_vivit import load_hf_vivit, processor_data_overrides
 from lw_lightning.models.vivit import ViViT, vivit_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=96)
+SMALL = dict(
+    image_size=32,
+    num_frames=4,
+    tubelet_size=[2, 8, 8],
+    hidden_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=3,
+    intermediate_size=96,
+)
 
 
 def _random_hf(cls=VivitForVideoClassification, seed: int = 0, **config) -> torch.nn.Module:
@@ -54,7 +62,9 @@ def _snapshot(tmp_path: Path, model: torch.nn.Module, name: str = "hf") -> Path:
 
 def _video(cfg: dict, batch: int = 2, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, cfg["num_frames"], 3, cfg["image_size"], cfg["image_size"], generator=g)  # HF layout [B, T, C, H, W]
+    return torch.randn(
+        batch, cfg["num_frames"], 3, cfg["image_size"], cfg["image_size"], generator=g
+    )  # HF layout [B, T, C, H, W]
 
 
 def _parity(tmp_path: Path, config: dict) -> dict[str, float]:
@@ -82,8 +92,18 @@ def test_hf_vivit_logits_match_both_ways_small(tmp_path):
 def test_hf_vivit_logits_match_both_ways_12_layers_768(tmp_path):
     """ViViT-B's depth and width (12 × 768, MLP 3072, 12 heads) on a short, small clip."""
     started = time.perf_counter()
-    diff = _parity(tmp_path, dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                                  image_size=64, num_frames=8, tubelet_size=[2, 16, 16]))
+    diff = _parity(
+        tmp_path,
+        dict(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            image_size=64,
+            num_frames=8,
+            tubelet_size=[2, 16, 16],
+        ),
+    )
     assert diff["import"] <= 1e-5 and diff["export"] <= 1e-5, {**diff, "seconds": time.perf_counter() - started}
 
 
@@ -95,7 +115,9 @@ def test_vivit_model_without_head_matches_features(tmp_path):
     assert "pooler.dense.weight" in report["skipped"] and "classifier.weight" not in report["loaded"]
     video = _video(SMALL)
     with torch.no_grad():
-        torch.testing.assert_close(ours.forward_features(video.transpose(1, 2)), hf(pixel_values=video).last_hidden_state, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            ours.forward_features(video.transpose(1, 2)), hf(pixel_values=video).last_hidden_state, rtol=0, atol=1e-5
+        )
     assert torch.count_nonzero(ours.head.weight) == 0  # no head in a VivitModel: ours keeps its zero init
 
 
@@ -103,8 +125,11 @@ def test_vivit_with_tokenlearner_starts_from_the_same_snapshot(tmp_path):
     hf = _random_hf()
     folder = _snapshot(tmp_path, hf)
     plain = vivit_from_hf(folder)
-    for overrides in (dict(num_tokens=4, tokenlearner_loc=2), dict(num_tokens=4, tokenlearner_loc=1, use_fuser=True),
-                      dict(num_tokens=4, tokenlearner_loc=2, classifier="gap")):
+    for overrides in (
+        dict(num_tokens=4, tokenlearner_loc=2),
+        dict(num_tokens=4, tokenlearner_loc=1, use_fuser=True),
+        dict(num_tokens=4, tokenlearner_loc=2, classifier="gap"),
+    ):
         tl = vivit_from_hf(folder, **overrides)
         own, ref = tl.state_dict(), plain.state_dict()
         shared = [k for k in own if k in ref and k != "pos_embed"]
@@ -129,12 +154,35 @@ def test_recipe_evaluates_an_hf_snapshot_through_the_cli(tmp_path, capsys, monke
     folder = _snapshot(tmp_path, _random_hf(num_labels=4))
     cfg = load_config("conf/experiment/vivit_b_k400_hf.yaml")
     assert cfg.module.model.classifier == "token" and cfg.module.view_average == "logits"
-    assert (cfg.data.num_frames, cfg.data.img_size, cfg.data.eval_short_side, list(cfg.data.mean), list(cfg.data.std)) == (32, 224, 256, [0.5] * 3, [0.5] * 3)
-    small = [f"module.model.pretrained={folder}", f"data.root={root}", f"output_dir={tmp_path}", "data.num_frames=4", "data.img_size=32",
-             "data.eval_short_side=36", "data.train_short_side=[36,40]", "data.eval_batch_size=2", "data.num_workers=0", "data.test_clips=2",
-             "module.model.img_size=32", "module.model.num_frames=4", "module.model.tubelet=[2,8,8]", "module.model.embed_dim=48",
-             "module.model.depth=3", "module.model.num_heads=3", "module.model.mlp_ratio=2.0", "trainer.accelerator=cpu",
-             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    assert (cfg.data.num_frames, cfg.data.img_size, cfg.data.eval_short_side, list(cfg.data.mean), list(cfg.data.std)) == (
+        32,
+        224,
+        256,
+        [0.5] * 3,
+        [0.5] * 3,
+    )
+    small = [
+        f"module.model.pretrained={folder}",
+        f"data.root={root}",
+        f"output_dir={tmp_path}",
+        "data.num_frames=4",
+        "data.img_size=32",
+        "data.eval_short_side=36",
+        "data.train_short_side=[36,40]",
+        "data.eval_batch_size=2",
+        "data.num_workers=0",
+        "data.test_clips=2",
+        "module.model.img_size=32",
+        "module.model.num_frames=4",
+        "module.model.tubelet=[2,8,8]",
+        "module.model.embed_dim=48",
+        "module.model.depth=3",
+        "module.model.num_heads=3",
+        "module.model.mlp_ratio=2.0",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
     assert main(["test", "experiment=vivit_b_k400_hf", *small]) == 0
     out = capsys.readouterr().out
     assert "test/acc1=" in out and "test/corrupt_videos=0.0000" in out
@@ -159,7 +207,12 @@ def test_repo_ids_download_through_huggingface_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     for source in ("hf:google/vivit-b-16x2-kinetics400", "google/vivit-b-16x2-kinetics400"):
         assert hf_vivit.is_hf_vivit_source(source)
-        model = ViViT(vivit_config("base", **hf_vivit.config_overrides(json.loads((folder / "config.json").read_text())), pretrained=source), 5)
+        model = ViViT(
+            vivit_config(
+                "base", **hf_vivit.config_overrides(json.loads((folder / "config.json").read_text())), pretrained=source
+            ),
+            5,
+        )
         assert torch.count_nonzero(model.head.weight) > 0
     assert [a[0] for a in asked] == ["google/vivit-b-16x2-kinetics400"] * 2 and "config.json" in asked[0][1]
     assert not hf_vivit.is_hf_vivit_source("vit_base_patch16_224.augreg_in21k")  # timm names stay image weights
@@ -169,7 +222,9 @@ def test_repo_ids_download_through_huggingface_hub(tmp_path, monkeypatch):
         raise OSError("We couldn't connect to the Hub\nmore lines")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(ConfigError, match=r"download from the HF Hub failed \(OSError: We couldn't connect to the Hub\); give a local snapshot") as err:
+    with pytest.raises(
+        ConfigError, match=r"download from the HF Hub failed \(OSError: We couldn't connect to the Hub\); give a local snapshot"
+    ) as err:
         hf_vivit.snapshot_folder("hf:google/vivit-b-16x2-kinetics400")
     assert "\n" not in str(err.value)
 
@@ -191,10 +246,13 @@ def test_bad_snapshots_are_one_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_hf_vivit(wide, str(folder))
     assert _one_line(err).endswith(
-        "does not fit the model: 'embeddings.cls_token' has shape [1, 1, 48] in the checkpoint, [1, 1, 96] in the model")
+        "does not fit the model: 'embeddings.cls_token' has shape [1, 1, 48] in the checkpoint, [1, 1, 96] in the model"
+    )
     # another frame count: the position embedding is the first to differ
     longer = ViViT(dataclasses.replace(small, num_frames=8), 5)
-    with pytest.raises(ConfigError, match=r"'embeddings.position_embeddings' has shape \[1, 33, 48\] in the checkpoint, \[1, 65, 48\]"):
+    with pytest.raises(
+        ConfigError, match=r"'embeddings.position_embeddings' has shape \[1, 33, 48\] in the checkpoint, \[1, 65, 48\]"
+    ):
         load_hf_vivit(longer, str(folder))
     # a safetensors file missing tensors: how many, and the first few
     state = load_file(str(folder / "model.safetensors"))
@@ -203,7 +261,9 @@ def test_bad_snapshots_are_one_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_hf_vivit(ViViT(small, 5), str(folder))
     assert f"lacks {len(gone)} of the model's " in _one_line(err)
-    assert "['encoder.layer.2.attention.attention.query.weight', " in str(err.value) and f"(+{len(gone) - 3} more)" in str(err.value)
+    assert "['encoder.layer.2.attention.attention.query.weight', " in str(err.value) and f"(+{len(gone) - 3} more)" in str(
+        err.value
+    )
     # a truncated file
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
@@ -239,7 +299,9 @@ def test_eval_transform_reproduces_vivit_image_processor(normalize):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(1, 4, 256, 340, 3), dtype=np.uint8)  # a Kinetics-sized clip, short side 256
     ours = device_side.normalize(transform.eval(frames, num_crops=1))[0]  # [C, T, H, W]
-    ref = torch.from_numpy(processor(list(frames[0]), return_tensors="np")["pixel_values"][0]).permute(1, 0, 2, 3)  # [T, C, H, W] -> [C, T, H, W]
+    ref = torch.from_numpy(processor(list(frames[0]), return_tensors="np")["pixel_values"][0]).permute(
+        1, 0, 2, 3
+    )  # [T, C, H, W] -> [C, T, H, W]
     torch.testing.assert_close(ours, ref.float(), rtol=0, atol=1e-5)
     lo, hi = (-3.0, 1.0) if normalize else (-1.0, 1.0)
     assert ours.min() >= lo - 1e-6 and ours.max() <= hi + 1e-6
@@ -248,7 +310,10 @@ def test_eval_transform_reproduces_vivit_image_processor(normalize):
 def test_data_overrides_command(tmp_path, capsys):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(VivitImageProcessor(do_normalize=False).to_dict()))
     assert hf_vivit.main(["--data-overrides", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip() == "data.eval_short_side=256 data.img_size=224 data.mean=[0.5,0.5,0.5] data.std=[0.5,0.5,0.5]"
+    assert (
+        capsys.readouterr().out.strip()
+        == "data.eval_short_side=256 data.img_size=224 data.mean=[0.5,0.5,0.5] data.std=[0.5,0.5,0.5]"
+    )
     (tmp_path / "preprocessor_config.json").write_text("{not json")
     assert hf_vivit.main(["--data-overrides", str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -266,4 +331,7 @@ if __name__ == "__main__":  # the numbers of docs/parity.md: python -m tests.tes
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             diff = _parity(Path(tmp), config)
-            print(f"| {label} | {diff['import']:.2e} | {diff['export']:.2e} | {diff['scale']:.2f} | {time.perf_counter() - started:.0f} s |", flush=True)
+            print(
+                f"| {label} | {diff['import']:.2e} | {diff['export']:.2e} | {diff['scale']:.2f} | {time.perf_counter() - started:.0f} s |",
+                flush=True,
+            )

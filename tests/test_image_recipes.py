@@ -98,7 +98,10 @@ def test_recipe_keeps_the_papers_settings(recipe: str) -> None:
     model = cfg.module.model
     assert model.preset == "base" and model.arch == ("vit" if recipe.startswith("vit") else "lookwhere")
     expected_size = {
-        "in1k": [224, 224], "ade20k": [518, 518], "sts_994": [994, 994], "sts_native": [966, 1288],
+        "in1k": [224, 224],
+        "ade20k": [518, 518],
+        "sts_994": [994, 994],
+        "sts_native": [966, 1288],
     }
     key = next(k for k in expected_size if f"_{k}" in recipe)
     assert list(model.img_size) == expected_size[key]
@@ -138,8 +141,7 @@ def test_recipe_fast_dev_run_on_tiny_copy(recipe: str, tiny_roots: dict[str, Pat
 @pytest.mark.parametrize("dataset", ["imagenet", "ade20k", "traffic_signs"])
 def test_missing_data_root_exits_2_with_one_line(dataset: str, tmp_path: Path, capsys) -> None:
     recipe = next(r for r, d in RECIPES.items() if d == dataset)
-    argv = ["fit", f"experiment={recipe}",
-            *overrides(recipe, dataset, tmp_path / "nowhere", tmp_path / "runs")]
+    argv = ["fit", f"experiment={recipe}", *overrides(recipe, dataset, tmp_path / "nowhere", tmp_path / "runs")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere" in err[0] and "expected" in err[0] and "does not exist" in err[0]

@@ -202,7 +202,13 @@ def test_truncated_jpeg_train_replaced_val_counted_and_excluded(tmp_path: Path, 
     module = ImageClassifier({"arch": "vit", "preset": "tiny", "img_size": [28, 28], "patch_size": 14}, num_classes=1000).eval()
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     with caplog.at_level("WARNING"):
-        metrics = trainer.validate(module, datamodule=ImageNetDataModule(root=str(root), image_size=28, batch_size=4, eval_batch_size=8, num_workers=0, pin_memory=False), verbose=False)[0]
+        metrics = trainer.validate(
+            module,
+            datamodule=ImageNetDataModule(
+                root=str(root), image_size=28, batch_size=4, eval_batch_size=8, num_workers=0, pin_memory=False
+            ),
+            verbose=False,
+        )[0]
     assert metrics["val/corrupt_images"] == 1.0
     assert "unreadable evaluation image" in caplog.text and bad_val.name in caplog.text
     # accuracy over exactly the 7 readable images (top-5 of 1000 classes: compare with our own count)
@@ -329,7 +335,16 @@ def test_tiny_meta_mat_has_the_devkit_layout(copies: dict[str, Path]) -> None:
     meta = copies["devkit"] / "ILSVRC2012_devkit_t12" / "data" / "meta.mat"
     assert scipy.io.whosmat(meta) == [("synsets", (1003, 1), "struct")]  # 1000 leaves + 3 groups, N x 1
     raw = scipy.io.loadmat(meta)["synsets"]
-    assert raw.dtype.names == ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height", "num_train_images")
+    assert raw.dtype.names == (
+        "ILSVRC2012_ID",
+        "WNID",
+        "words",
+        "gloss",
+        "num_children",
+        "children",
+        "wordnet_height",
+        "num_train_images",
+    )
     assert raw[0, 0]["ILSVRC2012_ID"].dtype == np.float64  # MATLAB doubles, as in the real file
     # read the way torchvision's ImageNet parses the devkit: rows with num_children == 0, fields by position
     rows = scipy.io.loadmat(meta, squeeze_me=True)["synsets"]

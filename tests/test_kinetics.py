@@ -33,7 +33,9 @@ def root(kinetics_root, tmp_path) -> Path:
 
 
 def dm(root: Path, **kw) -> KineticsDataModule:
-    opts = dict(num_frames=4, frame_stride=2, img_size=32, train_short_side=[32, 36], eval_short_side=40, batch_size=2, flip=False)
+    opts = dict(
+        num_frames=4, frame_stride=2, img_size=32, train_short_side=[32, 36], eval_short_side=40, batch_size=2, flip=False
+    )
     return KineticsDataModule(str(root), **{**opts, **kw})
 
 
@@ -111,7 +113,7 @@ def test_filename_and_annotation_parsing(tmp_path):
     assert parse_clip_filename("abcdefghijk_000010_000020.txt") is None
     csv_file = tmp_path / "val.csv"
     csv_file.write_text(
-        'label,youtube_id,time_start,time_end,split,is_cc\n'
+        "label,youtube_id,time_start,time_end,split,is_cc\n"
         '"passing American football (in game)",abc_def-123,14.0,24,validate,0\n'
         '"circle, moving left",zzzzzzzzzzz,0,10,validate,1\n'
     )

@@ -18,16 +18,26 @@ from .conftest import ROOT
 
 def _imported_after(modules: list[str]) -> set[str]:
     """The lw_lightning modules loaded by importing ``modules`` in a fresh interpreter."""
-    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print(' '.join(sorted(k for k in sys.modules if k.startswith('lw_lightning'))))"
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "print(' '.join(sorted(k for k in sys.modules if k.startswith('lw_lightning'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return set(out.split())
 
 
 def test_callbacks_do_not_import_modules_and_data_does_not_import_the_cli_config():
-    loaded = _imported_after([
-        "lw_lightning.callbacks.images", "lw_lightning.callbacks.perf", "lw_lightning.data.imagenet",
-        "lw_lightning.data.ade20k", "lw_lightning.data.traffic_signs", "lw_lightning.data.synthetic_signs",
-    ])
+    loaded = _imported_after(
+        [
+            "lw_lightning.callbacks.images",
+            "lw_lightning.callbacks.perf",
+            "lw_lightning.data.imagenet",
+            "lw_lightning.data.ade20k",
+            "lw_lightning.data.traffic_signs",
+            "lw_lightning.data.synthetic_signs",
+        ]
+    )
     assert "lw_lightning.data.imagenet" in loaded and "lw_lightning.errors" in loaded
     assert not {m for m in loaded if m.startswith("lw_lightning.modules")}, loaded
     assert "lw_lightning.config" not in loaded and "lw_lightning.cli" not in loaded

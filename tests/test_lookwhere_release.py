@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from hydra.utils import instantiate
 
 from lw_lightning.config import load_config
@@ -43,8 +42,12 @@ def official_layout(dim: int, heads: int, sel_depth: int, ext_depth: int, r: int
     return {
         "selector": {
             "backbone": timm_layout(DINOV2, img_size=154, depth=sel_depth, **kw),
-            "head": {"w1.weight": torch.Size([4 * dim, dim]), "w1.bias": torch.Size([4 * dim]),
-                     "w2.weight": torch.Size([r * r, 4 * dim]), "w2.bias": torch.Size([r * r])},
+            "head": {
+                "w1.weight": torch.Size([4 * dim, dim]),
+                "w1.bias": torch.Size([4 * dim]),
+                "w2.weight": torch.Size([r * r, 4 * dim]),
+                "w2.bias": torch.Size([r * r]),
+            },
         },
         "extractor": timm_layout(DINOV2, img_size=518, depth=ext_depth, **kw),
     }
@@ -54,8 +57,10 @@ def official_layout(dim: int, heads: int, sel_depth: int, ext_depth: int, r: int
 def small_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     layout = official_layout(SMALL["embed_dim"], SMALL["num_heads"], SEL_DEPTH, EXT_DEPTH)
     state = {
-        "selector": {"backbone": random_weights(layout["selector"]["backbone"], seed=1),
-                     "head": random_weights(layout["selector"]["head"], seed=2, scale=0.5)},
+        "selector": {
+            "backbone": random_weights(layout["selector"]["backbone"], seed=1),
+            "head": random_weights(layout["selector"]["head"], seed=2, scale=0.5),
+        },
         "extractor": random_weights(layout["extractor"], seed=3),
     }
     path = tmp_path_factory.mktemp("release") / "lookwhere_dinov2.pt"
@@ -75,7 +80,11 @@ def _block(x: torch.Tensor, sd: dict, pre: str, heads: int) -> torch.Tensor:
     a = (attn @ v).transpose(1, 2).reshape(b, t, d)
     x = x + sd[pre + "ls1.gamma"] * F.linear(a, sd[pre + "attn.proj.weight"], sd[pre + "attn.proj.bias"])
     h = F.layer_norm(x, (d,), sd[pre + "norm2.weight"], sd[pre + "norm2.bias"], EPS)
-    h = F.linear(F.gelu(F.linear(h, sd[pre + "mlp.fc1.weight"], sd[pre + "mlp.fc1.bias"])), sd[pre + "mlp.fc2.weight"], sd[pre + "mlp.fc2.bias"])
+    h = F.linear(
+        F.gelu(F.linear(h, sd[pre + "mlp.fc1.weight"], sd[pre + "mlp.fc1.bias"])),
+        sd[pre + "mlp.fc2.weight"],
+        sd[pre + "mlp.fc2.bias"],
+    )
     return x + sd[pre + "ls2.gamma"] * h
 
 
@@ -133,7 +142,9 @@ SIZES = [(224, 224, 128), (518, 518, 137), (994, 994, 252), (518, 742, 196)]
 @pytest.mark.parametrize("h, w, k", SIZES, ids=[f"{h}x{w}" for h, w, _ in SIZES])
 def test_official_mode_reproduces_the_released_inference(small_release, h, w, k):
     path, state = small_release
-    cfg = resolve_pretrained_config(model_config("base", img_size=[h, w], depth=EXT_DEPTH, selector_depth=SEL_DEPTH, pretrained=str(path), **SMALL))
+    cfg = resolve_pretrained_config(
+        model_config("base", img_size=[h, w], depth=EXT_DEPTH, selector_depth=SEL_DEPTH, pretrained=str(path), **SMALL)
+    )
     assert (cfg.selector_r, cfg.resize_mode) == (4, "official")  # from the file: the release
     model = load_official(LookWhere(cfg), path).eval()
     torch.manual_seed(h + w)
@@ -178,7 +189,10 @@ def test_our_exports_keep_their_mode_and_the_release_gets_official(small_release
     assert resolve_pretrained_config(model_config("base", pretrained=str(ours), **base)).resize_mode == "pretraining"
     assert resolve_pretrained_config(model_config("base", pretrained=str(path), **base)).resize_mode == "official"
     # what the user sets wins; a model built directly takes the file's mode when loading
-    assert resolve_pretrained_config(model_config("base", pretrained=str(path), resize_mode="pretraining", **base)).resize_mode == "pretraining"
+    assert (
+        resolve_pretrained_config(model_config("base", pretrained=str(path), resize_mode="pretraining", **base)).resize_mode
+        == "pretraining"
+    )
     direct = load_official(LookWhere(model_config("base", selector_r=4, **base)), path)
     assert direct.cfg.resize_mode == "official"
 
@@ -186,7 +200,10 @@ def test_our_exports_keep_their_mode_and_the_release_gets_official(small_release
 def test_a_set_selector_r_that_the_file_contradicts_is_one_line(small_release):
     path, _ = small_release
     model = LookWhere(model_config("base", img_size=[224, 224], depth=EXT_DEPTH, selector_depth=SEL_DEPTH, selector_r=2, **SMALL))
-    with pytest.raises(ValueError, match=r"selector head predicts 16 sub-patch logits per token, the model 4: set model.selector_r=4 \(or leave it unset\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"selector head predicts 16 sub-patch logits per token, the model 4: set model.selector_r=4 \(or leave it unset\)",
+    ):
         load_official(model, path)
 
 
@@ -224,8 +241,12 @@ def release_shaped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 
 def test_every_lookwhere_recipe_is_covered():
     assert LOOKWHERE_RECIPES == [
-        "lookwhere_ade20k_518_k1024", "lookwhere_ade20k_518_k512", "lookwhere_in1k_224_k128",
-        "lookwhere_sts_994_k10", "lookwhere_sts_994_k5", "lookwhere_sts_native_k10",
+        "lookwhere_ade20k_518_k1024",
+        "lookwhere_ade20k_518_k512",
+        "lookwhere_in1k_224_k128",
+        "lookwhere_sts_994_k10",
+        "lookwhere_sts_994_k5",
+        "lookwhere_sts_native_k10",
     ]
 
 

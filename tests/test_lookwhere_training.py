@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -169,7 +168,9 @@ def distill_module(**kw) -> LookWhereDistill:
     return LookWhereDistill(
         model={"arch": "lookwhere", "preset": "tiny", **TINY},
         teacher={"name": None, "preset": "tiny", "img_size": [112, 112]},
-        k_min=4, k_max=16, **kw,
+        k_min=4,
+        k_max=16,
+        **kw,
     )
 
 
@@ -206,7 +207,11 @@ def test_segmenter_crops_padding_before_resizing_to_label_size():
     logits = torch.zeros(1, 3, 8, 8)
     logits[:, 1, :, :6] = 5.0  # valid region (6 patch columns = 84 px) predicts class 1
     logits[:, 2, :, 6:] = 5.0  # the padding predicts class 2
-    batch = {"image": torch.zeros(1, 3, 112, 112), "image_size": torch.tensor([[112, 84]]), "masks": [torch.ones(30, 20, dtype=torch.long)]}
+    batch = {
+        "image": torch.zeros(1, 3, 112, 112),
+        "image_size": torch.tensor([[112, 84]]),
+        "masks": [torch.ones(30, 20, dtype=torch.long)],
+    }
     _, pairs = module._loss_and_preds(logits, batch)
     pred, target = pairs[0]
     assert pred.shape == (1, 30, 20) and torch.equal(pred, target)
@@ -218,21 +223,49 @@ def test_segmenter_crops_padding_before_resizing_to_label_size():
 @pytest.fixture
 def teacher_ckpt(tmp_path, root, monkeypatch):
     monkeypatch.chdir(root)
-    code = main(["fit", "experiment=demo_vit", *tiny_overrides(tmp_path), "trainer.max_steps=2", "trainer.limit_val_batches=1", "name=t"])
+    code = main(
+        ["fit", "experiment=demo_vit", *tiny_overrides(tmp_path), "trainer.max_steps=2", "trainer.limit_val_batches=1", "name=t"]
+    )
     assert code == 0
     return next((tmp_path / "runs" / "t").glob("version_*/checkpoints/last.ckpt"))
 
 
 def test_distill_then_finetune_and_segment_via_cli(tmp_path, teacher_ckpt, capsys):
     common = [*tiny_overrides(tmp_path, "lookwhere"), "trainer.max_steps=2", "trainer.limit_val_batches=1"]
-    assert main(["fit", "experiment=demo_distill", *common, f"module.teacher.checkpoint={teacher_ckpt}",
-                 "module.k_min=4", "module.k_max=16", "module.val_k=8", "name=d"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "experiment=demo_distill",
+                *common,
+                f"module.teacher.checkpoint={teacher_ckpt}",
+                "module.k_min=4",
+                "module.k_max=16",
+                "module.val_k=8",
+                "name=d",
+            ]
+        )
+        == 0
+    )
     assert "val/map_recall" in capsys.readouterr().out
     exported = next((tmp_path / "runs" / "d").glob("version_*/lookwhere.pt"))
     export = torch.load(exported, weights_only=True)
     assert set(export) == {"selector", "extractor", "resize_mode"} and export["resize_mode"] == "pretraining"
-    assert main(["fit", "experiment=demo_finetune", *common, f"module.model.pretrained={exported}",
-                 "module.train_k=8", "module.eval_k=8", "module.eval_ks=[4,8]", "name=f"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "experiment=demo_finetune",
+                *common,
+                f"module.model.pretrained={exported}",
+                "module.train_k=8",
+                "module.eval_k=8",
+                "module.eval_ks=[4,8]",
+                "name=f",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "val/acc1_k/4=" in out and "val/acc1_k/8=" in out
     assert main(["validate", "experiment=demo_seg", *common, "module.train_k=16", "module.eval_k=16", "name=s"]) == 0
@@ -243,8 +276,17 @@ def test_distill_requires_teacher_checkpoint(tmp_path, root, monkeypatch, capsys
     monkeypatch.chdir(root)
     assert main(["fit", "experiment=demo_distill", *tiny_overrides(tmp_path, "lookwhere")]) == 2
     assert "module.teacher.checkpoint" in capsys.readouterr().err
-    assert main(["fit", "experiment=demo_distill", *tiny_overrides(tmp_path, "lookwhere"),
-                 f"module.teacher.checkpoint={tmp_path / 'no.ckpt'}"]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "experiment=demo_distill",
+                *tiny_overrides(tmp_path, "lookwhere"),
+                f"module.teacher.checkpoint={tmp_path / 'no.ckpt'}",
+            ]
+        )
+        == 2
+    )
     assert "teacher checkpoint not found" in capsys.readouterr().err
 
 
@@ -253,7 +295,9 @@ def test_make_demo_quick_prints_the_table_and_writes_the_figures(tmp_path, root,
     from lw_lightning import demo
 
     monkeypatch.chdir(root)
-    assert demo.main(["--quick", "--no-progress", "--output-dir", str(tmp_path), "--set", "trainer.enable_model_summary=false"]) == 0
+    assert (
+        demo.main(["--quick", "--no-progress", "--output-dir", str(tmp_path), "--set", "trainer.enable_model_summary=false"]) == 0
+    )
     out = capsys.readouterr().out
     table = out[out.index("model ") :].splitlines()
     rows = {line.split("  ")[0]: line.split() for line in table[1:5]}

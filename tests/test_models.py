@@ -160,7 +160,14 @@ def test_pos_embed_resampling_is_identity_at_same_size():
 
 def test_presets_have_dinov2_reg4_shapes():
     cfg = model_config("base")
-    assert (cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.reg_tokens, cfg.selector_depth, cfg.selector_img_size) == (14, 768, 12, 4, 3, 154)
+    assert (cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.reg_tokens, cfg.selector_depth, cfg.selector_img_size) == (
+        14,
+        768,
+        12,
+        4,
+        3,
+        154,
+    )
     assert cfg.default_selector_r() == 4  # ceil(37 / 11), as in the official head
     small = model_config("small")
     assert (small.embed_dim, small.num_heads, small.reg_tokens) == (384, 6, 4)

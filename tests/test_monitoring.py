@@ -40,8 +40,15 @@ def _events(log_dir: str | Path) -> EventAccumulator:
 
 
 def test_fit_writes_scalars_hparams_and_selection_pictures(tmp_path, capsys):
-    overrides = [*tiny_overrides(tmp_path, "lookwhere"), "trainer.max_epochs=2", "trainer.limit_val_batches=1",
-                 "trainer.log_every_n_steps=1", "callbacks.throughput.window=1", "module.eval_k=8", "module.train_k=8"]
+    overrides = [
+        *tiny_overrides(tmp_path, "lookwhere"),
+        "trainer.max_epochs=2",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "callbacks.throughput.window=1",
+        "module.eval_k=8",
+        "module.train_k=8",
+    ]
     assert main(["fit", "experiment=demo_vit", *overrides]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary_lines = [line for line in out if line.startswith("fit done:")]
@@ -49,8 +56,17 @@ def test_fit_writes_scalars_hparams_and_selection_pictures(tmp_path, capsys):
     log_dir = tmp_path / "runs" / "demo_vit" / "version_0"
     acc = _events(log_dir)
     scalars = set(acc.Tags()["scalars"])
-    for tag in ("train/loss", "val/loss", "val/acc1", "val/acc5", "lr-AdamW/pg1", "perf/train_samples_per_sec",
-                "perf/val_samples_per_sec", "perf/gflops_per_sample", "hp/val/acc1"):
+    for tag in (
+        "train/loss",
+        "val/loss",
+        "val/acc1",
+        "val/acc5",
+        "lr-AdamW/pg1",
+        "perf/train_samples_per_sec",
+        "perf/val_samples_per_sec",
+        "perf/gflops_per_sample",
+        "hp/val/acc1",
+    ):
         assert tag in scalars, (tag, sorted(scalars))
     assert all(e.value > 0 for e in acc.Scalars("perf/train_samples_per_sec"))
     flops = acc.Scalars("perf/gflops_per_sample")
@@ -93,8 +109,9 @@ def test_batch_size_of_reads_images_videos_and_lists():
 
 
 def test_selection_pictures_for_distillation_student_with_sign_boxes():
-    module = LookWhereDistill(TINY_LW, {"name": None, "preset": "tiny", "img_size": [112, 112]}, k_min=4, k_max=8,
-                              init_from_teacher=False).eval()
+    module = LookWhereDistill(
+        TINY_LW, {"name": None, "preset": "tiny", "img_size": [112, 112]}, k_min=4, k_max=8, init_from_teacher=False
+    ).eval()
     batch = {"image": torch.randn(3, 3, 112, 112), "box": torch.tensor([[8.0, 8.0, 40.0, 40.0]] * 3)}
     pictures = SelectionImages(ncols=2).pictures(module, batch)
     grid = pictures["images/selection"]
@@ -111,11 +128,19 @@ def kinetics(tmp_path_factory) -> Path:
 
 
 def test_tokenlearner_maps_per_frame_in_tensorboard(kinetics, tmp_path):
-    cfg = load_config("conf/experiment/demo_video.yaml", [
-        f"data.root={kinetics}", f"output_dir={tmp_path}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-        "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "callbacks.images.num_samples=2",
-    ])
+    cfg = load_config(
+        "conf/experiment/demo_video.yaml",
+        [
+            f"data.root={kinetics}",
+            f"output_dir={tmp_path}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "data.batch_size=4",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "callbacks.images.num_samples=2",
+        ],
+    )
     result = run(cfg, "fit")
     acc = _events(result.log_dir)
     tags = set(acc.Tags()["images"])

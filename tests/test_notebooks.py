@@ -65,7 +65,10 @@ def test_notebook_uses_the_package_api_only(name):
 
 def test_parameters_are_injected_after_the_parameters_cell():
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("A = 1\nB: str = 'x'  # comment", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell("print(A)")]
+    nb.cells = [
+        nbformat.v4.new_code_cell("A = 1\nB: str = 'x'  # comment", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(A)"),
+    ]
     inject_parameters(nb, {"A": 2, "B": "/tmp/x"})
     assert nb.cells[1].metadata["tags"] == ["injected-parameters"]
     assert "A = 2\n" in nb.cells[1].source and "B = '/tmp/x'\n" in nb.cells[1].source
@@ -125,8 +128,15 @@ def test_lookwhere_notebook_reads_a_demo_dir_and_official_weights(tmp_path):
     assert demo.main(["--quick", "--no-progress", "--output-dir", str(runs), "--set", "trainer.enable_model_summary=false"]) == 0
     torch.manual_seed(0)
     weights = save_official(LookWhere(model_config("tiny", img_size=[224, 224])), tmp_path / "lookwhere_tiny.pt")
-    _run("lookwhere_where_it_looks", tmp_path, DEMO_DIR=str(runs), LOOKWHERE_WEIGHTS=str(weights), LOOKWHERE_PRESET="tiny",
-         LOOKWHERE_SIZE=224, KS=[13, 51, 256])
+    _run(
+        "lookwhere_where_it_looks",
+        tmp_path,
+        DEMO_DIR=str(runs),
+        LOOKWHERE_WEIGHTS=str(weights),
+        LOOKWHERE_PRESET="tiny",
+        LOOKWHERE_SIZE=224,
+        KS=[13, 51, 256],
+    )
 
 
 @pytest.mark.slow
@@ -148,7 +158,17 @@ def test_video_notebook_reads_a_checkpoint(tmp_path):
 
     data = tmp_path / "kinetics"
     make_synthetic_kinetics(data, SyntheticKineticsSpec(train_per_class=4, val_per_class=2, test_per_class=2))
-    fit = run(load_config("demo_video", [f"data.root={data}", f"output_dir={tmp_path / 'runs'}", "trainer.max_epochs=1",
-                                                       "trainer.enable_progress_bar=false"]), "fit")
-    _run("tokenlearner_video_maps", tmp_path, CHECKPOINT=fit.trainer.checkpoint_callback.last_model_path, DATA_DIR=str(data),
-         WORK_DIR=str(tmp_path / "work"))
+    fit = run(
+        load_config(
+            "demo_video",
+            [f"data.root={data}", f"output_dir={tmp_path / 'runs'}", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"],
+        ),
+        "fit",
+    )
+    _run(
+        "tokenlearner_video_maps",
+        tmp_path,
+        CHECKPOINT=fit.trainer.checkpoint_callback.last_model_path,
+        DATA_DIR=str(data),
+        WORK_DIR=str(tmp_path / "work"),
+    )

@@ -15,9 +15,9 @@ TINY = {"arch": "vit", "preset": "tiny", "img_size": [56, 56], "selector_img_siz
 def test_patch_targets_are_the_majority_class_per_patch():
     module = ImageClassifier(TINY, num_classes=4, patch_loss_weight=1.0)
     mask = torch.zeros(1, 56, 56, dtype=torch.long)
-    mask[0, :14, :14] = 2            # patch (0,0) all class 2
-    mask[0, :14, 14:22] = 3          # patch (0,1): 8 of 14 columns class 3 -> majority 3
-    mask[0, 14:28, 28:33] = 1        # patch (1,2): 5 of 14 columns -> background wins
+    mask[0, :14, :14] = 2  # patch (0,0) all class 2
+    mask[0, :14, 14:22] = 3  # patch (0,1): 8 of 14 columns class 3 -> majority 3
+    mask[0, 14:28, 28:33] = 1  # patch (1,2): 5 of 14 columns -> background wins
     targets = module.patch_targets(mask)
     assert targets.shape == (1, 16)
     expected = torch.zeros(16, dtype=torch.long)
@@ -42,7 +42,19 @@ def test_patch_loss_adds_to_the_training_loss_and_gets_gradients():
 
 def test_teacher_recipe_fits_and_reloads(tmp_path, root, monkeypatch, capsys):
     monkeypatch.chdir(root)
-    assert main(["fit", "experiment=demo_teacher", *tiny_overrides(tmp_path), "trainer.max_steps=2", "trainer.limit_val_batches=1", "callbacks.images=null"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "experiment=demo_teacher",
+                *tiny_overrides(tmp_path),
+                "trainer.max_steps=2",
+                "trainer.limit_val_batches=1",
+                "callbacks.images=null",
+            ]
+        )
+        == 0
+    )
     ckpt = next((tmp_path / "runs" / "demo_teacher").glob("version_0/checkpoints/last.ckpt"))
     reloaded = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
     assert reloaded.hparams.patch_loss_weight == 1.0 and reloaded.patch_head is not None
@@ -50,7 +62,16 @@ def test_teacher_recipe_fits_and_reloads(tmp_path, root, monkeypatch, capsys):
 
 def test_patch_loss_needs_masks_and_the_full_res_vit(tmp_path, root, monkeypatch, capsys):
     monkeypatch.chdir(root)
-    code = main(["fit", "experiment=demo_teacher", *tiny_overrides(tmp_path), "data.masks=false", "trainer.max_steps=1", "callbacks.images=null"])
+    code = main(
+        [
+            "fit",
+            "experiment=demo_teacher",
+            *tiny_overrides(tmp_path),
+            "data.masks=false",
+            "trainer.max_steps=1",
+            "callbacks.images=null",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.masks=true" in err[0]

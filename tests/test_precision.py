@@ -71,17 +71,30 @@ def kinetics(tmp_path_factory) -> Path:
 def test_bf16_mixed_fast_dev_run_via_cli(task, tmp_path, kinetics, capsys):
     precision = ["trainer.precision=bf16-mixed", "trainer.fast_dev_run=true"]
     if task == "video":
-        args = ["experiment=demo_video", f"data.root={kinetics}", f"output_dir={tmp_path}",
-                "data.batch_size=4", "trainer.enable_progress_bar=false", f"trainer.default_root_dir={tmp_path}"]
+        args = [
+            "experiment=demo_video",
+            f"data.root={kinetics}",
+            f"output_dir={tmp_path}",
+            "data.batch_size=4",
+            "trainer.enable_progress_bar=false",
+            f"trainer.default_root_dir={tmp_path}",
+        ]
     elif task == "distill":
-        args = ["experiment=demo_distill", *tiny_overrides(tmp_path, "lookwhere"),
-                "module.teacher.checkpoint=null", "module.teacher.preset=tiny", "module.teacher.img_size=[112,112]",
-                "module.k_min=4", "module.k_max=16", "module.val_k=8"]
+        args = [
+            "experiment=demo_distill",
+            *tiny_overrides(tmp_path, "lookwhere"),
+            "module.teacher.checkpoint=null",
+            "module.teacher.preset=tiny",
+            "module.teacher.img_size=[112,112]",
+            "module.k_min=4",
+            "module.k_max=16",
+            "module.val_k=8",
+        ]
     elif task == "segmentation":
         args = ["experiment=demo_seg", *tiny_overrides(tmp_path, "lookwhere"), "module.train_k=16", "module.eval_k=16"]
     else:
         args = ["experiment=demo_vit", *tiny_overrides(tmp_path, "lookwhere"), "module.eval_k=8"]
     assert main(["fit", *args, *precision]) == 0
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fit done:")][0]
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fit done:"))
     values = [float(part.split("=")[1]) for part in line.split("[")[0].split()[2:]]
     assert values and all(math.isfinite(v) for v in values), line

@@ -81,8 +81,13 @@ def test_prepare_tree_keeps_layout_sizes_keyframes_and_reports_the_corrupt_file(
     assert (dst / FAILURES_FILE).read_text().startswith("train/air drumming/d_000004_000014.mp4\t")
     assert (dst / "classes.txt").read_text() == "abseiling\nair drumming\n"
     out = {p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()}
-    assert out == {"classes.txt", FAILURES_FILE, "train/abseiling/a_000001_000011.mp4", "train/abseiling/b_000002_000012.mkv",
-                   "train/air drumming/c_000003_000013.webm"}  # no partial files left, names kept
+    assert out == {
+        "classes.txt",
+        FAILURES_FILE,
+        "train/abseiling/a_000001_000011.mp4",
+        "train/abseiling/b_000002_000012.mkv",
+        "train/air drumming/c_000003_000013.webm",
+    }  # no partial files left, names kept
     a = dst / "train/abseiling/a_000001_000011.mp4"
     assert count_frames(a) == 40
     assert read_frames(a, [0]).shape == (1, 48, 64, 3)
@@ -91,11 +96,21 @@ def test_prepare_tree_keeps_layout_sizes_keyframes_and_reports_the_corrupt_file(
     assert read_frames(dst / "train/abseiling/b_000002_000012.mkv", [29]).shape == (1, 48, 64, 3)
     assert read_frames(dst / "train/air drumming/c_000003_000013.webm", [19]).shape == (1, 48, 64, 3)
     # content survives: the prepared frame is the source frame scaled down
-    src_small = read_frames(tree / "train/abseiling/a_000001_000011.mp4", [10], )[0, ::2, ::2].astype(float)
+    src_small = read_frames(
+        tree / "train/abseiling/a_000001_000011.mp4",
+        [10],
+    )[0, ::2, ::2].astype(float)
     assert np.abs(read_frames(a, [10])[0].astype(float) - src_small).mean() < 12
     # the prepared tree is a data root as it was
-    dm = KineticsDataModule(str(dst), label_map="classes.txt", num_frames=4, frame_stride=2, img_size=32,
-                            train_short_side=[36, 40], eval_short_side=36)
+    dm = KineticsDataModule(
+        str(dst),
+        label_map="classes.txt",
+        num_frames=4,
+        frame_stride=2,
+        img_size=32,
+        train_short_side=[36, 40],
+        eval_short_side=36,
+    )
     assert dm.layout == "folders" and dm.num_classes == 2 and len(dm.records("train")) == 3
 
 

@@ -66,7 +66,9 @@ def test_repeated_augmentation_reaches_the_imagenet_loader(tmp_path):
     from lw_lightning.data.imagenet import ImageNetDataModule, make_tiny
 
     root = make_tiny(tmp_path / "in", per_class=4, val_per_class=1)
-    dm = ImageNetDataModule(str(root), image_size=28, auto_augment=None, re_prob=0.0, repeated_aug=2, batch_size=4, num_workers=0, pin_memory=False)
+    dm = ImageNetDataModule(
+        str(root), image_size=28, auto_augment=None, re_prob=0.0, repeated_aug=2, batch_size=4, num_workers=0, pin_memory=False
+    )
     dm.setup("fit")
     order = torch.cat([b["index"] for b in dm.train_dataloader()])
     assert torch.equal(order[0::2], order[1::2])  # each image twice in a row
@@ -75,7 +77,9 @@ def test_repeated_augmentation_reaches_the_imagenet_loader(tmp_path):
 
 
 def _loader(seed: int = 1) -> ResumableDataLoader:
-    return ResumableDataLoader(list(range(23)), batch_size=4, sampler=EpochShardSampler(23, 1, 0, seed=seed), drop_last=True, seed=seed)
+    return ResumableDataLoader(
+        list(range(23)), batch_size=4, sampler=EpochShardSampler(23, 1, 0, seed=seed), drop_last=True, seed=seed
+    )
 
 
 def test_loader_state_resumes_rest_of_epoch_and_rng():
@@ -138,9 +142,21 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = subprocess.run(
-        [sys.executable, "-m", "lw_lightning", "fit", "experiment=demo_vit", *_resume_overrides(tmp_path, "res"),
-         "callbacks.kill._target_=tests.scale_helpers.KillAtStep", "callbacks.kill.step=5"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lw_lightning",
+            "fit",
+            "experiment=demo_vit",
+            *_resume_overrides(tmp_path, "res"),
+            "callbacks.kill._target_=tests.scale_helpers.KillAtStep",
+            "callbacks.kill.step=5",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: nothing ran after step 5
     assert "fit done" not in killed.stdout
@@ -183,10 +199,15 @@ def test_ckpt_path_last_errors_and_fresh_start(tmp_path, capsys):
 
 def _nan_overrides(tmp_path: Path, action: str, steps: str) -> list[str]:
     return [
-        *tiny_overrides(tmp_path), "trainer.max_epochs=2", "trainer.limit_val_batches=1",  # 2 steps per epoch
-        "callbacks.images=null", "callbacks.checkpoint.monitor=val/loss", "callbacks.checkpoint.mode=min",
+        *tiny_overrides(tmp_path),
+        "trainer.max_epochs=2",
+        "trainer.limit_val_batches=1",  # 2 steps per epoch
+        "callbacks.images=null",
+        "callbacks.checkpoint.monitor=val/loss",
+        "callbacks.checkpoint.mode=min",
         f"callbacks.nonfinite.action={action}",
-        "callbacks.poison._target_=tests.scale_helpers.NaNAtSteps", f"callbacks.poison.steps={steps}",
+        "callbacks.poison._target_=tests.scale_helpers.NaNAtSteps",
+        f"callbacks.poison.steps={steps}",
     ]
 
 

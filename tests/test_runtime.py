@@ -39,9 +39,26 @@ def test_gpu_recipes_are_marked_and_demo_recipes_are_not():
     assert "requires" in TOP_LEVEL_KEYS
     marked = {p.stem for p in EXPERIMENTS.glob("*.yaml") if load_config(p, allow_missing=True).get("requires") == "gpu"}
     unmarked = {p.stem for p in EXPERIMENTS.glob("*.yaml")} - marked
-    assert unmarked == {"demo_vit", "demo_teacher", "demo_distill", "demo_finetune", "demo_tokenlearner", "demo_seg", "demo_video",
-                        "demo_vlw_vivit", "demo_vlw_tokenlearner", "demo_vlw_distill", "demo_vlw_finetune"}
-    assert {"lookwhere_sts_994_k5", "vit_sts_native", "lookwhere_in1k_224_k128", "lookwhere_ade20k_518_k512", "vivit_b_tl16_k600"} <= marked
+    assert unmarked == {
+        "demo_vit",
+        "demo_teacher",
+        "demo_distill",
+        "demo_finetune",
+        "demo_tokenlearner",
+        "demo_seg",
+        "demo_video",
+        "demo_vlw_vivit",
+        "demo_vlw_tokenlearner",
+        "demo_vlw_distill",
+        "demo_vlw_finetune",
+    }
+    assert {
+        "lookwhere_sts_994_k5",
+        "vit_sts_native",
+        "lookwhere_in1k_224_k128",
+        "lookwhere_ade20k_518_k512",
+        "vivit_b_tl16_k600",
+    } <= marked
 
 
 def test_unknown_requires_value_is_one_line_error(tmp_path, capsys):
@@ -51,7 +68,9 @@ def test_unknown_requires_value_is_one_line_error(tmp_path, capsys):
 
 
 def _fit_tiny(tmp_path: Path, *extra: str) -> None:
-    cfg = load_config(DEMO, [*tiny_overrides(tmp_path), "trainer.max_steps=1", "trainer.limit_val_batches=1", "callbacks.images=null", *extra])
+    cfg = load_config(
+        DEMO, [*tiny_overrides(tmp_path), "trainer.max_steps=1", "trainer.limit_val_batches=1", "callbacks.images=null", *extra]
+    )
     run(cfg, "fit")
 
 
@@ -73,11 +92,24 @@ def test_demo_recipe_and_smoke_runs_do_not_warn(tmp_path, capsys):
 
 
 def test_bf16_on_cpu_warns_exactly_once(tmp_path, capsys):
-    code = main(["fit", "experiment=demo_vit", *tiny_overrides(tmp_path), "trainer.fast_dev_run=true", "callbacks.images=null", "trainer.precision=bf16-mixed"])
+    code = main(
+        [
+            "fit",
+            "experiment=demo_vit",
+            *tiny_overrides(tmp_path),
+            "trainer.fast_dev_run=true",
+            "callbacks.images=null",
+            "trainer.precision=bf16-mixed",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if PRECISION_WARNING in line]
-    assert len(lines) == 1 and lines[0].startswith("warning: precision bf16-mixed on the CPU") and "trainer.precision=32-true" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("warning: precision bf16-mixed on the CPU")
+        and "trainer.precision=32-true" in lines[0]
+    )
     assert err.count("much slower than fp32") == 1
 
 
@@ -113,13 +145,22 @@ def _sigterm_overrides(tmp_path: Path) -> list[str]:
 def test_sigterm_stops_fit_at_batch_boundary_with_resumable_last_ckpt(tmp_path):
     marker = tmp_path / "step"
     cmd = [
-        sys.executable, "-m", "lw_lightning", "fit", "experiment=demo_vit", *_sigterm_overrides(tmp_path),
+        sys.executable,
+        "-m",
+        "lw_lightning",
+        "fit",
+        "experiment=demo_vit",
+        *_sigterm_overrides(tmp_path),
         "data.num_workers=2",  # loader workers must neither die from the signal nor outlive the run
-        "callbacks.marker._target_=tests.scale_helpers.StepMarker", f"callbacks.marker.path={marker}", "callbacks.marker.delay=0.1",
+        "callbacks.marker._target_=tests.scale_helpers.StepMarker",
+        f"callbacks.marker.path={marker}",
+        "callbacks.marker.delay=0.1",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # own session and process group: the signal goes to the whole group, as from a shell or `timeout`
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 180
         while not (marker.is_file() and int(marker.read_text() or 0) >= 2):
@@ -139,7 +180,11 @@ def test_sigterm_stops_fit_at_batch_boundary_with_resumable_last_ckpt(tmp_path):
     assert elapsed < 30
     assert "fit done" not in out
     report = [line for line in err.splitlines() if "stopped by SIGTERM" in line]
-    assert len(report) == 1 and report[0].startswith("fit stopped by SIGTERM at global step") and "resume with ckpt_path=last" in report[0]
+    assert (
+        len(report) == 1
+        and report[0].startswith("fit stopped by SIGTERM at global step")
+        and "resume with ckpt_path=last" in report[0]
+    )
     assert "killed by signal" not in err  # the workers did not die from the group's SIGTERM
     deadline = time.monotonic() + 10
     while _session_members(proc.pid) and time.monotonic() < deadline:
@@ -184,7 +229,10 @@ def test_accuracy_plot_draws_a_labelled_chance_line(tmp_path):
     plain = accuracy_figure(_curve())
     assert not [line for line in plain.axes[0].get_lines() if line.get_label().startswith("chance")]
     plt.close(plain)
-    assert plot_accuracy(_curve(), tmp_path / "acc.png", chance=0.001) == tmp_path / "acc.png" and (tmp_path / "acc.png").stat().st_size > 0
+    assert (
+        plot_accuracy(_curve(), tmp_path / "acc.png", chance=0.001) == tmp_path / "acc.png"
+        and (tmp_path / "acc.png").stat().st_size > 0
+    )
     # the bench rows carry the class count: chance only when all runs agree on it
     assert accuracy_chance([{**r, "num_classes": 4} for r in _curve()]) == 0.25
     assert accuracy_chance(_curve()) is None
@@ -205,6 +253,10 @@ def test_selection_picture_has_a_legend_strip():
     assert {HEAT_RGB, SELECTED_RGB, BOX_RGB} <= colours  # one swatch per layer of selection_overlay
     assert (strip.sum(-1) < 100).sum() > 200  # black caption text
     assert [text.split(" = ")[0] for text, _, _ in SELECTION_LEGEND] == ["heat", "yellow", "green"]
-    assert "selector map" in SELECTION_LEGEND[0][0] and "selected patches" in SELECTION_LEGEND[1][0] and "sign box" in SELECTION_LEGEND[2][0]
+    assert (
+        "selector map" in SELECTION_LEGEND[0][0]
+        and "selected patches" in SELECTION_LEGEND[1][0]
+        and "sign box" in SELECTION_LEGEND[2][0]
+    )
     # too narrow for one line: the entries wrap and the strip grows
     assert legend_strip(150, SELECTION_LEGEND).height > legend_strip(1200, SELECTION_LEGEND).height

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lw_lightning.data.sampling import clip_indices, clip_span, max_start, sample_test_clips, sample_train_clip, eval_clip_starts
+from lw_lightning.data.sampling import clip_indices, clip_span, eval_clip_starts, max_start, sample_test_clips, sample_train_clip
 
 
 @pytest.mark.parametrize("total", [15, 16, 40, 250])

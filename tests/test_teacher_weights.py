@@ -70,7 +70,9 @@ def loaded(dinov2_files: dict[str, Path]) -> dict[str, torch.nn.Module]:
             for layout in ("safetensors", "pth")
         }
         overlay = {"file": str(dinov2_files["pth"])}
-        out["timm"] = timm.create_model(DINOV2, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, img_size=tuple(SIZE)).eval()
+        out["timm"] = timm.create_model(
+            DINOV2, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, img_size=tuple(SIZE)
+        ).eval()
     return out
 
 
@@ -96,8 +98,11 @@ def test_both_layouts_give_the_same_weights(loaded):
     "case, message",
     [
         ("narrow", f"does not fit {DINOV2}: 'cls_token' has shape [1, 1, 64] in the checkpoint, [1, 1, 768] in the model"),
-        ("missing", f"does not fit {DINOV2} (key mismatch): 14 missing keys ['blocks.11.attn.proj.bias', 'blocks.11.attn.proj.weight', "
-                    "'blocks.11.attn.qkv.bias'] (+11 more)"),
+        (
+            "missing",
+            f"does not fit {DINOV2} (key mismatch): 14 missing keys ['blocks.11.attn.proj.bias', 'blocks.11.attn.proj.weight', "
+            "'blocks.11.attn.qkv.bias'] (+11 more)",
+        ),
         ("truncated_safetensors", "is truncated or corrupt"),
         ("truncated_pth", "is truncated or corrupt"),
     ],
@@ -109,7 +114,15 @@ def test_bad_teacher_file_is_one_line(dinov2_files, case, message, tmp_path, cap
     assert str(err.value).startswith(f"teacher checkpoint {path} ") and message in str(err.value), err.value
     # through the CLI: one line on stderr, exit status 2
     common = [*tiny_overrides(tmp_path, "lookwhere"), "callbacks.images=null"]
-    code = main(["fit", "experiment=demo_distill", *common, f"module.teacher.name={DINOV2}",
-                 f"module.teacher.checkpoint={path}", f"module.teacher.img_size=[{SIZE[0]},{SIZE[1]}]"])
+    code = main(
+        [
+            "fit",
+            "experiment=demo_distill",
+            *common,
+            f"module.teacher.name={DINOV2}",
+            f"module.teacher.checkpoint={path}",
+            f"module.teacher.img_size=[{SIZE[0]},{SIZE[1]}]",
+        ]
+    )
     err_text = capsys.readouterr().err.strip()
     assert code == 2 and len(err_text.splitlines()) == 1 and "Traceback" not in err_text and message in err_text, err_text

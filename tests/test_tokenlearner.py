@@ -140,7 +140,9 @@ def test_prefix_tokens_pass_every_block_and_are_not_pooled():
     assert seen == [11, 6, 6] and out.shape == (2, 6, 16)
     with torch.no_grad():  # the learned tokens come from the patches alone, after block 0
         h = enc.blocks[0](x)
-        torch.testing.assert_close(enc.blocks[2](enc.blocks[1](torch.cat([h[:, :2], enc.token_learner(h[:, 2:], (3, 3))], 1))), out)
+        torch.testing.assert_close(
+            enc.blocks[2](enc.blocks[1](torch.cat([h[:, :2], enc.token_learner(h[:, 2:], (3, 3))], 1))), out
+        )
     fused = TokenLearnerEncoder(_blocks(2), 16, num_tokens=4, loc=1, use_fuser=True)
     with torch.no_grad():
         y = fused(x, grid=(3, 3), num_prefix=2)

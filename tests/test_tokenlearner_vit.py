@@ -40,8 +40,13 @@ def _fast(tmp_path: Path, name: str, *extra: str) -> list[str]:
     """TokenLearner-ViT (tiny preset) on 56 px synthetic signs: 2 training steps."""
     return [
         *tiny_overrides(tmp_path, "tokenlearner", size=56),
-        "data.num_train=8", "data.batch_size=4", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-        "callbacks.flops=null", f"name={name}", *extra,
+        "data.num_train=8",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "callbacks.flops=null",
+        f"name={name}",
+        *extra,
     ]
 
 
@@ -134,16 +139,28 @@ def test_timm_name_plus_local_file_initialises_the_backbone(tmp_path):
 def vit_ckpt(tmp_path_factory) -> Path:
     """A 2-step full-res ViT run of the demo recipe (56 px): our own ``.ckpt``."""
     tmp = tmp_path_factory.mktemp("vit")
-    cfg = load_config(ROOT / DEMO, [*tiny_overrides(tmp, size=56), "data.num_train=8", "data.batch_size=4",
-                                      "trainer.max_epochs=1", "trainer.limit_val_batches=1", "callbacks.images=null",
-                                      "callbacks.flops=null", "name=vit"])
+    cfg = load_config(
+        ROOT / DEMO,
+        [
+            *tiny_overrides(tmp, size=56),
+            "data.num_train=8",
+            "data.batch_size=4",
+            "trainer.max_epochs=1",
+            "trainer.limit_val_batches=1",
+            "callbacks.images=null",
+            "callbacks.flops=null",
+            "name=vit",
+        ],
+    )
     result = run(cfg, "fit")
     return Path(result.log_dir) / "checkpoints" / "last.ckpt"
 
 
 def test_our_full_res_vit_ckpt_initialises_the_backbone(vit_ckpt):
-    module = ImageClassifier(dict(arch="tokenlearner", preset="tiny", img_size=[112, 112], tokenlearner_loc=0.5,
-                                  pretrained=str(vit_ckpt)), num_classes=4)
+    module = ImageClassifier(
+        dict(arch="tokenlearner", preset="tiny", img_size=[112, 112], tokenlearner_loc=0.5, pretrained=str(vit_ckpt)),
+        num_classes=4,
+    )
     state = torch.load(vit_ckpt, map_location="cpu", weights_only=False)["state_dict"]
     vit = module.net.vit_state_dict()
     assert torch.equal(vit["blocks.3.attn.qkv.weight"], state["net.backbone.blocks.3.attn.qkv.weight"])
@@ -170,7 +187,10 @@ def test_a_tokenlearner_ckpt_is_not_a_vit_to_start_from(tmp_path, vit_ckpt, caps
         ("1.0", "model.tokenlearner_loc=1.0: a block index 0..4 or a fraction of the depth in [0, 1)"),
         ("1.5", "model.tokenlearner_loc=1.5: a block index"),
         ("-0.25", "model.tokenlearner_loc=-0.25: a block index"),
-        ("4", "model.tokenlearner_loc=4 puts TokenLearner after the last block, where the CLS head never sees the learned tokens"),
+        (
+            "4",
+            "model.tokenlearner_loc=4 puts TokenLearner after the last block, where the CLS head never sees the learned tokens",
+        ),
     ],
 )
 def test_bad_insertion_point_is_one_config_error(tmp_path, capsys, loc, message):
@@ -220,7 +240,7 @@ def test_fit_test_predict_through_the_cli_with_maps_and_token_peaks(tmp_path, ca
     for command in ("test", "predict"):
         assert main([command, "experiment=demo_vit", *overrides, "ckpt_path=last"]) == 0, capsys.readouterr().err
     assert "test/acc1" in (run_dir / "summary_test.json").read_text()
-    rows = list(csv.DictReader(open(run_dir / "predictions.csv")))
+    rows = list(csv.DictReader((run_dir / "predictions.csv").read_text().splitlines()))
     assert len(rows) == 8  # data.num_test=8
     for r in rows:
         peaks = [int(i) for i in r["token_peaks"].split()]

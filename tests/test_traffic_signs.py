@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lw_lightning.config import ConfigError
-from lw_lightning.data.images import UnreadableImageError
 from lw_lightning.data.synthetic_signs import CLASS_NAMES
 from lw_lightning.data.traffic_signs import (
     TrafficSignsDataModule,
@@ -84,7 +83,7 @@ def test_four_class_filter(tmp_path: Path) -> None:
         decided = speed_limit_label(e.signs)
         got.append(None if decided is None else CLASS_NAMES[decided[0]])
     assert got == [label for _, label in LINES]
-    label, sign = speed_limit_label(entries[6].signs)  # type: ignore[misc]
+    _label, sign = speed_limit_label(entries[6].signs)  # type: ignore[misc]
     assert sign is not None and sign.box == (700, 300, 760, 360)
 
 

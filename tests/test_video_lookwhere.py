@@ -12,8 +12,16 @@ from lw_lightning.config import ConfigError
 from lw_lightning.flops import count_flops
 from lw_lightning.models.knn_upsample import knn_upsample
 from lw_lightning.models.video_lookwhere import (
-    VideoLookWhere, VideoLookWhereNet, embed_tubelets, init_from_video_teacher, load_video_lookwhere, resample_pos_embed_3d,
-    save_video_lookwhere, topk_tubelets, tubelet_pos_embed, video_lookwhere_config,
+    VideoLookWhere,
+    VideoLookWhereNet,
+    embed_tubelets,
+    init_from_video_teacher,
+    load_video_lookwhere,
+    resample_pos_embed_3d,
+    save_video_lookwhere,
+    topk_tubelets,
+    tubelet_pos_embed,
+    video_lookwhere_config,
 )
 from lw_lightning.models.video_teacher import VideoTeacher
 from lw_lightning.models.vivit import ViViT, vivit_config
@@ -151,7 +159,12 @@ def test_knn_fill_over_space_time():
 
 
 def _teacher(**kw) -> ViViT:
-    return ViViT(vivit_config("tiny", **{k: TINY[k] for k in ("img_size", "num_frames", "tubelet", "embed_dim", "depth", "num_heads")}, **kw), 4)
+    return ViViT(
+        vivit_config(
+            "tiny", **{k: TINY[k] for k in ("img_size", "num_frames", "tubelet", "embed_dim", "depth", "num_heads")}, **kw
+        ),
+        4,
+    )
 
 
 def test_init_from_video_teacher_copies_extractor_and_first_selector_blocks():
@@ -160,7 +173,7 @@ def test_init_from_video_teacher_copies_extractor_and_first_selector_blocks():
     init_from_video_teacher(m, teacher)
     ext, sel = m.extractor.vivit.state_dict(), m.selector.vivit.state_dict()
     for key, value in teacher.state_dict().items():
-        if key.startswith(("patch_embed.", "norm.", "pos_embed")) or key.startswith("encoder.blocks."):
+        if key.startswith(("patch_embed.", "norm.", "pos_embed", "encoder.blocks.")):
             torch.testing.assert_close(ext[key], value)
     torch.testing.assert_close(sel["encoder.blocks.0.attn.qkv.weight"], teacher.state_dict()["encoder.blocks.0.attn.qkv.weight"])
     assert "encoder.blocks.1.attn.qkv.weight" not in sel  # selector_depth=1
@@ -172,7 +185,9 @@ def test_init_from_video_teacher_copies_extractor_and_first_selector_blocks():
     ext_tokens = m.extractor(x, keep, m.selector.prefix(1)[:, :0])  # no prefix: the teacher's own sequence
     torch.testing.assert_close(ext_tokens, t["patch"], atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="embed_dim"):
-        init_from_video_teacher(m, ViViT(vivit_config("tiny", img_size=32, num_frames=8, tubelet=[2, 8, 8], embed_dim=16, depth=3, num_heads=2), 4))
+        init_from_video_teacher(
+            m, ViViT(vivit_config("tiny", img_size=32, num_frames=8, tubelet=[2, 8, 8], embed_dim=16, depth=3, num_heads=2), 4)
+        )
 
 
 def test_export_round_trip_and_strict_load(tmp_path):
@@ -253,11 +268,15 @@ def test_video_teacher_targets_and_attention_block():
     torch.testing.assert_close(out["cls"], feats.mean(1))  # a gap teacher: its head reads the mean
     seq = teacher.patch_embed(x) + teacher.pos_embed
     seq = teacher.encoder.blocks[0](seq)
-    torch.testing.assert_close(VideoTeacher(teacher, attn_block=1)(x)["attn"], attention_target(teacher.encoder.blocks[1], seq, 0))
+    torch.testing.assert_close(
+        VideoTeacher(teacher, attn_block=1)(x)["attn"], attention_target(teacher.encoder.blocks[1], seq, 0)
+    )
     assert out["attn"].shape == (2, 64)
     with pytest.raises(ConfigError, match="attn_block=3"):
         VideoTeacher(teacher, attn_block=3)
     with pytest.raises(ConfigError, match="attn_query=cls needs a ViViT with a CLS token"):
         VideoTeacher(teacher, attn_query="cls")
     with pytest.raises(ConfigError, match="without TokenLearner"):
-        VideoTeacher(ViViT(vivit_config("tiny", img_size=32, num_frames=8, tubelet=[2, 8, 8], num_tokens=2, tokenlearner_loc=1), 4))
+        VideoTeacher(
+            ViViT(vivit_config("tiny", img_size=32, num_frames=8, tubelet=[2, 8, 8], num_tokens=2, tokenlearner_loc=1), 4)
+        )

@@ -12,7 +12,14 @@ import torch
 
 from lw_lightning.cli import main
 from lw_lightning.config import ConfigError, load_config
-from lw_lightning.data.synthetic_motion import CLASS_NAMES, DIRECTIONS, SyntheticMotion, render_motion_clip, track_recall, track_tubelets
+from lw_lightning.data.synthetic_motion import (
+    CLASS_NAMES,
+    DIRECTIONS,
+    SyntheticMotion,
+    render_motion_clip,
+    track_recall,
+    track_tubelets,
+)
 from lw_lightning.models.teacher import Teacher
 from lw_lightning.models.video_checkpoint import build_vivit
 from lw_lightning.models.video_teacher import FrameTeacher, FrameTeacherConfig
@@ -24,11 +31,24 @@ from lw_lightning.tasks import run
 ROOT = Path(__file__).resolve().parents[1]
 EXP = "conf/experiment"
 # 8 frames of 32^2 with 2x8x8 tubelets: 4x4x4 = 64 tubelets; selector 4 frames of 16^2
-SMALL_DATA = ["data.num_frames=8", "data.img_size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4",
-              "data.batch_size=4", "data.eval_batch_size=4", "data.cache=false"]
+SMALL_DATA = [
+    "data.num_frames=8",
+    "data.img_size=32",
+    "data.num_train=8",
+    "data.num_val=4",
+    "data.num_test=4",
+    "data.batch_size=4",
+    "data.eval_batch_size=4",
+    "data.cache=false",
+]
 SMALL_MODEL = ["module.model.num_frames=8", "module.model.img_size=32"]
 SMALL_LW = [*SMALL_MODEL, "module.model.selector_num_frames=4", "module.model.selector_img_size=16"]
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
+QUIET = [
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+]
 TEACHER_MODEL = "module.teacher.model={preset: tiny, num_frames: 8, img_size: 32, tubelet: [2, 8, 8]}"
 
 
@@ -38,8 +58,15 @@ def _cwd(monkeypatch):
 
 
 def distill_args(tmp_path: Path) -> list[str]:
-    return ["experiment=demo_vlw_distill", f"output_dir={tmp_path / 'runs'}", *SMALL_DATA, *SMALL_LW, *QUIET,
-            "module.teacher.checkpoint=null", TEACHER_MODEL]
+    return [
+        "experiment=demo_vlw_distill",
+        f"output_dir={tmp_path / 'runs'}",
+        *SMALL_DATA,
+        *SMALL_LW,
+        *QUIET,
+        "module.teacher.checkpoint=null",
+        TEACHER_MODEL,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +82,9 @@ def distilled(tmp_path_factory) -> Path:
         result = run(load_config(None, args), "fit")
     finally:
         os.chdir(old)
-    assert {"val/loss", "val/map_recall", "val/object_recall", "val/loss_cls", "val/loss_patch", "val/loss_map"} <= set(result.metrics)
+    assert {"val/loss", "val/map_recall", "val/object_recall", "val/loss_cls", "val/loss_patch", "val/loss_map"} <= set(
+        result.metrics
+    )
     export = Path(result.log_dir) / "video_lookwhere.pt"
     assert export.is_file()
     return export
@@ -101,7 +130,9 @@ def test_distill_step_trains_the_student_only():
     assert all(p.grad is None for p in module._teachers["video"].parameters())
     assert extra["keep"].shape == (2, 6)
     # init from the teacher: the extractor starts as the teacher
-    torch.testing.assert_close(ext.vivit.encoder.blocks[1].mlp.fc1.weight, module._teachers["video"].vivit.encoder.blocks[1].mlp.fc1.weight)
+    torch.testing.assert_close(
+        ext.vivit.encoder.blocks[1].mlp.fc1.weight, module._teachers["video"].vivit.encoder.blocks[1].mlp.fc1.weight
+    )
 
 
 def test_image_teacher_frame_by_frame():
@@ -118,15 +149,25 @@ def test_image_teacher_frame_by_frame():
     torch.testing.assert_close(out["patch"][:, 16:32], ref["patch"])
     torch.testing.assert_close(out["attn"][:, 16:32], ref["attn"])
     # as the "where" source of a distillation (student width 64 from the video teacher)
-    module = VideoLookWhereDistill(_small_model(), teacher={"model": _small_teacher()}, where="image",
-                                   image_teacher={"name": None, "preset": "tiny", "img_size": [56, 56]})
+    module = VideoLookWhereDistill(
+        _small_model(),
+        teacher={"model": _small_teacher()},
+        where="image",
+        image_teacher={"name": None, "preset": "tiny", "img_size": [56, 56]},
+    )
     parts, _ = module.losses(video, 6)
     assert torch.isfinite(parts["map"])
 
 
 def test_finetune_from_export_then_checkpoint_reload_gives_the_same_logits(distilled, tmp_path, capsys):
-    args = ["experiment=demo_vlw_finetune", f"output_dir={tmp_path}", *SMALL_DATA, *SMALL_LW, *QUIET,
-            f"module.model.pretrained={distilled}"]
+    args = [
+        "experiment=demo_vlw_finetune",
+        f"output_dir={tmp_path}",
+        *SMALL_DATA,
+        *SMALL_LW,
+        *QUIET,
+        f"module.model.pretrained={distilled}",
+    ]
     assert main(["fit", *args]) == 0
     ckpt = next((tmp_path / "demo_vlw_finetune" / "version_0" / "checkpoints").glob("last.ckpt"))
     module = VideoLookWhereClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
@@ -136,9 +177,12 @@ def test_finetune_from_export_then_checkpoint_reload_gives_the_same_logits(disti
         torch.testing.assert_close(module(video), again(video))
     # the selector stayed as distilled (frozen), the extractor moved
     exported = torch.load(distilled, weights_only=True)
-    torch.testing.assert_close(module.net.lookwhere.selector.state_dict()["head.w2.weight"], exported["selector"]["head.w2.weight"])
-    assert not torch.equal(module.net.lookwhere.extractor.state_dict()["vivit.norm.weight"], exported["extractor"]["vivit.norm.weight"]) or \
-        not torch.equal(module.net.head.weight, torch.zeros_like(module.net.head.weight))
+    torch.testing.assert_close(
+        module.net.lookwhere.selector.state_dict()["head.w2.weight"], exported["selector"]["head.w2.weight"]
+    )
+    assert not torch.equal(
+        module.net.lookwhere.extractor.state_dict()["vivit.norm.weight"], exported["extractor"]["vivit.norm.weight"]
+    ) or not torch.equal(module.net.head.weight, torch.zeros_like(module.net.head.weight))
     capsys.readouterr()
     assert main(["test", *args, f"ckpt_path={ckpt}", "module.eval_k=0.05"]) == 0
     out = capsys.readouterr().out
@@ -148,8 +192,15 @@ def test_finetune_from_export_then_checkpoint_reload_gives_the_same_logits(disti
 
 
 def test_tokenlearner_vivit_starts_from_a_vivit_checkpoint(tmp_path):
-    args = ["experiment=demo_vlw_vivit", f"output_dir={tmp_path}", *SMALL_DATA, *SMALL_MODEL, *QUIET, "trainer.max_steps=1",
-            "callbacks.images=null"]
+    args = [
+        "experiment=demo_vlw_vivit",
+        f"output_dir={tmp_path}",
+        *SMALL_DATA,
+        *SMALL_MODEL,
+        *QUIET,
+        "trainer.max_steps=1",
+        "callbacks.images=null",
+    ]
     assert main(["fit", *args]) == 0
     ckpt = tmp_path / "demo_vlw_vivit" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
@@ -203,7 +254,10 @@ def test_synthetic_motion_is_deterministic_and_the_label_is_the_direction():
     [
         (["module.k_min=0.2", "module.k_max=0.1"], "module.k_min=0.2 keeps more tubelets (12) than module.k_max=0.1 (6)"),
         (["module.k_max=80"], "module.k_max=80 is more than the 64 tubelets"),
-        (["module.model.slice_quota=1", "module.k_min=2"], "model.slice_quota=1 x 4 temporal slices = 4 tubelets is more than module.k_min = 2"),
+        (
+            ["module.model.slice_quota=1", "module.k_min=2"],
+            "model.slice_quota=1 x 4 temporal slices = 4 tubelets is more than module.k_min = 2",
+        ),
         (["module.what=audio"], "module.what must be one of ('video', 'image')"),
         (["module.where=image"], "module.image_teacher is needed"),
         (["module.model.selector_img_size=40"], "finer than the extractor's"),
@@ -216,8 +270,14 @@ def test_bad_distill_configs_are_one_line(tmp_path, capsys, overrides, message):
 
 
 def test_bad_finetune_k_is_one_line(tmp_path, capsys, distilled):
-    args = ["experiment=demo_vlw_finetune", f"output_dir={tmp_path}", *SMALL_DATA, *SMALL_LW, *QUIET,
-            f"module.model.pretrained={distilled}"]
+    args = [
+        "experiment=demo_vlw_finetune",
+        f"output_dir={tmp_path}",
+        *SMALL_DATA,
+        *SMALL_LW,
+        *QUIET,
+        f"module.model.pretrained={distilled}",
+    ]
     assert main(["fit", *args, "module.eval_k=1.5"]) == 2
     assert "module.eval_k=1.5" in capsys.readouterr().err
     assert main(["fit", *args, "module.model.slice_quota=1", "module.model.k=8", "module.train_k=2"]) == 2
@@ -231,7 +291,9 @@ def _cli(args: list[str]):
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lw_lightning", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lw_lightning", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -242,18 +304,38 @@ def test_ddp_distill_same_k_on_all_ranks_and_finetune_validate_parity(tmp_path, 
     validating a fine-tuned checkpoint gives the single-process numbers (7 clips: shards 4 + 3)."""
     ddp = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
     probe = ["callbacks.probe._target_=tests.scale_helpers.RankProbe", f"callbacks.probe.folder={tmp_path / 'ranks'}"]
-    args = [*distill_args(tmp_path), "data.num_train=16", "data.batch_size=8", "trainer.max_epochs=2", "callbacks.images=null",
-            "callbacks.flops=null", "trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=1", *probe]
+    args = [
+        *distill_args(tmp_path),
+        "data.num_train=16",
+        "data.batch_size=8",
+        "trainer.max_epochs=2",
+        "callbacks.images=null",
+        "callbacks.flops=null",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.limit_val_batches=1",
+        *probe,
+    ]
     proc = _cli(["fit", *args, *ddp])
     assert proc.stdout.count("fit done:") == 1
     ranks = [json.loads((tmp_path / "ranks" / f"rank_{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["k"] == ranks[1]["k"] and len(ranks[0]["k"]) == 4 and len(set(ranks[0]["k"])) > 1
     assert all(len(set(g)) == 1 for g in ranks[0]["k_all_ranks"])
     assert not set(ranks[0]["indices"][:8]) & set(ranks[1]["indices"][:8])  # epoch 0: 2 steps of 4 clips per rank
-    single_k = [VideoLookWhereDistill(_small_model(), teacher={"model": _small_teacher()}, init_from_teacher=False).sample_k(s) for s in range(4)]
+    single_k = [
+        VideoLookWhereDistill(_small_model(), teacher={"model": _small_teacher()}, init_from_teacher=False).sample_k(s)
+        for s in range(4)
+    ]
     assert ranks[0]["k"] == single_k  # the seed-and-step draw: what one process (or a resumed run) uses
-    ft = ["experiment=demo_vlw_finetune", f"output_dir={tmp_path / 'ft'}", *SMALL_DATA, *SMALL_LW, *QUIET,
-          f"module.model.pretrained={distilled}", "callbacks.images=null", "callbacks.flops=null"]
+    ft = [
+        "experiment=demo_vlw_finetune",
+        f"output_dir={tmp_path / 'ft'}",
+        *SMALL_DATA,
+        *SMALL_LW,
+        *QUIET,
+        f"module.model.pretrained={distilled}",
+        "callbacks.images=null",
+        "callbacks.flops=null",
+    ]
     assert main(["fit", *ft]) == 0
     ckpt = tmp_path / "ft" / "demo_vlw_finetune" / "version_0" / "checkpoints" / "last.ckpt"
     evaluation = [*ft[1:], f"ckpt_path={ckpt}", "data.num_val=7", "data.eval_batch_size=4"]
@@ -272,21 +354,52 @@ def test_k400_recipes_run_shrunk_on_the_kinetics_layout(recipe, tmp_path):
     synthetic motion written in the CVDF layout (mp4 clips + annotation CSVs)."""
     from lw_lightning.data.synthetic_motion import write_kinetics_layout
 
-    cfg = load_config(f"{EXP}/{recipe}", ["module.model.pretrained=x.pt", "module.teacher.checkpoint=x.ckpt"] if "distill" in recipe
-                      else ["module.model.pretrained=x.pt"])
+    cfg = load_config(
+        f"{EXP}/{recipe}",
+        ["module.model.pretrained=x.pt", "module.teacher.checkpoint=x.ckpt"]
+        if "distill" in recipe
+        else ["module.model.pretrained=x.pt"],
+    )
     assert cfg.module.model.preset == "base" and cfg.module.model.num_frames == 32 and cfg.data.num_frames == 32
     assert cfg.module.model.slice_quota == 1 and cfg.requires == "gpu"
     root = tmp_path / "k"
     write_kinetics_layout(root, {"train": 4, "val": 2, "test": 2}, num_frames=12, img_size=40)
-    small = [f"data.root={root}", "data.num_frames=8", "data.frame_stride=1", "data.img_size=32", "data.train_short_side=[32,36]",
-             "data.eval_short_side=36", "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0", "data.test_clips=2",
-             "data.test_crops=3", "module.model.num_frames=8", "module.model.img_size=32", "module.model.embed_dim=32", "module.model.depth=2",
-             "module.model.num_heads=2", "module.model.selector_depth=1", "module.model.selector_num_frames=4", "module.model.selector_img_size=16",
-             "trainer.precision=32-true", "trainer.accelerator=cpu", "trainer.fast_dev_run=true", f"trainer.default_root_dir={tmp_path}",
-             f"output_dir={tmp_path}", *QUIET[:2], "module.model.k=0.5"]  # 16 tubelets here: quota 1 x 4 slices needs k >= 4
+    small = [
+        f"data.root={root}",
+        "data.num_frames=8",
+        "data.frame_stride=1",
+        "data.img_size=32",
+        "data.train_short_side=[32,36]",
+        "data.eval_short_side=36",
+        "data.batch_size=2",
+        "data.eval_batch_size=2",
+        "data.num_workers=0",
+        "data.test_clips=2",
+        "data.test_crops=3",
+        "module.model.num_frames=8",
+        "module.model.img_size=32",
+        "module.model.embed_dim=32",
+        "module.model.depth=2",
+        "module.model.num_heads=2",
+        "module.model.selector_depth=1",
+        "module.model.selector_num_frames=4",
+        "module.model.selector_img_size=16",
+        "trainer.precision=32-true",
+        "trainer.accelerator=cpu",
+        "trainer.fast_dev_run=true",
+        f"trainer.default_root_dir={tmp_path}",
+        f"output_dir={tmp_path}",
+        *QUIET[:2],
+        "module.model.k=0.5",
+    ]  # 16 tubelets here: quota 1 x 4 slices needs k >= 4
     if "distill" in recipe:
-        small += ["module.teacher.checkpoint=null", "module.k_min=0.25", "module.k_max=0.5", "module.val_k=0.25",
-                  "module.teacher.model={preset: tiny, num_frames: 8, img_size: 32, tubelet: [2, 16, 16], embed_dim: 32, depth: 2, num_heads: 2}"]
+        small += [
+            "module.teacher.checkpoint=null",
+            "module.k_min=0.25",
+            "module.k_max=0.5",
+            "module.val_k=0.25",
+            "module.teacher.model={preset: tiny, num_frames: 8, img_size: 32, tubelet: [2, 16, 16], embed_dim: 32, depth: 2, num_heads: 2}",
+        ]
     else:
         small += ["module.model.pretrained=null", "module.train_k=0.25", "module.eval_k=0.25"]
     assert main(["fit", f"experiment={recipe.removesuffix('.yaml')}", *small]) == 0

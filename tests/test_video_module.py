@@ -28,7 +28,9 @@ def synthetic(tmp_path_factory) -> Path:
 
 
 def _quiet_trainer(**kw) -> pl.Trainer:
-    opts = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    opts = dict(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     return pl.Trainer(**{**opts, **kw})
 
 
@@ -76,8 +78,14 @@ def test_checkpoint_from_before_the_activation_option_keeps_exact_gelu(tmp_path,
     trained = VideoClassifier({"preset": "tiny", "activation": "gelu"}, num_classes=3)
     torch.nn.init.normal_(trained.net.head.weight)
     path = tmp_path / "old.ckpt"
-    torch.save({"state_dict": trained.state_dict(), "pytorch-lightning_version": pl.__version__,
-                "hyper_parameters": {"model": {"preset": "tiny"}, "num_classes": 3}}, path)  # no "activation": old
+    torch.save(
+        {
+            "state_dict": trained.state_dict(),
+            "pytorch-lightning_version": pl.__version__,
+            "hyper_parameters": {"model": {"preset": "tiny"}, "num_classes": 3},
+        },
+        path,
+    )  # no "activation": old
     with caplog.at_level("WARNING"):
         loaded = VideoClassifier.load_from_checkpoint(path)
     assert "trained with exact GELU" in caplog.text
@@ -91,9 +99,21 @@ def test_checkpoint_from_before_the_activation_option_keeps_exact_gelu(tmp_path,
 
 
 def test_fast_dev_run_with_datamodule(synthetic):
-    data = KineticsDataModule(str(synthetic), num_frames=8, frame_stride=2, img_size=32, train_short_side=[32, 36],
-                              eval_short_side=36, flip=False, batch_size=4, test_clips=2, test_crops=3)
-    module = VideoClassifier({"preset": "tiny", "num_tokens": 4, "tokenlearner_loc": 2}, num_classes=data.num_classes, optimizer="sgd", lr=0.05)
+    data = KineticsDataModule(
+        str(synthetic),
+        num_frames=8,
+        frame_stride=2,
+        img_size=32,
+        train_short_side=[32, 36],
+        eval_short_side=36,
+        flip=False,
+        batch_size=4,
+        test_clips=2,
+        test_crops=3,
+    )
+    module = VideoClassifier(
+        {"preset": "tiny", "num_tokens": 4, "tokenlearner_loc": 2}, num_classes=data.num_classes, optimizer="sgd", lr=0.05
+    )
     before = [p.detach().clone() for p in module.parameters()]
     trainer = _quiet_trainer(fast_dev_run=True, gradient_clip_val=1.0)
     trainer.fit(module, datamodule=data)
@@ -104,8 +124,14 @@ def test_fast_dev_run_with_datamodule(synthetic):
 
 def test_cli_fit_then_multi_view_test(synthetic, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    common = ["experiment=demo_video", f"data.root={synthetic}", f"output_dir={tmp_path}",
-              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "data.batch_size=8"]
+    common = [
+        "experiment=demo_video",
+        f"data.root={synthetic}",
+        f"output_dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "data.batch_size=8",
+    ]
     assert main(["fit", *common, "trainer.max_epochs=1"]) == 0
     ckpt = tmp_path / "demo_video" / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -126,12 +152,28 @@ def test_cli_missing_data_root_is_one_line(tmp_path, capsys, monkeypatch):
 def _small(synthetic: Path, tmp_path: Path) -> list[str]:
     """Shrink a ViViT-B recipe to CPU-test size while keeping its structure (TokenLearner on/off)."""
     return [
-        f"data.root={synthetic}", f"output_dir={tmp_path}", "data.num_frames=4", "data.img_size=32",
-        "data.train_short_side=[32,36]", "data.eval_short_side=36", "data.batch_size=2", "data.eval_batch_size=2",
-        "data.num_workers=0", "data.test_clips=2", "data.test_crops=3", "module.model.pretrained=null",
-        "module.model.num_frames=4", "module.model.img_size=32", "module.model.embed_dim=32", "module.model.depth=2",
-        "module.model.num_heads=2", "module.model.tokenlearner_loc=1", "trainer.precision=32-true",
-        "trainer.accelerator=cpu", "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false",
+        f"data.root={synthetic}",
+        f"output_dir={tmp_path}",
+        "data.num_frames=4",
+        "data.img_size=32",
+        "data.train_short_side=[32,36]",
+        "data.eval_short_side=36",
+        "data.batch_size=2",
+        "data.eval_batch_size=2",
+        "data.num_workers=0",
+        "data.test_clips=2",
+        "data.test_crops=3",
+        "module.model.pretrained=null",
+        "module.model.num_frames=4",
+        "module.model.img_size=32",
+        "module.model.embed_dim=32",
+        "module.model.depth=2",
+        "module.model.num_heads=2",
+        "module.model.tokenlearner_loc=1",
+        "trainer.precision=32-true",
+        "trainer.accelerator=cpu",
+        "trainer.fast_dev_run=true",
+        "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
         f"trainer.default_root_dir={tmp_path}",  # fast_dev_run drops the logger: checkpoints would land in cwd
     ]
@@ -147,8 +189,14 @@ def test_recipe_runs_fast_dev_run_on_synthetic_layout(recipe, synthetic, tmp_pat
 
 
 def test_recipes_differ_only_where_they_should():
-    tl8, tl16, base, k600, hf = (load_config(f"conf/experiment/{n}.yaml") for n in ("vivit_b_tl8_k400", "vivit_b_tl16_k400", "vivit_b_k400", "vivit_b_tl16_k600", "vivit_b_k400_hf"))
-    assert (hf.module.model.classifier, hf.module.model.num_tokens) == ("token", 0) and "classifier" not in base.module.model  # gap
+    tl8, tl16, base, k600, hf = (
+        load_config(f"conf/experiment/{n}.yaml")
+        for n in ("vivit_b_tl8_k400", "vivit_b_tl16_k400", "vivit_b_k400", "vivit_b_tl16_k600", "vivit_b_k400_hf")
+    )
+    assert (hf.module.model.classifier, hf.module.model.num_tokens) == (
+        "token",
+        0,
+    ) and "classifier" not in base.module.model  # gap
     assert (tl8.module.model.num_tokens, tl16.module.model.num_tokens, base.module.model.num_tokens) == (8, 16, 0)
     assert tl8.module.model.tokenlearner_loc == 6  # half of ViT-B's 12 blocks
     assert "kinetics400" in tl16.data.root and "kinetics600" in k600.data.root
@@ -160,7 +208,17 @@ def test_recipes_differ_only_where_they_should():
 def test_recipe_full_size_fast_dev_run(recipe, synthetic, tmp_path, monkeypatch):
     """The recipes' real ViViT-B at 32x224^2 (random init), one step each on CPU: minutes."""
     monkeypatch.chdir(ROOT)
-    args = [f"data.root={synthetic}", f"output_dir={tmp_path}", "data.batch_size=1", "data.eval_batch_size=1", "data.num_workers=0",
-            "module.model.pretrained=null", "trainer.precision=32-true", "trainer.accelerator=cpu", "trainer.fast_dev_run=true",
-            "trainer.enable_progress_bar=false", f"trainer.default_root_dir={tmp_path}"]
+    args = [
+        f"data.root={synthetic}",
+        f"output_dir={tmp_path}",
+        "data.batch_size=1",
+        "data.eval_batch_size=1",
+        "data.num_workers=0",
+        "module.model.pretrained=null",
+        "trainer.precision=32-true",
+        "trainer.accelerator=cpu",
+        "trainer.fast_dev_run=true",
+        "trainer.enable_progress_bar=false",
+        f"trainer.default_root_dir={tmp_path}",
+    ]
     assert main(["fit", f"experiment={Path(recipe).stem}", *args]) == 0

@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 from lw_lightning.config import ConfigError
 from lw_lightning.data.kinetics import ClipTransform, KineticsDataModule, short_side_size
 from lw_lightning.data.synthetic_kinetics import write_video
-from lw_lightning.data.video_augment import BRIGHT, FLIP, GRAY, HUE, JITTER, NUM_PARAMS, ORDER, COLOR_OPS, VideoAugment
+from lw_lightning.data.video_augment import BRIGHT, COLOR_OPS, FLIP, GRAY, HUE, JITTER, NUM_PARAMS, ORDER, VideoAugment
 from lw_lightning.data.video_io import _pyav_clip, _pyav_scan, _pyav_seek_frames, probe, read_clip_frames
 
 JITTER_ALL = dict(flip=True, color_jitter=(0.8, 0.8, 0.8, 0.2), color_jitter_prob=1.0, grayscale_prob=0.0)
@@ -71,7 +71,9 @@ def test_draws_follow_torchvisions_distributions():
     assert not VideoAugment(flip=False).draw(100)[:, FLIP].any()
 
 
-@pytest.mark.parametrize("op, tv_op", [(0, TF.adjust_brightness), (1, TF.adjust_contrast), (2, TF.adjust_saturation), (3, TF.adjust_hue)])
+@pytest.mark.parametrize(
+    "op, tv_op", [(0, TF.adjust_brightness), (1, TF.adjust_contrast), (2, TF.adjust_saturation), (3, TF.adjust_hue)]
+)
 def test_batched_colour_kernels_equal_torchvision_per_clip(op, tv_op):
     x = _clips(b=4, t=3).permute(0, 1, 4, 2, 3).float() / 255  # [B, T, C, H, W]
     factors = torch.tensor([0.5, 1.0, 1.3, 1.8]) if op < 3 else torch.tensor([-0.4, -0.05, 0.0, 0.3])
@@ -115,7 +117,9 @@ def _old_normalize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 def _old_resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
     """The previous worker resize: float antialiased bilinear, rounded back to uint8."""
-    out = F.interpolate(x.float(), size=short_side_size(*x.shape[-2:], size), mode="bilinear", align_corners=False, antialias=True)
+    out = F.interpolate(
+        x.float(), size=short_side_size(*x.shape[-2:], size), mode="bilinear", align_corners=False, antialias=True
+    )
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -261,7 +265,9 @@ def test_datamodule_checks_pipeline_settings(tmp_path):
     with pytest.raises(ConfigError, match="data.decoder_resize_ratio must be >= 1"):
         KineticsDataModule(str(tmp_path), img_size=32, train_short_side=[32, 36], eval_short_side=36, decoder_resize_ratio=0.5)
     with pytest.raises(ConfigError, match=r"data.color_jitter must be \[brightness"):
-        KineticsDataModule(str(tmp_path), img_size=32, train_short_side=[32, 36], eval_short_side=36, color_jitter=[0.4, 0.4, 0.4, 0.9])
+        KineticsDataModule(
+            str(tmp_path), img_size=32, train_short_side=[32, 36], eval_short_side=36, color_jitter=[0.4, 0.4, 0.4, 0.9]
+        )
 
 
 def test_float_batches_pass_through_unchanged():

@@ -46,8 +46,16 @@ def test_tubelet_tokens_are_time_major():
 
 
 def _image_vit(depth: int = 4, class_token: bool = True) -> VisionTransformer:
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=depth, num_heads=4, num_classes=0, class_token=class_token,
-                             global_pool="token" if class_token else "avg")
+    return VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        embed_dim=64,
+        depth=depth,
+        num_heads=4,
+        num_classes=0,
+        class_token=class_token,
+        global_pool="token" if class_token else "avg",
+    )
 
 
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
@@ -110,7 +118,17 @@ def test_tokenlearner_tokens_of_slice_t_come_from_frames_of_slice_t():
         dict(variant="factorised", classifier="token"),
         dict(variant="factorised", classifier="token", num_tokens=4, tokenlearner_loc=2),
     ],
-    ids=["joint", "joint-tl11", "joint-tl10", "factorised-tl", "factorised", "token", "token-tl", "factorised-token", "factorised-token-tl"],
+    ids=[
+        "joint",
+        "joint-tl11",
+        "joint-tl10",
+        "factorised-tl",
+        "factorised",
+        "token",
+        "token-tl",
+        "factorised-token",
+        "factorised-token-tl",
+    ],
 )
 def test_every_parameter_gets_a_gradient(options):
     model = ViViT(vivit_config("tiny", **options), 5)
@@ -118,7 +136,9 @@ def test_every_parameter_gets_a_gradient(options):
     logits = model(torch.randn(2, 3, 8, 32, 32))
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
     F.cross_entropy(logits, torch.tensor([0, 3])).backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    no_grad = [
+        n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
     assert not no_grad
 
 
@@ -188,7 +208,9 @@ def test_classifier_token_reads_the_cls_after_the_final_norm(classifier):
 
 def test_activation_is_tanh_gelu_by_default_and_selectable():
     tanh = ViViT(vivit_config("tiny", variant="factorised"), 3)
-    acts = {type(m.mlp.act).__name__ + m.mlp.act.approximate for m in tanh.modules() if hasattr(m, "mlp") and hasattr(m.mlp, "act")}
+    acts = {
+        type(m.mlp.act).__name__ + m.mlp.act.approximate for m in tanh.modules() if hasattr(m, "mlp") and hasattr(m.mlp, "act")
+    }
     assert acts == {"GELUtanh"}
     exact = ViViT(vivit_config("tiny", activation="gelu"), 3)
     assert {m.mlp.act.approximate for m in exact.encoder.blocks} == {"none"}

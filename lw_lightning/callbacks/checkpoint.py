@@ -41,7 +41,9 @@ class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.save_last == "link":
-            raise ConfigError("callbacks: save_last='link' is not supported by lw_lightning's ModelCheckpoint; use save_last=true")
+            raise ConfigError(
+                "callbacks: save_last='link' is not supported by lw_lightning's ModelCheckpoint; use save_last=true"
+            )
         super().setup(trainer, pl_module, stage)
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:

@@ -57,7 +57,9 @@ class NonFiniteLoss(pl.Callback):
         self._skip_this_step = True
         rank_zero_warn(f"skipping batch with non-finite loss ({value}) at {self._where(trainer)}: {self.skipped} skipped so far")
         if self.skipped > self.max_skips:
-            raise NonFiniteLossError(f"more than {self.max_skips} batches with a non-finite loss (latest at {self._where(trainer)})")
+            raise NonFiniteLossError(
+                f"more than {self.max_skips} batches with a non-finite loss (latest at {self._where(trainer)})"
+            )
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self._skip_this_step:
@@ -65,7 +67,9 @@ class NonFiniteLoss(pl.Callback):
             optimizer.zero_grad(set_to_none=True)
             self._skip_this_step = False
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.action == "skip":
             pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False)
 

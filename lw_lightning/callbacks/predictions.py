@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import BasePredictionWriter
 
@@ -43,14 +42,18 @@ class PredictionWriter(BasePredictionWriter):
     Under DDP every rank's predictions are gathered and rank 0 writes one file sorted by index.
     """
 
-    def __init__(self, output_dir: str | None = None, class_names: list[str] | None = None, filename: str = "predictions.csv") -> None:
+    def __init__(
+        self, output_dir: str | None = None, class_names: list[str] | None = None, filename: str = "predictions.csv"
+    ) -> None:
         super().__init__(write_interval="epoch")
         self.output_dir = output_dir
         self.class_names = class_names
         self.filename = filename
         self.path: Path | None = None
 
-    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any) -> None:
+    def write_on_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
         rows = []
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         dataset = predict_dataset(trainer)
@@ -81,6 +84,8 @@ class PredictionWriter(BasePredictionWriter):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / self.filename
         with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["index", "source", "label", "pred", "pred_name", "score", "selected", "token_peaks"])
+            writer = csv.DictWriter(
+                f, fieldnames=["index", "source", "label", "pred", "pred_name", "score", "selected", "token_peaks"]
+            )
             writer.writeheader()
             writer.writerows(rows)

@@ -68,7 +68,9 @@ class SigtermCheckpoint(pl.Callback):
         trainer.save_checkpoint(path, weights_only=False)  # every rank calls it (the flag is broadcast); rank 0 writes
         self.saved_path, self.saved_step = str(path), trainer.global_step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._trained = True
         # under DDP only the ranks that saw the flag would get here with it set, and saving is a
         # collective (barrier): wait for Lightning's broadcast, which makes every rank raise together
@@ -84,4 +86,6 @@ class SigtermCheckpoint(pl.Callback):
         where = f"global step {trainer.global_step} (epoch {trainer.current_epoch})"
         if self.saved_path is None:
             return StoppedBySignal(f"fit stopped by SIGTERM at {where} before a training step ended; no checkpoint written", None)
-        return StoppedBySignal(f"fit stopped by SIGTERM at {where}: saved {self.saved_path}; resume with ckpt_path=last", self.saved_path)
+        return StoppedBySignal(
+            f"fit stopped by SIGTERM at {where}: saved {self.saved_path}; resume with ckpt_path=last", self.saved_path
+        )

@@ -109,7 +109,9 @@ def check_state_dict(expected: Mapping[str, Tensor], got: Mapping[str, Any], wha
         if key in got:
             shape = tuple(getattr(got[key], "shape", ()))
             if tuple(value.shape) != shape:
-                raise ConfigError(f"{what} does not fit {target}: '{key}' has shape {list(shape)} in the checkpoint, {list(value.shape)} in the model")
+                raise ConfigError(
+                    f"{what} does not fit {target}: '{key}' has shape {list(shape)} in the checkpoint, {list(value.shape)} in the model"
+                )
     own, theirs = set(expected), set(got)
     if own != theirs:
         missing, unexpected = sorted(own - theirs), sorted(theirs - own)
@@ -260,13 +262,17 @@ def load_official(model: LookWhere, weights: str | Path | Mapping) -> LookWhere:
         mode = recorded_resize_mode(weights)
         hw = tuple(cfg.img_size)
         if dataclasses.replace(cfg, resize_mode=mode).selector_size_for(hw) != cfg.selector_size_for(hw):  # type: ignore[arg-type]
-            raise ValueError(f"the checkpoint is for model.resize_mode={mode}, which sizes the selector input differently: set model.resize_mode")
+            raise ValueError(
+                f"the checkpoint is for model.resize_mode={mode}, which sizes the selector input differently: set model.resize_mode"
+            )
         cfg.resize_mode = mode
     sel = model.selector
     _load_strict(sel.backbone, adapt_vit_state(sel_state, sel.backbone, antialias=cfg.antialias), "selector.backbone")
     r = head_selector_r(head)
     if r != sel.head.r:
-        raise ValueError(f"selector head predicts {r * r} sub-patch logits per token, the model {sel.head.r ** 2}: set model.selector_r={r} (or leave it unset)")
+        raise ValueError(
+            f"selector head predicts {r * r} sub-patch logits per token, the model {sel.head.r**2}: set model.selector_r={r} (or leave it unset)"
+        )
     _load_strict(sel.head, head, "selector.head")
     ext = model.extractor.backbone
     _load_strict(ext, adapt_vit_state(ext_state, ext, antialias=cfg.antialias), "extractor")
@@ -280,10 +286,14 @@ def load_pretrained(model: torch.nn.Module, path: str | Path, name: str | None =
     file timm's checkpoint filter for that model reads. TokenLearner modules keep their init."""
     if isinstance(model, LookWhere):
         if name:
-            raise ConfigError(f"model.pretrained_name={name!r} is for arch vit / tokenlearner; LookWhere loads the official layout")
+            raise ConfigError(
+                f"model.pretrained_name={name!r} is for arch vit / tokenlearner; LookWhere loads the official layout"
+            )
         weights = read_weights(path, "model.pretrained")
         if not isinstance(weights, Mapping):
-            raise ConfigError(f"model.pretrained {path} is not a checkpoint: it holds a {type(weights).__name__}, not a dict of weights")
+            raise ConfigError(
+                f"model.pretrained {path} is not a checkpoint: it holds a {type(weights).__name__}, not a dict of weights"
+            )
         try:
             load_official(model, weights)
         except ValueError as err:  # name the file: "extractor does not fit" alone does not say which
@@ -296,7 +306,9 @@ def load_pretrained(model: torch.nn.Module, path: str | Path, name: str | None =
     else:
         weights = read_weights(path, "model.pretrained")
     if not isinstance(weights, Mapping):
-        raise ConfigError(f"model.pretrained {path} is not a checkpoint: it holds a {type(weights).__name__}, not a dict of weights")
+        raise ConfigError(
+            f"model.pretrained {path} is not a checkpoint: it holds a {type(weights).__name__}, not a dict of weights"
+        )
     state = {k: v for k, v in weights.items() if not k.startswith(("head.", "fc_norm."))}
     backbone = model.backbone  # type: ignore[attr-defined]
     try:
@@ -310,7 +322,9 @@ def load_pretrained(model: torch.nn.Module, path: str | Path, name: str | None =
         raise ConfigError(f"model.pretrained {path}: {err}") from None
 
 
-def create_timm_vit(name: str, path: str | Path | None, what: str, pretrained: bool = False, img_size: list[int] | None = None) -> VisionTransformer:
+def create_timm_vit(
+    name: str, path: str | Path | None, what: str, pretrained: bool = False, img_size: list[int] | None = None
+) -> VisionTransformer:
     """timm ViT ``name`` (no head) with the weights of the local file ``path`` (see
     :func:`load_timm_file`: HF/timm safetensors, an original DINOv2 ``.pth``, an AugReg ``.npz``),
     or downloaded when ``pretrained`` and online. A file that does not fit is one line naming ``what``."""
@@ -349,7 +363,9 @@ def load_timm_file(vit: VisionTransformer, path: str | Path, what: str, name: st
         try:
             vit.load_pretrained(str(path))
         except Exception as err:  # timm's npz reader: KeyError on a missing array, ValueError on a bad file
-            raise ConfigError(f"{where} cannot be read as {name} weights ({type(err).__name__}: {_first_line(err)[:200]})") from None
+            raise ConfigError(
+                f"{where} cannot be read as {name} weights ({type(err).__name__}: {_first_line(err)[:200]})"
+            ) from None
         return
     check_weights_file(path, what)  # truncated / not a checkpoint: one line (timm's reader would give a traceback)
     try:
@@ -363,7 +379,9 @@ def load_timm_file(vit: VisionTransformer, path: str | Path, what: str, name: st
         try:
             state = filter_fn(dict(state), vit)
         except Exception as err:  # a layout the filter does not know (e.g. pos_embed missing)
-            raise ConfigError(f"{where}: timm's checkpoint filter for {name} cannot convert it ({type(err).__name__}: {_first_line(err)[:200]})") from None
+            raise ConfigError(
+                f"{where}: timm's checkpoint filter for {name} cannot convert it ({type(err).__name__}: {_first_line(err)[:200]})"
+            ) from None
     own = vit.state_dict()
     classifier = (getattr(vit, "pretrained_cfg", None) or {}).get("classifier") or "head"
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
@@ -381,7 +399,9 @@ def vit_from_lightning_checkpoint(path: Path, what: str) -> VisionTransformer:
     ckpt = read_weights(path, what, weights_only=False)  # Lightning checkpoints may hold hparams objects
     model_hp = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or model_hp is None:
-        raise ConfigError(f"{what} {path} is not an ImageClassifier checkpoint of this project (no state_dict / hyper_parameters.model)")
+        raise ConfigError(
+            f"{what} {path} is not an ImageClassifier checkpoint of this project (no state_dict / hyper_parameters.model)"
+        )
     model_hp = dict(model_hp) if isinstance(model_hp, dict) else dataclasses.asdict(model_hp)
     if model_hp.get("arch") != "vit":
         raise ValueError(f"{what} {path} is not a full-resolution ViT (model.arch={model_hp.get('arch')})")
@@ -405,9 +425,8 @@ def init_from_teacher(model: LookWhere, teacher: VisionTransformer) -> None:
     depth = len(sel.blocks)
     sel_state = {}
     for k, v in t_state.items():
-        if k.startswith("blocks."):
-            if int(k.split(".")[1]) >= depth:
-                continue
+        if k.startswith("blocks.") and int(k.split(".")[1]) >= depth:
+            continue
         sel_state[k] = v
     sel_state = {k: v for k, v in sel_state.items() if k in sel.state_dict()}
     _load_strict(sel, adapt_vit_state(sel_state, sel), "selector <- teacher")

@@ -12,28 +12,63 @@ from dataclasses import dataclass, field
 PRESETS: dict[str, dict] = {
     # CPU tests and demos; trained from scratch, hence no LayerScale.
     "tiny": dict(
-        img_size=[224, 224], patch_size=14, embed_dim=96, depth=4, num_heads=3, reg_tokens=4,
-        init_values=None, selector_depth=2, selector_img_size=56,
+        img_size=[224, 224],
+        patch_size=14,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        reg_tokens=4,
+        init_values=None,
+        selector_depth=2,
+        selector_img_size=56,
     ),
     # ViT-S/14 reg4 (the official ViT-S yaml: 98 px selector with 6 blocks).
     "small": dict(
-        img_size=[518, 518], patch_size=14, embed_dim=384, depth=12, num_heads=6, reg_tokens=4,
-        init_values=1e-5, selector_depth=6, selector_img_size=98,
+        img_size=[518, 518],
+        patch_size=14,
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        reg_tokens=4,
+        init_values=1e-5,
+        selector_depth=6,
+        selector_img_size=98,
     ),
     # ViT-B/14 reg4 (the released lookwhere_dinov2.pt: 3-block selector at 154 px).
     "base": dict(
-        img_size=[518, 518], patch_size=14, embed_dim=768, depth=12, num_heads=12, reg_tokens=4,
-        init_values=1e-5, selector_depth=3, selector_img_size=154,
+        img_size=[518, 518],
+        patch_size=14,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        reg_tokens=4,
+        init_values=1e-5,
+        selector_depth=3,
+        selector_img_size=154,
     ),
     # The TokenLearner paper's backbones (original ViT layout: patch 16, CLS, no registers, no
     # LayerScale), so timm's ``vit_base_patch16_224.*`` / ``vit_large_patch16_224.*`` weights fit.
     "vit_b16": dict(
-        img_size=[224, 224], patch_size=16, embed_dim=768, depth=12, num_heads=12, reg_tokens=0,
-        init_values=None, selector_depth=3, selector_img_size=64,
+        img_size=[224, 224],
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        reg_tokens=0,
+        init_values=None,
+        selector_depth=3,
+        selector_img_size=64,
     ),
     "vit_l16": dict(
-        img_size=[224, 224], patch_size=16, embed_dim=1024, depth=24, num_heads=16, reg_tokens=0,
-        init_values=None, selector_depth=3, selector_img_size=64,
+        img_size=[224, 224],
+        patch_size=16,
+        embed_dim=1024,
+        depth=24,
+        num_heads=16,
+        reg_tokens=0,
+        init_values=None,
+        selector_depth=3,
+        selector_img_size=64,
     ),
 }
 
@@ -115,8 +150,14 @@ class ModelConfig:
                 raise ValueError(f"model.tokenlearner_version must be 'v1.0' or 'v1.1', got {self.tokenlearner_version!r}")
             if self.tokenlearner_pool not in TOKENLEARNER_POOLS:
                 raise ValueError(f"model.tokenlearner_pool must be one of {TOKENLEARNER_POOLS}, got {self.tokenlearner_pool!r}")
-            if isinstance(self.tokenlearner_tokens, bool) or not isinstance(self.tokenlearner_tokens, int) or self.tokenlearner_tokens < 1:
-                raise ValueError(f"model.tokenlearner_tokens={self.tokenlearner_tokens!r}: the number of learned tokens S must be an int >= 1")
+            if (
+                isinstance(self.tokenlearner_tokens, bool)
+                or not isinstance(self.tokenlearner_tokens, int)
+                or self.tokenlearner_tokens < 1
+            ):
+                raise ValueError(
+                    f"model.tokenlearner_tokens={self.tokenlearner_tokens!r}: the number of learned tokens S must be an int >= 1"
+                )
 
     def tokenlearner_block(self) -> int:
         """The block index L before which TokenLearner runs (``tokenlearner_loc`` resolved)."""
@@ -136,7 +177,9 @@ class ModelConfig:
         if block == depth and (self.tokenlearner_fuser or self.tokenlearner_pool == "cls"):
             # after the last block nothing reads the learned tokens but a GAP head
             why = "the fuser wraps blocks" if self.tokenlearner_fuser else "the CLS head never sees the learned tokens"
-            raise ValueError(f"model.tokenlearner_loc={loc} puts TokenLearner after the last block, where {why} ({rule} below {depth})")
+            raise ValueError(
+                f"model.tokenlearner_loc={loc} puts TokenLearner after the last block, where {why} ({rule} below {depth})"
+            )
         return block
 
     @property
@@ -191,7 +234,9 @@ def model_config(preset: str = "base", **overrides) -> ModelConfig:
         raise ValueError(f"unknown model preset '{preset}'{hint}; choose from {sorted(PRESETS)}")
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     if "antialias" in overrides:  # the switch before resize_mode existed
-        raise ValueError("model.antialias is replaced by model.resize_mode: 'official' (no antialiasing, the released code) or 'pretraining'")
+        raise ValueError(
+            "model.antialias is replaced by model.resize_mode: 'official' (no antialiasing, the released code) or 'pretraining'"
+        )
     unknown = set(overrides) - names
     if unknown:
         raise ValueError(f"unknown model option(s) {sorted(unknown)}")
@@ -210,7 +255,6 @@ def resolve_k(k: int | float, n: int) -> int:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return min(int(k), n)
-
 
 
 def check_k(k: int | float | None, n: int, name: str) -> None:

@@ -66,7 +66,11 @@ def is_hf_vivit_source(source: str) -> bool:
     path = Path(source).expanduser()
     if path.is_dir():
         return True  # image-ViT weights are files; a folder must be a snapshot (checked on reading)
-    return not path.exists() and bool(_REPO_ID.match(source)) and path.suffix not in (".pth", ".pt", ".bin", ".safetensors", ".npz", ".ckpt")
+    return (
+        not path.exists()
+        and bool(_REPO_ID.match(source))
+        and path.suffix not in (".pth", ".pt", ".bin", ".safetensors", ".npz", ".ckpt")
+    )
 
 
 def snapshot_folder(source: str) -> Path:
@@ -75,7 +79,9 @@ def snapshot_folder(source: str) -> Path:
     path = Path(source.removeprefix("hf:")).expanduser()
     if not source.startswith("hf:") and path.is_dir():
         if not (path / CONFIG_FILE).is_file():
-            raise ConfigError(f"model.pretrained {path} is a folder without {CONFIG_FILE} (expected an HF ViViT snapshot: config.json + model.safetensors)")
+            raise ConfigError(
+                f"model.pretrained {path} is a folder without {CONFIG_FILE} (expected an HF ViViT snapshot: config.json + model.safetensors)"
+            )
         return path
     repo_id = source.removeprefix("hf:")
     try:
@@ -117,10 +123,16 @@ def config_overrides(hf: Mapping[str, Any]) -> dict[str, Any]:
     if float(hf.get("layer_norm_eps", 1e-6)) != 1e-6:
         log.warning("HF ViViT layer_norm_eps=%s; ours is 1e-6 (outputs will differ slightly)", hf.get("layer_norm_eps"))
     return dict(
-        variant="joint", classifier="token", img_size=size, num_frames=int(hf.get("num_frames", 32)),
-        tubelet=[int(v) for v in hf.get("tubelet_size", [2, 16, 16])], embed_dim=width,
-        depth=int(hf.get("num_hidden_layers", 12)), num_heads=int(hf.get("num_attention_heads", 12)),
-        mlp_ratio=int(hf.get("intermediate_size", 4 * width)) / width, activation=HF_ACTIVATIONS[act],
+        variant="joint",
+        classifier="token",
+        img_size=size,
+        num_frames=int(hf.get("num_frames", 32)),
+        tubelet=[int(v) for v in hf.get("tubelet_size", [2, 16, 16])],
+        embed_dim=width,
+        depth=int(hf.get("num_hidden_layers", 12)),
+        num_heads=int(hf.get("num_attention_heads", 12)),
+        mlp_ratio=int(hf.get("intermediate_size", 4 * width)) / width,
+        activation=HF_ACTIVATIONS[act],
         dropout=float(hf.get("hidden_dropout_prob", 0.0)),
     )
 
@@ -152,8 +164,13 @@ def _canonical(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def _block_pairs(i: int) -> list[tuple[str, str]]:
     """(HF key, our key) of block i, qkv aside."""
     hf, ours = f"encoder.layer.{i}.", f"encoder.blocks.{i}."
-    pairs = [("layernorm_before", "norm1"), ("layernorm_after", "norm2"), ("attention.output.dense", "attn.proj"),
-             ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2")]
+    pairs = [
+        ("layernorm_before", "norm1"),
+        ("layernorm_after", "norm2"),
+        ("attention.output.dense", "attn.proj"),
+        ("intermediate.dense", "mlp.fc1"),
+        ("output.dense", "mlp.fc2"),
+    ]
     return [(f"{hf}{a}.{p}", f"{ours}{b}.{p}") for a, b in pairs for p in ("weight", "bias")]
 
 
@@ -219,7 +236,9 @@ def load_hf_vivit(model: ViViT, source: str | Path | Mapping[str, Tensor]) -> di
             raise ConfigError(
                 f"{what} {where} does not fit the model: '{key}' has shape {list(shape)} in the checkpoint, {list(value.shape)} in the model"
             )
-    spare = sorted(k for k in theirs if k not in expected and not k.startswith(("classifier.", "pooler.")) and k != "embeddings.cls_token")
+    spare = sorted(
+        k for k in theirs if k not in expected and not k.startswith(("classifier.", "pooler.")) and k != "embeddings.cls_token"
+    )
     if spare:
         depth = len({k.split(".")[2] for k in theirs if k.startswith("encoder.layer.")})
         raise ConfigError(
@@ -231,7 +250,11 @@ def load_hf_vivit(model: ViViT, source: str | Path | Mapping[str, Tensor]) -> di
         expected.update(head)
         loaded += list(head)
     elif "classifier.weight" in theirs:
-        log.info("HF ViViT: head not loaded (%d classes in the checkpoint, %d in the model)", theirs["classifier.weight"].shape[0], head["classifier.weight"].shape[0])
+        log.info(
+            "HF ViViT: head not loaded (%d classes in the checkpoint, %d in the model)",
+            theirs["classifier.weight"].shape[0],
+            head["classifier.weight"].shape[0],
+        )
     _copy_into(model, theirs, loaded)
     unused = sorted(k for k in theirs if k not in loaded)
     log.info("HF ViViT: loaded %d tensors from %s; unused: %s", len(loaded), where, unused)
@@ -297,12 +320,24 @@ def hf_config(model: ViViT) -> dict[str, Any]:
         raise ConfigError("only a plain ViViT Model 1 with classifier=token (no TokenLearner) exists in transformers")
     classes = model.head.out_features
     return {
-        "architectures": ["VivitForVideoClassification"], "model_type": "vivit", "image_size": c.img_size,
-        "num_frames": c.num_frames, "tubelet_size": list(c.tubelet), "num_channels": 3, "hidden_size": c.embed_dim,
-        "num_hidden_layers": c.depth, "num_attention_heads": c.num_heads, "intermediate_size": int(c.embed_dim * c.mlp_ratio),
-        "hidden_act": "gelu_fast" if c.activation == "gelu_tanh" else "gelu", "hidden_dropout_prob": c.dropout,
-        "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "layer_norm_eps": 1e-6, "qkv_bias": True,
-        "id2label": {str(i): f"LABEL_{i}" for i in range(classes)}, "label2id": {f"LABEL_{i}": i for i in range(classes)},
+        "architectures": ["VivitForVideoClassification"],
+        "model_type": "vivit",
+        "image_size": c.img_size,
+        "num_frames": c.num_frames,
+        "tubelet_size": list(c.tubelet),
+        "num_channels": 3,
+        "hidden_size": c.embed_dim,
+        "num_hidden_layers": c.depth,
+        "num_attention_heads": c.num_heads,
+        "intermediate_size": int(c.embed_dim * c.mlp_ratio),
+        "hidden_act": "gelu_fast" if c.activation == "gelu_tanh" else "gelu",
+        "hidden_dropout_prob": c.dropout,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-6,
+        "qkv_bias": True,
+        "id2label": {str(i): f"LABEL_{i}" for i in range(classes)},
+        "label2id": {f"LABEL_{i}": i for i in range(classes)},
     }
 
 
@@ -347,10 +382,14 @@ def processor_data_overrides(processor: Mapping[str, Any]) -> dict[str, Any]:
     size = processor.get("size", {"shortest_edge": 256})
     crop = processor.get("crop_size", {"height": 224, "width": 224})
     if "shortest_edge" not in size or crop.get("height") != crop.get("width"):
-        raise ConfigError(f"processor size {size} / crop_size {crop}: only a shortest-edge resize and a square crop are supported")
+        raise ConfigError(
+            f"processor size {size} / crop_size {crop}: only a shortest-edge resize and a square crop are supported"
+        )
     return {
-        "eval_short_side": int(size["shortest_edge"]), "img_size": int(crop["height"]),
-        "mean": [round((offset + m) / (255 * r), 6) for m in mean], "std": [round(s / (255 * r), 6) for s in std],
+        "eval_short_side": int(size["shortest_edge"]),
+        "img_size": int(crop["height"]),
+        "mean": [round((offset + m) / (255 * r), 6) for m in mean],
+        "std": [round(s / (255 * r), 6) for s in std],
     }
 
 

@@ -229,7 +229,9 @@ class FullResViT(nn.Module):
     def grid(self, images: Tensor) -> tuple[int, int]:
         return patch_grid(self.backbone, (images.shape[-2], images.shape[-1]))
 
-    def forward(self, images: Tensor, k: int | float | None = None, dense: bool = False, keep: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, images: Tensor, k: int | float | None = None, dense: bool = False, keep: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Same output keys as :class:`LookWhere` (without selector entries); ``k`` is ignored."""
         vit = self.backbone
         grid = self.grid(images)

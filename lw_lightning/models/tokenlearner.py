@@ -16,7 +16,7 @@ temporal slice gets its own S tokens (P8), giving ``[B, T·S, C]``.
 from __future__ import annotations
 
 import contextlib
-
+import itertools
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -32,6 +32,7 @@ def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager:
     if x.device.type in ("cpu", "cuda", "xpu"):
         return torch.autocast(x.device.type, enabled=False)
     return contextlib.nullcontext()
+
 
 LN_EPS = 1e-6
 LayerNorm = partial(nn.LayerNorm, eps=LN_EPS)
@@ -73,14 +74,14 @@ class TokenLearnerV10(nn.Module):
         self.use_sum_pooling = use_sum_pooling
         self.norm = LayerNorm(dim)
         chans = [dim, num_tokens, num_tokens, num_tokens, num_tokens]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in zip(chans[:-1], chans[1:]))
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in itertools.pairwise(chans))
         for conv in self.convs:  # flax lecun_normal: truncated normal, variance 1/fan_in
             std = math.sqrt(1.0 / (conv.in_channels * 9)) / 0.87962566103423978
             nn.init.trunc_normal_(conv.weight, std=std, a=-2 * std, b=2 * std)
         self.last_maps: Tensor | None = None
 
     def attention_maps(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        n, hw, c = x.shape
+        n, _hw, c = x.shape
         h, w = grid
         a = self.norm(x).transpose(1, 2).reshape(n, c, h, w)
         for i, conv in enumerate(self.convs):
@@ -142,7 +143,9 @@ class TokenFuser(nn.Module):
     Returns ``[N, L, C]``; the caller adds ``x`` as residual. Exactly zero at initialisation.
     """
 
-    def __init__(self, dim: int, num_tokens: int, bottleneck_dim: int = 64, dropout: float = 0.0, use_normalization: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_tokens: int, bottleneck_dim: int = 64, dropout: float = 0.0, use_normalization: bool = True
+    ) -> None:
         super().__init__()
         self.norm1 = LayerNorm(dim) if use_normalization else nn.Identity()
         self.mix = nn.Linear(num_tokens, num_tokens)

@@ -60,7 +60,9 @@ class TokenLearnerViT(nn.Module):
     def grid(self, images: Tensor) -> tuple[int, int]:
         return patch_grid(self.backbone, (images.shape[-2], images.shape[-1]))
 
-    def forward(self, images: Tensor, k: int | float | None = None, dense: bool = False, keep: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, images: Tensor, k: int | float | None = None, dense: bool = False, keep: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """``cls`` (B, D) classifier features, ``tokens`` (B, S or N, D) and ``prefix`` (B, P, D);
         ``maps`` (B, S, N): the first TokenLearner's attention over the patch grid (row-major).
 

@@ -25,7 +25,9 @@ def read_video_classifier(path: str | Path, what: str) -> tuple[ViViTConfig, dic
     ckpt = read_weights(path, what, weights_only=False)  # Lightning checkpoints hold hparams
     hp = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or hp is None:
-        raise ConfigError(f"{what} {path} is not a VideoClassifier checkpoint of this project (no state_dict / hyper_parameters.model)")
+        raise ConfigError(
+            f"{what} {path} is not a VideoClassifier checkpoint of this project (no state_dict / hyper_parameters.model)"
+        )
     hp = dict(hp) if isinstance(hp, Mapping) else dataclasses.asdict(hp)
     if hp.get("arch") == "lookwhere":
         raise ConfigError(f"{what} {path} is a video LookWhere classifier, not a ViViT")
@@ -41,7 +43,9 @@ def load_vivit_from_classifier(net: ViViT, path: str | Path) -> list[str]:
     own = net.state_dict()
     for key, value in state.items():
         if key in own and tuple(own[key].shape) != tuple(value.shape):
-            raise ConfigError(f"model.pretrained {path}: '{key}' has shape {list(value.shape)} there, {list(own[key].shape)} in the model")
+            raise ConfigError(
+                f"model.pretrained {path}: '{key}' has shape {list(value.shape)} there, {list(own[key].shape)} in the model"
+            )
     new = sorted(k for k in own if k not in state)
     if any(not k.startswith(NEW_MODULES) for k in new):
         raise ConfigError(f"model.pretrained {path} does not fit the model: missing keys {new[:3]}")

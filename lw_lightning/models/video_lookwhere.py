@@ -100,13 +100,22 @@ class VideoLookWhereConfig:
             self.selector_img_size = max(h, (self.img_size // 2) // h * h)
         if self.selector_num_frames is None:
             self.selector_num_frames = max(t, (self.num_frames // 2) // t * t)
-        for what, frames, size in (("model", self.num_frames, self.img_size), ("model.selector", self.selector_num_frames, self.selector_img_size)):
+        for what, frames, size in (
+            ("model", self.num_frames, self.img_size),
+            ("model.selector", self.selector_num_frames, self.selector_img_size),
+        ):
             if frames % t or size % h or size % w or frames < t or size < max(h, w):
-                raise ConfigError(f"{what}: {frames} frames of {size}^2 px are not whole tubelets {self.tubelet} (num_frames, img_size must be multiples)")
+                raise ConfigError(
+                    f"{what}: {frames} frames of {size}^2 px are not whole tubelets {self.tubelet} (num_frames, img_size must be multiples)"
+                )
         if any(lo > hi for lo, hi in zip(self.selector_grid, self.grid)):
-            raise ConfigError(f"model.selector grid {self.selector_grid} is finer than the extractor's {self.grid}: the selector is the low-res copy")
+            raise ConfigError(
+                f"model.selector grid {self.selector_grid} is finer than the extractor's {self.grid}: the selector is the low-res copy"
+            )
         if not 1 <= self.selector_depth <= self.depth:
-            raise ConfigError(f"model.selector_depth={self.selector_depth} must lie in 1..{self.depth} (it starts from the teacher's first blocks)")
+            raise ConfigError(
+                f"model.selector_depth={self.selector_depth} must lie in 1..{self.depth} (it starts from the teacher's first blocks)"
+            )
         if self.selector_block is not None and (len(self.selector_block) != 3 or min(self.selector_block) < 1):
             raise ConfigError(f"model.selector_block must be [rt, rh, rw] of positive ints, got {self.selector_block}")
         if self.reg_tokens < 0 or self.knn < 1:
@@ -152,7 +161,9 @@ class VideoLookWhereConfig:
         fields = {f: getattr(self, f) for f in _VIVIT_FIELDS}
         if selector:
             fields.update(img_size=self.selector_img_size, num_frames=self.selector_num_frames, depth=self.selector_depth)
-        return vivit_config(self.preset, variant="joint", num_tokens=0, dropout=self.dropout, drop_path_rate=self.drop_path_rate, **fields)
+        return vivit_config(
+            self.preset, variant="joint", num_tokens=0, dropout=self.dropout, drop_path_rate=self.drop_path_rate, **fields
+        )
 
 
 def check_tubelet_k(k: Any, n: int, name: str) -> None:
@@ -167,7 +178,9 @@ def check_tubelet_k(k: Any, n: int, name: str) -> None:
 def check_quota(quota: int, slices: int, k: int, name: str) -> None:
     """One-line ConfigError when ``quota`` per temporal slice needs more than the ``k`` tubelets kept."""
     if quota * slices > k:
-        raise ConfigError(f"model.slice_quota={quota} x {slices} temporal slices = {quota * slices} tubelets is more than {name} = {k} kept")
+        raise ConfigError(
+            f"model.slice_quota={quota} x {slices} temporal slices = {quota * slices} tubelets is more than {name} = {k} kept"
+        )
 
 
 def video_lookwhere_config(preset: str = "base", **overrides: Any) -> VideoLookWhereConfig:
@@ -245,12 +258,12 @@ def downsample_clip(video: Tensor, frames: int, size: int, antialias: bool = Tru
     count divides (averaging ``T / frames`` neighbours), else linear interpolation; space: bilinear,
     antialiased, frame by frame."""
     b, c, T, H, W = video.shape
-    if T != frames:
+    if frames != T:
         if T % frames == 0:
             video = video.reshape(b, c, frames, T // frames, H, W).mean(3)
         else:
             video = F.interpolate(video, size=(frames, H, W), mode="trilinear", align_corners=False)
-    if (H, W) != (size, size):
+    if (size, size) != (H, W):
         x = video.transpose(1, 2).reshape(b * frames, c, H, W)
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
         video = x.reshape(b, frames, c, size, size).transpose(1, 2)
@@ -328,7 +341,9 @@ class VideoSelector(nn.Module):
         (lt, lh, lw), (rt, rh, rw) = cfg.selector_grid, self.head.block
         b = tokens.shape[0]
         sub = self.head(tokens).reshape(b, lt, lh, lw, rt, rh, rw)
-        sub = sub.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, 1, lt * rt, lh * rh, lw * rw)  # 'b (t h w) (i j l) -> b 1 (t i) (h j) (w l)'
+        sub = sub.permute(0, 1, 4, 2, 5, 3, 6).reshape(
+            b, 1, lt * rt, lh * rh, lw * rw
+        )  # 'b (t h w) (i j l) -> b 1 (t i) (h j) (w l)'
         sub = sub.float()  # fp32 map under mixed precision: stable top-k and map loss
         if tuple(sub.shape[2:]) != cfg.grid:
             sub = F.interpolate(sub, size=cfg.grid, mode="trilinear", align_corners=False)
@@ -374,7 +389,9 @@ class VideoLookWhere(nn.Module):
         c = self.cfg
         want = (3, c.num_frames, c.img_size, c.img_size)
         if video.ndim != 5 or tuple(video.shape[1:]) != want:
-            raise ValueError(f"video LookWhere expects clips [B, 3, T, H, W] = [B, {', '.join(map(str, want))}], got {list(video.shape)}")
+            raise ValueError(
+                f"video LookWhere expects clips [B, 3, T, H, W] = [B, {', '.join(map(str, want))}], got {list(video.shape)}"
+            )
 
     def resolve_k(self, k: int | float | None = None) -> int:
         k = self.cfg.k if k is None else k
@@ -386,23 +403,42 @@ class VideoLookWhere(nn.Module):
         q = self.cfg.slice_quota if quota is None else quota
         return topk_tubelets(selector_map, self.resolve_k(k), self.cfg.grid[0], q)
 
-    def forward(self, video: Tensor, k: int | float | None = None, dense: bool = False, keep: Tensor | None = None,
-                quota: int | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        video: Tensor,
+        k: int | float | None = None,
+        dense: bool = False,
+        keep: Tensor | None = None,
+        quota: int | None = None,
+    ) -> dict[str, Tensor]:
         """Features of ``video``. Returns ``cls`` (B,D), ``tokens`` (B,k,D), ``selector_map`` (B,N),
         ``selected`` (B,k), ``prefix`` (B,P,D), ``selector_prefix`` and, with ``dense``,
         ``dense`` (B, D, nt, nh, nw) K-NN-filled features. ``keep`` overrides the selection."""
         self.check_input(video)
         return self.extract(video, self.selector(video), k=k, dense=dense, keep=keep, quota=quota)
 
-    def extract(self, video: Tensor, sel: dict[str, Tensor], k: int | float | None = None, dense: bool = False,
-                keep: Tensor | None = None, quota: int | None = None) -> dict[str, Tensor]:
+    def extract(
+        self,
+        video: Tensor,
+        sel: dict[str, Tensor],
+        k: int | float | None = None,
+        dense: bool = False,
+        keep: Tensor | None = None,
+        quota: int | None = None,
+    ) -> dict[str, Tensor]:
         """The extractor half of :meth:`forward` given the selector's output (reusable across k)."""
         if keep is None:
             keep = self.select(sel["map"].detach(), k, quota)
         x = self.extractor(video, keep, sel["prefix"])
         tokens = x[:, self.num_prefix :]
-        out = {"cls": x[:, 0], "tokens": tokens, "selector_map": sel["map"], "selector_prefix": sel["prefix"],
-               "selected": keep, "prefix": x[:, : self.num_prefix]}
+        out = {
+            "cls": x[:, 0],
+            "tokens": tokens,
+            "selector_map": sel["map"],
+            "selector_prefix": sel["prefix"],
+            "selected": keep,
+            "prefix": x[:, : self.num_prefix],
+        }
         if dense:
             out["dense"] = self.densify(tokens, keep)
         return out
@@ -463,12 +499,17 @@ def init_from_video_teacher(model: VideoLookWhere, teacher: ViViT) -> None:
     mismatch += ["tubelet"] if list(tc.tubelet) != list(cfg.tubelet) else []
     mismatch += ["grid"] if tuple(tc.grid) != tuple(cfg.grid) else []
     if mismatch:
-        raise ConfigError(f"the video teacher's {mismatch[0]} differs from the student's: initialising from it needs the same "
-                          f"ViViT (set module.init_from_teacher=false to start from scratch)")
+        raise ConfigError(
+            f"the video teacher's {mismatch[0]} differs from the student's: initialising from it needs the same "
+            f"ViViT (set module.init_from_teacher=false to start from scratch)"
+        )
     t_state = teacher.state_dict()
     pos = tubelet_pos_embed(teacher).detach()
     shared = {k: v for k, v in t_state.items() if k.startswith(("patch_embed.", "norm.", "encoder.blocks."))}
-    for part, grid, depth in ((model.extractor.vivit, cfg.grid, cfg.depth), (model.selector.vivit, cfg.selector_grid, cfg.selector_depth)):
+    for part, grid, depth in (
+        (model.extractor.vivit, cfg.grid, cfg.depth),
+        (model.selector.vivit, cfg.selector_grid, cfg.selector_depth),
+    ):
         state = {k: v for k, v in shared.items() if not k.startswith("encoder.blocks.") or int(k.split(".")[2]) < depth}
         state["pos_embed"] = resample_pos_embed_3d(pos, tc.grid, grid)
         own = part.state_dict()
@@ -486,8 +527,12 @@ def init_from_video_teacher(model: VideoLookWhere, teacher: ViViT) -> None:
 def export_video_lookwhere(model: VideoLookWhere) -> dict[str, Any]:
     """``{"format", "config", "selector", "extractor"}``: CPU state dicts plus the architecture."""
     cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}  # noqa: E731
-    return {"format": EXPORT_FORMAT, "config": dataclasses.asdict(model.cfg), "selector": cpu(model.selector.state_dict()),
-            "extractor": cpu(model.extractor.state_dict())}
+    return {
+        "format": EXPORT_FORMAT,
+        "config": dataclasses.asdict(model.cfg),
+        "selector": cpu(model.selector.state_dict()),
+        "extractor": cpu(model.extractor.state_dict()),
+    }
 
 
 def save_video_lookwhere(model: VideoLookWhere, path: str | Path) -> Path:
@@ -505,7 +550,9 @@ def load_video_lookwhere(model: VideoLookWhere, weights: str | Path | Mapping) -
     if not isinstance(weights, Mapping):
         weights = read_weights(weights, "model.pretrained (video LookWhere weights)")
     if not isinstance(weights, Mapping) or weights.get("format") != EXPORT_FORMAT:
-        raise ConfigError(f"{where}: not a video LookWhere export (expected format {EXPORT_FORMAT!r}, written by the video distillation)")
+        raise ConfigError(
+            f"{where}: not a video LookWhere export (expected format {EXPORT_FORMAT!r}, written by the video distillation)"
+        )
     for name in ("selector", "extractor"):
         part = getattr(model, name)
         check_state_dict(part.state_dict(), weights[name], f"{where} ({name})")

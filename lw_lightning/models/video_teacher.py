@@ -30,7 +30,6 @@ from .video_lookwhere import tubelet_pos_embed
 from .vivit import ViViT, vivit_config
 
 
-
 @dataclass
 class VideoTeacherConfig:
     """Where the frozen video teacher comes from: ``checkpoint`` (a ViViT VideoClassifier ``.ckpt``
@@ -55,16 +54,22 @@ class VideoTeacher(nn.Module):
         cfg = vivit.cfg
         depth = len(vivit.encoder.blocks)
         if not -depth <= attn_block < depth:
-            raise ConfigError(f"module.teacher.attn_block={attn_block}: a block index of the teacher's {depth} blocks (-{depth}..{depth - 1})")
+            raise ConfigError(
+                f"module.teacher.attn_block={attn_block}: a block index of the teacher's {depth} blocks (-{depth}..{depth - 1})"
+            )
         self.attn_block = attn_block % depth
         if cfg.variant != "joint" or cfg.num_tokens:
-            raise ConfigError("the video teacher must be a ViViT Model 1 without TokenLearner (variant joint, num_tokens 0): "
-                              "its tokens are the tubelet grid the student is distilled on")
+            raise ConfigError(
+                "the video teacher must be a ViViT Model 1 without TokenLearner (variant joint, num_tokens 0): "
+                "its tokens are the tubelet grid the student is distilled on"
+            )
         self.num_prefix = int(getattr(cfg, "num_prefix", 0))  # a CLS token (classifier: token) or none
         if attn_query not in ("patch", "cls"):
             raise ConfigError(f"module.teacher.attn_query must be 'patch' or 'cls', got {attn_query!r}")
         if attn_query == "cls" and not self.num_prefix:
-            raise ConfigError("module.teacher.attn_query=cls needs a ViViT with a CLS token (classifier: token); this one pools its tokens")
+            raise ConfigError(
+                "module.teacher.attn_query=cls needs a ViViT with a CLS token (classifier: token); this one pools its tokens"
+            )
         self.vivit = vivit
         self.attn_query = attn_query
         self.vivit.requires_grad_(False)
@@ -145,8 +150,11 @@ class FrameTeacher(nn.Module):
         x = F.interpolate(x, size=(nh * self.patch, nw * self.patch), mode="bilinear", align_corners=False, antialias=True)
         out = self.teacher(x * self.scale + self.shift)
         d = out["cls"].shape[-1]
-        return {"cls": out["cls"].reshape(b, nt, d).mean(1), "patch": out["patch"].reshape(b, nt * nh * nw, d),
-                "attn": out["attn"].reshape(b, nt * nh * nw)}
+        return {
+            "cls": out["cls"].reshape(b, nt, d).mean(1),
+            "patch": out["patch"].reshape(b, nt * nh * nw, d),
+            "attn": out["attn"].reshape(b, nt * nh * nw),
+        }
 
 
 def build_frame_teacher(cfg: FrameTeacherConfig) -> FrameTeacher:

@@ -8,12 +8,13 @@ but drive the forward pass ourselves: LookWhere needs (a) positional embeddings 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
-from typing import Any
 
 Size2 = tuple[int, int]
 

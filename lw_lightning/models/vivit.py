@@ -92,14 +92,26 @@ class ViViTConfig:
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
-        for name, allowed in (("variant", VARIANTS), ("embed_init", EMBED_INITS), ("classifier", CLASSIFIERS), ("activation", tuple(ACTIVATIONS))):
+        for name, allowed in (
+            ("variant", VARIANTS),
+            ("embed_init", EMBED_INITS),
+            ("classifier", CLASSIFIERS),
+            ("activation", tuple(ACTIVATIONS)),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if len(self.tubelet) != 3 or any(int(v) < 1 for v in self.tubelet):
             raise ValueError(f"model.tubelet must be [t, h, w] of positive sizes, got {self.tubelet}")
         if min(self.grid) < 1:
-            raise ValueError(f"model.tubelet {self.tubelet} is larger than the input ({self.num_frames} frames of {self.img_size}^2)")
-        if self.variant == "factorised" and self.classifier == "token" and self.num_tokens > 0 and self.tokenlearner_loc in (None, self.depth):
+            raise ValueError(
+                f"model.tubelet {self.tubelet} is larger than the input ({self.num_frames} frames of {self.img_size}^2)"
+            )
+        if (
+            self.variant == "factorised"
+            and self.classifier == "token"
+            and self.num_tokens > 0
+            and self.tokenlearner_loc in (None, self.depth)
+        ):
             raise ValueError(
                 "model.classifier=token reads each slice's CLS token, so a TokenLearner after the spatial encoder would be unused: "
                 f"set model.tokenlearner_loc below {self.depth} or model.classifier=gap"
@@ -191,7 +203,16 @@ def _blocks(cfg: ViViTConfig, depth: int) -> list[nn.Module]:
     act = ACTIVATIONS[cfg.activation]
     return [
         scenic_block_init_(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, proj_drop=cfg.dropout, drop_path=dpr[i], act_layer=act, norm_layer=LayerNorm)
+            Block(
+                cfg.embed_dim,
+                cfg.num_heads,
+                cfg.mlp_ratio,
+                qkv_bias=True,
+                proj_drop=cfg.dropout,
+                drop_path=dpr[i],
+                act_layer=act,
+                norm_layer=LayerNorm,
+            )
         )
         for i in range(depth)
     ]
@@ -273,7 +294,9 @@ class ViViT(nn.Module):
         c = self.cfg
         want = (3, c.num_frames, c.img_size, c.img_size)
         if tuple(video.shape[1:]) != want:
-            raise ValueError(f"ViViT expects video [B, 3, T, H, W] = [B, {', '.join(map(str, want[1:]))}], got {list(video.shape)}")
+            raise ValueError(
+                f"ViViT expects video [B, 3, T, H, W] = [B, {', '.join(map(str, want[1:]))}], got {list(video.shape)}"
+            )
 
     def _with_cls(self, x: Tensor) -> Tensor:
         if not self.cfg.num_prefix:
@@ -337,7 +360,7 @@ def _split_pos_embed(pos: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor
     """A timm posemb -> (its prefix positions ``[1, P, D]`` (CLS / registers; P may be 0), its
     patch grid resampled to ``grid``)."""
     n = pos.shape[1]
-    prefix = next((p for p in range(0, 9) if math.isqrt(n - p) ** 2 == n - p), None)
+    prefix = next((p for p in range(9) if math.isqrt(n - p) ** 2 == n - p), None)
     if prefix is None:
         raise ValueError(f"cannot read a square patch grid from a pos_embed with {n} positions")
     side = math.isqrt(n - prefix)
@@ -397,6 +420,6 @@ def load_image_vit(model: ViViT, source: str | dict[str, Tensor], embed_init: st
     with torch.no_grad():
         for k in loaded:
             own[k].copy_(new[k])
-    ignored = too_deep + sorted(k for k in state if not (k.startswith("blocks.") or k.startswith("patch_embed") or k in used))
+    ignored = too_deep + sorted(k for k in state if not (k.startswith(("blocks.", "patch_embed")) or k in used))
     log.info("ViViT: loaded %d tensors from image weights; unused: %s", len(loaded), skipped + ignored)
     return {"loaded": loaded, "skipped": skipped + ignored}

@@ -113,7 +113,9 @@ class ImageClassifier(pl.LightningModule):
             nn.init.zeros_(self.patch_head.bias)
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"module.class_weights has {len(class_weights)} entries for {num_classes} classes")
-        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None, persistent=False)
+        self.register_buffer(
+            "class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None, persistent=False
+        )
         if freeze_selector and isinstance(self.net, LookWhere):
             self.net.selector.requires_grad_(False)
         self.train_metrics = accuracy_metrics(num_classes, "train/")
@@ -125,7 +127,11 @@ class ImageClassifier(pl.LightningModule):
         self.eval_ks = ks
         # one metric object per (stage, k): keys must be strings without dots
         self.k_metrics = nn.ModuleDict(
-            {f"{stage}_{i}": MulticlassAccuracy(num_classes, top_k=1, average="micro") for stage in ("val", "test") for i in range(len(ks))}
+            {
+                f"{stage}_{i}": MulticlassAccuracy(num_classes, top_k=1, average="micro")
+                for stage in ("val", "test")
+                for i in range(len(ks))
+            }
         )
 
     @property

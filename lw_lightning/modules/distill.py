@@ -51,7 +51,7 @@ def draw_k(k_min: int | float, k_max: int | float, n: int, seed: int, step: int)
 
 
 def map_recall(teacher_attn: Tensor, keep: Tensor, k: int) -> Tensor:
-    """"Where" quality: the share of the teacher's top-k attention positions among the kept ones."""
+    """ "Where" quality: the share of the teacher's top-k attention positions among the kept ones."""
     top_t = teacher_attn.topk(k, dim=1).indices
     hit = torch.zeros_like(teacher_attn, dtype=torch.bool).scatter(1, keep, True)
     return hit.gather(1, top_t).float().mean()
@@ -114,7 +114,9 @@ class LookWhereDistill(pl.LightningModule):
         for name, k in (("module.k_min", k_min), ("module.k_max", k_max), ("module.val_k", val_k)):
             check_k(k, n, name)
         if resolve_k(k_min, n) > resolve_k(k_max, n):
-            raise ValueError(f"module.k_min={k_min} keeps more patches ({resolve_k(k_min, n)}) than module.k_max={k_max} ({resolve_k(k_max, n)})")
+            raise ValueError(
+                f"module.k_min={k_min} keeps more patches ({resolve_k(k_min, n)}) than module.k_max={k_max} ({resolve_k(k_max, n)})"
+            )
         self.student = LookWhere(self.model_cfg)
         teacher_cfg = TeacherConfig(**teacher) if isinstance(teacher, dict) else teacher
         t = build_teacher(teacher_cfg)
@@ -152,7 +154,9 @@ class LookWhereDistill(pl.LightningModule):
         x = student.extractor(images, keep, sel["prefix"])
         tokens = x[:, student.num_prefix :]
         if self.hparams.patch_distill == "upsample":
-            l_pat = patch_loss(knn_upsample(tokens, keep, grid, knn=self.model_cfg.knn, tie_break=self.model_cfg.knn_tie_break), target["patch"])
+            l_pat = patch_loss(
+                knn_upsample(tokens, keep, grid, knn=self.model_cfg.knn, tie_break=self.model_cfg.knn_tie_break), target["patch"]
+            )
         else:
             l_pat = patch_loss(tokens, gather_tokens(target["patch"], keep))
         parts = {"cls": cls_loss(x[:, 0], target["cls"]), "patch": l_pat, "map": map_loss(sel["map"], target["attn"])}
@@ -210,4 +214,3 @@ class LookWhereDistill(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         export_student(self, save_official, "LookWhere weights (official layout)")
-

@@ -14,7 +14,10 @@ NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "time_emb
 
 
 def param_groups(
-    named: Iterable[tuple[str, nn.Parameter]], weight_decay: float, lr: float | None = None, lr_scales: dict[str, float] | None = None
+    named: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    lr: float | None = None,
+    lr_scales: dict[str, float] | None = None,
 ) -> list[dict]:
     """AdamW groups: decay on weight matrices / conv kernels only; none on norms, biases,
     LayerScale gammas, positional embeddings and CLS/register tokens. Frozen params are skipped.
@@ -44,7 +47,9 @@ def param_groups(
     return out
 
 
-def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float, warmup_start_ratio: float = 1e-3) -> float:
+def warmup_cosine_factor(
+    step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float, warmup_start_ratio: float = 1e-3
+) -> float:
     """LR multiplier: linear warmup from ``warmup_start_ratio`` to 1, then cosine to ``min_lr_ratio``."""
     if warmup_steps > 0 and step < warmup_steps:
         return warmup_start_ratio + (1.0 - warmup_start_ratio) * step / warmup_steps
@@ -72,7 +77,12 @@ def scheduled(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int | 
 
 
 def adamw_warmup_cosine(
-    named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, total_steps: int, warmup: int | float, min_lr_ratio: float,
+    named: Iterable[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup: int | float,
+    min_lr_ratio: float,
     lr_scales: dict[str, float] | None = None,
 ) -> dict:
     """AdamW (0.9, 0.999) over :func:`param_groups`, stepped by :func:`scheduled`."""

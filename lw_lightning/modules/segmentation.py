@@ -129,7 +129,9 @@ class Segmenter(pl.LightningModule):
         logits, _ = self(batch["image"], k=self.hparams.eval_k)
         loss, pairs = self._loss_and_preds(logits, batch)
         miou, pixacc, mean_loss = (
-            (self.val_miou, self.val_pixacc, self.val_loss) if stage == "val" else (self.test_miou, self.test_pixacc, self.test_loss)
+            (self.val_miou, self.val_pixacc, self.val_loss)
+            if stage == "val"
+            else (self.test_miou, self.test_pixacc, self.test_loss)
         )
         for pred, target in pairs:
             miou.update(pred, target)

@@ -32,4 +32,3 @@ def keep_valid(batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
         else:
             out[key] = value
     return out, int(n - keep.numel())
-

@@ -145,13 +145,17 @@ class VideoClassifier(pl.LightningModule):
         if fields is None or "activation" in fields or not hasattr(self.model_cfg, "activation"):
             return  # new checkpoints, and networks without the option (video LookWhere) are as saved
         if self.model_cfg.activation != "gelu":
-            log.warning("checkpoint predates model.activation: it was trained with exact GELU, which is restored "
-                        "(model.activation=gelu; set it in the config to silence this)")
+            log.warning(
+                "checkpoint predates model.activation: it was trained with exact GELU, which is restored "
+                "(model.activation=gelu; set it in the config to silence this)"
+            )
             self.net.set_activation("gelu")
             self.model_cfg = self.net.cfg
         if fields.get("variant") == "factorised":
-            log.warning("checkpoint predates the Model 2 pooling fix (now LayerNorm, then the mean, as scenic): "
-                        "its outputs change; fine-tune it again")
+            log.warning(
+                "checkpoint predates the Model 2 pooling fix (now LayerNorm, then the mean, as scenic): "
+                "its outputs change; fine-tune it again"
+            )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -45,12 +45,16 @@ class DenseVideoClassifier(VideoClassifier):
         eval_chunk: int | None = None,
         tubelet_loss_weight: float = 1.0,
     ) -> None:
-        super().__init__(model, num_classes, optimizer, lr, momentum, weight_decay, warmup, min_lr_ratio, label_smoothing, eval_chunk)
+        super().__init__(
+            model, num_classes, optimizer, lr, momentum, weight_decay, warmup, min_lr_ratio, label_smoothing, eval_chunk
+        )
         if tubelet_loss_weight < 0:
             raise ConfigError(f"module.tubelet_loss_weight must be >= 0, got {tubelet_loss_weight}")
         cfg = self.model_cfg
         if cfg.variant != "joint" or cfg.num_tokens:
-            raise ConfigError("module.tubelet_loss_weight needs a ViViT Model 1 without TokenLearner (every tubelet token is supervised)")
+            raise ConfigError(
+                "module.tubelet_loss_weight needs a ViViT Model 1 without TokenLearner (every tubelet token is supervised)"
+            )
         self.tubelet_head = nn.Linear(cfg.embed_dim, num_classes + 1)
         nn.init.trunc_normal_(self.tubelet_head.weight, std=0.02)
         nn.init.zeros_(self.tubelet_head.bias)

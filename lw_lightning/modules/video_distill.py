@@ -21,7 +21,12 @@ from ..models.config import resolve_k
 from ..models.distill_losses import cls_loss, map_loss, patch_loss
 from ..models.knn_upsample import knn_upsample
 from ..models.video_lookwhere import (
-    VideoLookWhere, VideoLookWhereConfig, check_quota, check_tubelet_k, init_from_video_teacher, save_video_lookwhere,
+    VideoLookWhere,
+    VideoLookWhereConfig,
+    check_quota,
+    check_tubelet_k,
+    init_from_video_teacher,
+    save_video_lookwhere,
     video_lookwhere_config,
 )
 from ..models.video_teacher import FrameTeacherConfig, VideoTeacherConfig, build_frame_teacher, build_video_teacher
@@ -101,13 +106,21 @@ class VideoLookWhereDistill(pl.LightningModule):
             raise ConfigError(f"module.teacher (the video teacher) is needed: {why}")
         if "image" in (what, where) and image_teacher is None:
             raise ConfigError(f"module.image_teacher is needed: what={what}, where={where}")
-        video_t = build_video_teacher(VideoTeacherConfig(**teacher) if isinstance(teacher, dict) else teacher) if teacher is not None else None
+        video_t = (
+            build_video_teacher(VideoTeacherConfig(**teacher) if isinstance(teacher, dict) else teacher)
+            if teacher is not None
+            else None
+        )
         image_t = None
         if image_teacher is not None and "image" in (what, where):
-            image_t = build_frame_teacher(FrameTeacherConfig(**image_teacher) if isinstance(image_teacher, dict) else image_teacher)
+            image_t = build_frame_teacher(
+                FrameTeacherConfig(**image_teacher) if isinstance(image_teacher, dict) else image_teacher
+            )
         if video_t is not None and tuple(video_t.vivit.cfg.grid) != cfg.grid and "video" in (what, where):
-            raise ConfigError(f"the video teacher's tubelet grid {tuple(video_t.vivit.cfg.grid)} differs from the student's {cfg.grid}: "
-                              "its targets would not line up (same num_frames, img_size and tubelet)")
+            raise ConfigError(
+                f"the video teacher's tubelet grid {tuple(video_t.vivit.cfg.grid)} differs from the student's {cfg.grid}: "
+                "its targets would not line up (same num_frames, img_size and tubelet)"
+            )
         what_t = video_t if what == "video" else image_t
         if what_t.embed_dim != cfg.embed_dim:  # type: ignore[union-attr]
             raise ConfigError(f"the {what} teacher's width {what_t.embed_dim} != the student's embed_dim {cfg.embed_dim}")  # type: ignore[union-attr]
@@ -189,7 +202,9 @@ class VideoLookWhereDistill(pl.LightningModule):
         for name in names:
             metric = self.val_parts[name]
             metric.update(parts[name], weight=bsz)
-            key = {"total": "val/loss", "map_recall": "val/map_recall", "object_recall": "val/object_recall"}.get(name, f"val/loss_{name}")
+            key = {"total": "val/loss", "map_recall": "val/map_recall", "object_recall": "val/object_recall"}.get(
+                name, f"val/loss_{name}"
+            )
             self.log(key, metric, on_step=False, on_epoch=True, prog_bar=name in ("total", "map_recall"), batch_size=bsz)
 
     def configure_optimizers(self):

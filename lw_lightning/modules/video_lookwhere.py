@@ -46,7 +46,9 @@ class VideoLookWhereClassifier(VideoClassifier):
         freeze_selector: bool = True,
     ) -> None:
         self._freeze_selector = freeze_selector  # read by build_net, which the parent calls
-        super().__init__(model, num_classes, optimizer, lr, momentum, weight_decay, warmup, min_lr_ratio, label_smoothing, eval_chunk)
+        super().__init__(
+            model, num_classes, optimizer, lr, momentum, weight_decay, warmup, min_lr_ratio, label_smoothing, eval_chunk
+        )
         cfg = self.model_cfg
         for name, k in (("module.train_k", train_k), ("module.eval_k", eval_k)):
             check_tubelet_k(k, cfg.num_tubelets, name)
