@@ -357,7 +357,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every training run")
+    parser.add_argument(
+        "--table",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="train nothing: set the test top-1 of finished comparisons (their --output-dir, e.g. one per seed) side by side",
+    )
     return parser
+
+
+def seeds_table(dirs: list[Path]) -> str:
+    """Test top-1 of every variant in each finished comparison of ``dirs`` (one column per run,
+    then mean and range), with each variant's GMACs; rows in the order of the first run."""
+    from benchmarks.report import _g, _table
+
+    runs = []
+    for d in dirs:
+        path = d / "compare_video_results.json"
+        if not path.is_file():
+            raise ConfigError(
+                f"--table {d}: no compare_video_results.json (run python -m benchmarks.compare_video --output-dir {d} first)"
+            )
+        runs.append({r["name"]: r for r in json.loads(path.read_text())["rows"]})
+    names = [n for n in runs[0] if all(n in r for r in runs)]
+    rows = []
+    for name in names:
+        accs = [r[name]["acc1"] * 100 for r in runs]
+        first = runs[0][name]
+        rows.append(
+            [
+                first["method"],
+                first["variant"],
+                _g(first["flops"]),
+                " / ".join(f"{a:.1f}" for a in accs),
+                f"{sum(accs) / len(accs):.1f} ({min(accs):.1f}–{max(accs):.1f})",
+            ]
+        )
+    header = ["method", "variant", "GMACs / clip", "test top-1 % (" + " / ".join(d.name for d in dirs) + ")", "mean (min–max)"]
+    return _table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.table:
+            print(seeds_table(args.table))
+            return 0
         compare_video(args, argv if argv is not None else sys.argv[1:])
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -122,3 +122,24 @@ def test_quick_comparison_end_to_end_and_resume(tmp_path, monkeypatch):
     again = json.loads((tmp_path / "compare_video_results.json").read_text())
     assert all(v == 0.0 for v in again["fit_seconds"].values())
     assert [r["acc1"] for r in again["rows"]] == [r["acc1"] for r in results["rows"]]
+
+
+def test_seeds_table_sets_finished_runs_side_by_side(tmp_path):
+    def write(d, accs):
+        d.mkdir()
+        rows = [
+            {"name": n, "method": m, "variant": v, "flops": f, "acc1": a}
+            for (n, m, v, f), a in zip(
+                [("full", "full ViViT", "all tubelets", 2 * 247_000_000), ("lw5", "video LookWhere", "k=5%", 2 * 16_300_000)],
+                accs,
+            )
+        ]
+        (d / "compare_video_results.json").write_text(json.dumps({"rows": rows}))
+
+    write(tmp_path / "seed_0", [0.99, 0.975])
+    write(tmp_path / "seed_1", [0.98, 0.965])
+    table = compare_video.seeds_table([tmp_path / "seed_0", tmp_path / "seed_1"])
+    lines = table.splitlines()
+    assert "seed_0 / seed_1" in lines[0] and len(lines) == 4
+    assert "| video LookWhere | k=5% | 0.0163 | 97.5 / 96.5 | 97.0 (96.5–97.5) |" in lines
+    assert compare_video.main(["--table", str(tmp_path / "seed_0"), str(tmp_path / "nope")]) == 2
