@@ -403,3 +403,21 @@ def test_k400_recipes_run_shrunk_on_the_kinetics_layout(recipe, tmp_path):
     else:
         small += ["module.model.pretrained=null", "module.train_k=0.25", "module.eval_k=0.25"]
     assert main(["fit", f"experiment={recipe.removesuffix('.yaml')}", *small]) == 0
+
+
+def test_deviation_where_target_marks_the_token_that_departs_from_the_clip():
+    """where_signal=deviation: z-scored distance of each final token from the clip's mean token."""
+    from lw_lightning.models.video_teacher import VideoTeacher, VideoTeacherConfig, build_video_teacher, deviation_target
+
+    patch = torch.zeros(2, 10, 8)
+    patch[0, 3] = 1.0  # one token departs from the background in clip 0, two in clip 1
+    patch[1, [5, 7]] = torch.tensor([2.0] * 8)
+    target = deviation_target(patch * 5.0)
+    assert target.argmax(1).tolist()[0] == 3 and set(target[1].topk(2).indices.tolist()) == {5, 7}
+    assert torch.allclose(target.mean(1), torch.zeros(2), atol=1e-5) and torch.allclose(target.std(1), torch.ones(2))
+    assert torch.allclose(deviation_target(patch), target, atol=1e-5)  # scale-free: the softmax does not depend on the width
+    teacher = build_video_teacher(VideoTeacherConfig(model=_small_teacher(), where_signal="deviation"))
+    out = teacher(torch.randn(2, 3, 8, 32, 32))
+    assert torch.allclose(out["attn"], deviation_target(out["patch"]), atol=1e-5)
+    with pytest.raises(ConfigError, match="where_signal must be one of attention, deviation"):
+        VideoTeacher(teacher.vivit, where_signal="saliency")

@@ -44,13 +44,31 @@ class VideoTeacherConfig:
     #: the block whose attention is the "where" target (negative: from the end; -1 = the last, the
     #: paper's choice; the reference code's ``aggregate_layers`` knob picks others).
     attn_block: int = -1
+    #: what the "where" target is: "attention" (the logits above, the paper's recipe) or
+    #: "deviation" (how far each final tubelet token is from the clip's mean token, z-scored over
+    #: the clip: where the teacher's representation departs from the background; see docs/design.md).
+    where_signal: str = "attention"
+
+
+#: values of ``VideoTeacherConfig.where_signal``
+WHERE_SIGNALS = ("attention", "deviation")
+
+
+def deviation_target(patch: Tensor) -> Tensor:
+    """(B, N) logits: ``‖z_i − mean_j z_j‖`` of the final tokens ``patch`` (B, N, D), standardised
+    over the N tokens of each clip (mean 0, std 1), so its softmax does not depend on the width."""
+    d = (patch.float() - patch.float().mean(1, keepdim=True)).norm(dim=-1)
+    return (d - d.mean(1, keepdim=True)) / d.std(1, keepdim=True).clamp(min=1e-6)
 
 
 class VideoTeacher(nn.Module):
     """A frozen ViViT Model 1 returning ``cls`` (B,D), ``patch`` (B,N,D) and ``attn`` (B,N)."""
 
-    def __init__(self, vivit: ViViT, attn_query: str = "patch", attn_block: int = -1) -> None:
+    def __init__(self, vivit: ViViT, attn_query: str = "patch", attn_block: int = -1, where_signal: str = "attention") -> None:
         super().__init__()
+        if where_signal not in WHERE_SIGNALS:
+            raise ConfigError(f"module.teacher.where_signal must be one of {', '.join(WHERE_SIGNALS)}, got {where_signal!r}")
+        self.where_signal = where_signal
         cfg = vivit.cfg
         depth = len(vivit.encoder.blocks)
         if not -depth <= attn_block < depth:
@@ -90,11 +108,13 @@ class VideoTeacher(nn.Module):
             x = x + tubelet_pos_embed(v)
         x = v.pos_drop(x)
         for i, block in enumerate(v.encoder.blocks):
-            if i == self.attn_block:
+            if i == self.attn_block and self.where_signal == "attention":
                 attn = attention_target(block, x, p, self.attn_query)
             x = block(x)
         x = v.norm(x)
         patch = x[:, p:]
+        if self.where_signal == "deviation":
+            attn = deviation_target(patch)
         return {"cls": x[:, 0] if p else patch.mean(1), "patch": patch, "attn": attn}
 
 
@@ -110,7 +130,7 @@ def build_video_teacher(cfg: VideoTeacherConfig) -> VideoTeacher:
         vivit = ViViT(vivit_config(**dict(cfg.model)), num_classes=1)
     else:
         raise ConfigError("module.teacher needs checkpoint (a ViViT VideoClassifier .ckpt) or model (ViViT fields)")
-    return VideoTeacher(vivit, cfg.attn_query, cfg.attn_block)
+    return VideoTeacher(vivit, cfg.attn_query, cfg.attn_block, cfg.where_signal)
 
 
 @dataclass
