@@ -101,12 +101,12 @@ else:
     t0 = time.perf_counter()
     a, ta = run_stage(
         "(a) full-resolution ViT (the teacher)",
-        "demo_teacher.yaml",
+        "demo_teacher",
         common + ["module.patch_loss_weight=3", "module.lr=2e-3", f"trainer.max_epochs={TEACHER_EPOCHS}"],
     )
     b, tb = run_stage(
         "(b) what-where distillation into LookWhere",
-        "demo_distill.yaml",
+        "demo_distill",
         common
         + [
             f"module.teacher.checkpoint={best_checkpoint(a)}",
@@ -118,7 +118,7 @@ else:
     )
     c, tc = run_stage(
         "(c) fine-tune LookWhere, selector frozen",
-        "demo_finetune.yaml",
+        "demo_finetune",
         common
         + [
             f"module.model.pretrained={Path(b.log_dir) / 'lookwhere.pt'}",
