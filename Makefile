@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-check test test-all notebooks notebooks-sync lint clean
+.PHONY: install demo demo-check test test-all notebooks notebooks-ci notebooks-sync lint clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,11 +32,13 @@ test-all: $(STAMP)
 # executes the four notebooks top to bottom (each saves its figure into docs/figures/), then the
 # rest of their tests: outputs stripped, in sync with the .py sources, the parameter branches
 # (a demo dir, official weights, a bench results.json, a video checkpoint)
-# NOTEBOOK_FIGURES= (empty, as .ci/run does): figures go to a temporary folder, docs/figures is untouched
-NOTEBOOK_FIGURES ?= docs/figures
 notebooks: $(STAMP)
-	$(PY) -m lw_lightning.notebooks $(if $(NOTEBOOK_FIGURES),--figure-dir $(NOTEBOOK_FIGURES))
+	$(PY) -m lw_lightning.notebooks --figure-dir docs/figures
 	$(PY) -m pytest -q tests/test_notebooks.py -k "not runs_top_to_bottom"
+
+# what .ci/run runs: the four notebooks top to bottom, figures into a temporary folder (docs/figures untouched)
+notebooks-ci: $(STAMP)
+	$(PY) -m lw_lightning.notebooks
 
 # rewrite notebooks/*.ipynb (no outputs) from their jupytext sources notebooks/*.py
 notebooks-sync: $(STAMP)
