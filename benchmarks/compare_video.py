@@ -239,59 +239,19 @@ def vivit_b_side_by_side(env: Any, k: float, log: Any) -> list[dict[str, Any]]:
 
 
 def results_md(rows: list[dict[str, Any]], train_batch: int) -> str:
-    """The comparison table (ratios against the first row, the full ViViT) and its Pareto front."""
-    from benchmarks.common import fmt_bytes, fmt_time
-    from benchmarks.report import _g, _rate, _table, _x, pareto_front
+    """The comparison table (ratios against the first row, the full ViViT), its Pareto front and
+    the selector's recall of the target."""
+    from benchmarks.report import _table, compare_md
 
-    full = rows[0]
-    nan = float("nan")
-    header = [
-        "method",
-        "variant",
-        "tubelet tokens per block",
-        "GMACs / clip",
-        "FLOP ratio",
-        "test top-1",
-        "latency b=1",
-        "speedup",
-        f"train clips/s b={train_batch}",
-        "speedup",
-        f"activations (train b={train_batch})",
-        "ratio",
-    ]
-    table = []
-    for r in rows:
-        lat, tr, act = r.get("latency_s", nan), r.get("train_s", nan), r.get("act_bytes")
-        table.append(
-            [
-                r["method"],
-                r["variant"],
-                r["token_plan"],
-                _g(r["flops"]),
-                _x(full["flops"] / r["flops"]),
-                f"{r['acc1'] * 100:.1f}%",
-                fmt_time(lat),
-                _x(full.get("latency_s", nan) / lat),
-                _rate(train_batch, tr),
-                _x(full.get("train_s", nan) / tr),
-                fmt_bytes(act),
-                _x(full["act_bytes"] / act) if act and full.get("act_bytes") else "—",
-            ]
-        )
-    front = pareto_front(rows)
-    steps = [f"{r['method']} {r['variant']} ({_g(r['flops'])} GMACs, {r['acc1'] * 100:.1f}%)" for r in front]
-    lines = [_table(header, table), "", "Best accuracy at each GMACs budget (Pareto front): " + " → ".join(steps) + "."]
+    md = compare_md(rows, 1, train_batch, tokens="tubelet", item="clips", flops="GMACs / clip")
     recall = [r for r in rows if "object_recall" in r]
-    if recall:
-        lines += [
-            "",
-            _table(
-                ["video LookWhere", "target tubelets kept (mean over test clips)", "temporal slices with the target seen"],
-                [[r["variant"], f"{r['object_recall'] * 100:.0f}%", f"{r['slice_hit'] * 100:.0f}%"] for r in recall],
-            ),
-        ]
-    errors = [f"- {r['method']} {r['variant']}: {k} {v}" for r in rows for k, v in r.items() if k.endswith("_error")]
-    return "\n".join(lines + (["", "Failures:", *errors] if errors else []))
+    if not recall:
+        return md
+    table = _table(
+        ["video LookWhere", "target tubelets kept (mean over test clips)", "temporal slices with the target seen"],
+        [[r["variant"], f"{r['object_recall'] * 100:.0f}%", f"{r['slice_hit'] * 100:.0f}%"] for r in recall],
+    )
+    return f"{md}\n\n{table}"
 
 
 def vivit_b_md(rows: list[dict[str, Any]]) -> str:

@@ -208,22 +208,31 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return front
 
 
-def compare_md(rows: list[dict[str, Any]], latency_batch: int, train_batch: int) -> str:
-    """Table of the method comparison (``python -m benchmarks.compare``) and its Pareto front.
+def compare_md(
+    rows: list[dict[str, Any]],
+    latency_batch: int,
+    train_batch: int,
+    tokens: str = "patch",
+    item: str = "img",
+    flops: str = "GMACs",
+) -> str:
+    """Table of a method comparison (``python -m benchmarks.compare``, ``benchmarks.compare_video``)
+    and its Pareto front.
 
     One row per variant: accuracy, GMACs and the timings of one interleaved run; ratios are
-    against the first row (the full-res ViT)."""
+    against the first row (the full-resolution model). ``tokens``, ``item`` and ``flops`` name the
+    columns (``"tubelet"``, ``"clips"``, ``"GMACs / clip"`` for video)."""
     full = rows[0]
     header = [
         "method",
         "variant",
-        "patch tokens per block",
-        "GMACs",
+        f"{tokens} tokens per block",
+        flops,
         "FLOP ratio",
         "test top-1",
         f"latency b={latency_batch}",
         "speedup",
-        f"train img/s b={train_batch}",
+        f"train {item}/s b={train_batch}",
         "speedup",
         f"activations (train b={train_batch})",
         "ratio",
