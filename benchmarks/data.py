@@ -176,6 +176,7 @@ class PlainDecordDataset(Dataset):
         import decord
 
         reader = decord.VideoReader(self.paths[index], ctx=decord.cpu(0), num_threads=1)
+        # asnumpy(), as decord is used: the loader hands decord's buffer over without this copy (video_io._as_numpy)
         frames = reader.get_batch(fixed_clip(index, len(reader), self.frames, self.stride).tolist()).asnumpy()
         del reader
         if self.crop is None:
@@ -185,10 +186,10 @@ class PlainDecordDataset(Dataset):
         return {"video": torch.from_numpy(np.ascontiguousarray(frames[:, top : top + s, left : left + s]))}
 
 
-def recipe_transforms(img_size: int) -> tuple[ClipTransform, VideoAugment]:
+def recipe_transforms(img_size: int, decoder_resize_ratio: float | None = 1.5) -> tuple[ClipTransform, VideoAugment]:
     """The Kinetics recipe's worker geometry and device augmentation (conf/data/kinetics400.yaml)."""
     short = round(img_size * 256 / 224)
-    geometry = ClipTransform(img_size, [short, round(short * 1.25)], short, "scale_jitter")
+    geometry = ClipTransform(img_size, [short, round(short * 1.25)], short, "scale_jitter", decoder_resize_ratio=decoder_resize_ratio)
     augment = VideoAugment(flip=True, color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.1)
     return geometry, augment
 

@@ -8,13 +8,19 @@ Video (``--video``): generates Kinetics-like H.264 files (``benchmarks.data``: p
 object, noise, B-frames, a keyframe every ``--gop`` frames) and times, interleaved round by round
 on the same frame indices and the same worker processes:
 
-* ``plain``: decord alone (open a ``VideoReader``, ``get_batch``, copy out), nothing sent back;
+* ``plain``: decord alone (open a ``VideoReader``, ``get_batch``, ``asnumpy()``), nothing sent back;
 * ``plain+crop``: the same, sending back the centre 224² crop: decoding plus delivering as many
-  bytes as the training clips (shared-memory collation is ~10% of a 32-frame clip here);
+  bytes as the training clips (collation into fresh shared memory, which every loader that
+  returns pixels pays);
 * ``loader``: the training loader's workers (probe, decode, scale-jitter crop, uint8 out);
+* with ``--stored-size``: the loader with the decoder's resizing off (``decoder_resize_ratio:
+  null``), to see what decoding a large source at the needed size saves;
 * ``old worker``: the worker transform before the device split (float resize of the whole frame,
   crop, flip, colour jitter p=0.8, colour drop p=0.1, normalise), for the before/after;
 * with ``--prepared``: the same on a copy re-encoded by ``python -m lw_lightning.prep_videos``.
+
+Two tables: clips/s per worker, and the workers' CPU time per clip (user + system, collation
+included), which a busy machine disturbs much less than the rate.
 
 Measures the loader alone (no model), so it is the ceiling the input pipeline puts on training.
 
@@ -119,8 +125,24 @@ def _legacy_dataset():
     return LegacyWorkerDataset
 
 
-def measure_video(kind: str, paths: list[Path], frames: int, stride: int, workers: int, clips: int, batch: int) -> float:
-    """Clips/s of one loader kind over ``clips`` clips after a warm-up batch (same indices for every kind)."""
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes ``pids`` so far (Linux /proc)."""
+    import os
+
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure_video(
+    kind: str, paths: list[Path], frames: int, stride: int, workers: int, clips: int, batch: int
+) -> tuple[float, float]:
+    """(clips/s, worker CPU ms per clip) of one loader kind over ``clips`` clips after a warm-up
+    batch (same indices for every kind). The CPU time is all the workers' user + system time,
+    collation into shared memory included: on a shared machine it moves far less with the load
+    than the rate does."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -131,18 +153,23 @@ def measure_video(kind: str, paths: list[Path], frames: int, stride: int, worker
     if kind.startswith("plain"):
         ds = PlainDecordDataset([str(p) for p in paths] * repeat, frames, stride, crop=224 if kind == "plain+crop" else None)
     else:
-        geometry, augment = recipe_transforms(224)
+        geometry, augment = recipe_transforms(224, decoder_resize_ratio=None if kind == STORED_SIZE else 1.5)
         cls = _legacy_dataset() if kind == "old worker" else BenchKineticsDataset
         ds = cls([VideoRecord(str(p), 0, p.stem) for p in paths] * repeat, True, geometry, frames, stride, augment=augment)
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, drop_last=True, generator=torch.Generator().manual_seed(0))
     it = iter(loader)
     next(it)
-    n, start = 0, time.perf_counter()
+    pids = [w.pid for w in it._workers]  # type: ignore[attr-defined]
+    n, start, cpu = 0, time.perf_counter(), _cpu_seconds(pids)
     while n < clips:
         n += next(it)["video"].shape[0]
-    rate = n / (time.perf_counter() - start)
+    rate, cpu_ms = n / (time.perf_counter() - start), (_cpu_seconds(pids) - cpu) / n * 1000
     del it
-    return rate
+    return rate, cpu_ms
+
+
+#: the loader with the decoder's resizing switched off (``decoder_resize_ratio: null``)
+STORED_SIZE = "loader, decoded at stored size"
 
 
 def video_main(args: argparse.Namespace) -> int:
@@ -166,38 +193,41 @@ def video_main(args: argparse.Namespace) -> int:
             print(f"prep failed on {prep.failed}")
             return 1
         sets["prepared"] = [root / "prepared" / p.name for p in sets["raw"]]
-    kinds = ["plain", "plain+crop", "loader"] + ([] if args.no_old else ["old worker"])
+    kinds = ["plain", "plain+crop", "loader"] + ([STORED_SIZE] if args.stored_size else []) + ([] if args.no_old else ["old worker"])
     cases = [(name, f, st, kind, w) for (f, st) in clips for name in sets for kind in kinds for w in args.workers]
     rates: dict[tuple, list[float]] = {c: [] for c in cases}
+    cpu: dict[tuple, list[float]] = {c: [] for c in cases}
     for r in range(args.rounds):  # interleaved: load changes on a shared machine hit every case alike
         for c in cases:
             name, f, st, kind, w = c
-            rates[c].append(measure_video(kind, sets[name], f, st, w, args.clips_per_run, args.batch_size))
-            print(f"round {r}: {name} {f}x{st} {kind} w={w}: {rates[c][-1]:.2f} clips/s", flush=True)
+            rate, cpu_ms = measure_video(kind, sets[name], f, st, w, args.clips_per_run, args.batch_size)
+            rates[c].append(rate)
+            cpu[c].append(cpu_ms)
+            print(f"round {r}: {name} {f}x{st} {kind} w={w}: {rate:.2f} clips/s, worker CPU {cpu_ms:.1f} ms/clip", flush=True)
     load = os.getloadavg()
     lines = [
         f"{args.videos} generated {args.seconds:g}-s videos, {width}x{height} at 25 fps, H.264 (x264 medium, crf 23, B-frames), "
         f"keyframe every {args.gop} frames"
         + (f"; prepared: short side {args.prep_short_side}, keyframe every {args.prep_keyint}" if args.prepared else "")
-        + f". Clips/s per worker, median of {args.rounds} interleaved rounds of {args.clips_per_run} clips (batch {args.batch_size}); "
+        + f". Medians of {args.rounds} interleaved rounds of {args.clips_per_run} clips (batch {args.batch_size}); "
         f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores.",
-        "",
     ]
-    header = (
-        ["files", "clip", "workers"]
-        + [f"{k} clips/s per worker" for k in kinds]
-        + ["loader / plain", "loader / plain+crop"]
-        + (["old worker / plain+crop"] if "old worker" in kinds else [])
-    )
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for f, st in clips:
-        for name in sets:
-            for w in args.workers:
-                med = {k: statistics.median(rates[(name, f, st, k, w)]) / w for k in kinds}
-                row = [name, f"{f}x{st}", str(w)] + [f"{med[k]:.2f}" for k in kinds]
-                row += [f"{med['loader'] / med['plain']:.2f}", f"{med['loader'] / med['plain+crop']:.2f}"]
-                row += [f"{med['old worker'] / med['plain+crop']:.2f}"] if "old worker" in kinds else []
-                lines.append("| " + " | ".join(row) + " |")
+    # the loader's speed relative to each yardstick: rate / rate, or CPU time / CPU time inverted
+    versus = ["plain", "plain+crop"] + ([STORED_SIZE] if args.stored_size else []) + (["old worker"] if not args.no_old else [])
+    for title, data, unit, faster in (
+        ("clips/s per worker", rates, "clips/s", lambda loader, other: loader / other),
+        ("worker CPU per clip", cpu, "ms", lambda loader, other: other / loader),
+    ):
+        header = ["files", "clip", "workers"] + [f"{k} ({unit})" for k in kinds] + [f"loader / {k}" for k in versus]
+        lines += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for f, st in clips:
+            for name in sets:
+                for w in args.workers:
+                    per_worker = w if data is rates else 1
+                    med = {k: statistics.median(data[(name, f, st, k, w)]) / per_worker for k in kinds}
+                    row = [name, f"{f}x{st}", str(w)] + [f"{med[k]:.2f}" if data is rates else f"{med[k]:.1f}" for k in kinds]
+                    row += [f"{faster(med['loader'], med[k]):.2f}" for k in versus]
+                    lines.append("| " + " | ".join(row) + " |")
     table = "\n".join(lines)
     print(table)
     if args.out:
@@ -219,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prep-short-side", type=int, default=320)
     parser.add_argument("--prep-keyint", type=int, default=16)
     parser.add_argument("--no-old", action="store_true", help="(video) skip the pre-split worker transform")
+    parser.add_argument(
+        "--stored-size", action="store_true", help="(video) also the loader with decoder resizing off (decoder_resize_ratio: null)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="(video) also write the markdown table here")
     parser.add_argument("--images", type=int, default=256, help="generated JPEGs")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])

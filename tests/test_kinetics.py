@@ -47,6 +47,27 @@ def test_decord_reads_exactly_what_a_lossless_writer_wrote(tmp_path, size):
     assert np.array_equal(read_frames(tmp_path / "v.mp4", idx), frames[idx])
 
 
+def test_decord_frames_are_handed_over_without_a_copy_and_freed(tmp_path):
+    frames = np.random.default_rng(1).integers(0, 256, (16, 96, 128, 3), dtype=np.uint8)
+    write_video(tmp_path / "v.mp4", frames, lossless=True)
+    got = _decord_clip(tmp_path / "v.mp4", lambda n: np.arange(0, n, 2))
+    assert np.array_equal(got, frames[::2]) and got.flags.writeable
+    owner = got
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    assert not got.flags.owndata and isinstance(owner, torch.Tensor)  # a view of decord's buffer (DLPack), no copy
+
+    def rss_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+    for _ in range(5):  # allocator warm-up
+        _decord_clip(tmp_path / "v.mp4", lambda n: np.arange(n))
+    before = rss_mb()
+    for _ in range(150):  # 150 x 590 KB: a buffer never freed would add ~86 MB
+        _decord_clip(tmp_path / "v.mp4", lambda n: np.arange(n))
+    assert rss_mb() - before < 30
+
+
 @pytest.mark.parametrize("width, height", [(24, 20), (48, 36)])
 def test_tiny_video_decord_rejects_is_decoded_by_pyav(tmp_path, width, height):
     frames = np.random.default_rng(width).integers(0, 256, (9, height, width, 3), dtype=np.uint8)
