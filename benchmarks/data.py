@@ -189,7 +189,9 @@ class PlainDecordDataset(Dataset):
 def recipe_transforms(img_size: int, decoder_resize_ratio: float | None = 1.5) -> tuple[ClipTransform, VideoAugment]:
     """The Kinetics recipe's worker geometry and device augmentation (conf/data/kinetics400.yaml)."""
     short = round(img_size * 256 / 224)
-    geometry = ClipTransform(img_size, [short, round(short * 1.25)], short, "scale_jitter", decoder_resize_ratio=decoder_resize_ratio)
+    geometry = ClipTransform(
+        img_size, [short, round(short * 1.25)], short, "scale_jitter", decoder_resize_ratio=decoder_resize_ratio
+    )
     augment = VideoAugment(flip=True, color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.1)
     return geometry, augment
 

@@ -193,7 +193,9 @@ def video_main(args: argparse.Namespace) -> int:
             print(f"prep failed on {prep.failed}")
             return 1
         sets["prepared"] = [root / "prepared" / p.name for p in sets["raw"]]
-    kinds = ["plain", "plain+crop", "loader"] + ([STORED_SIZE] if args.stored_size else []) + ([] if args.no_old else ["old worker"])
+    kinds = (
+        ["plain", "plain+crop", "loader"] + ([STORED_SIZE] if args.stored_size else []) + ([] if args.no_old else ["old worker"])
+    )
     cases = [(name, f, st, kind, w) for (f, st) in clips for name in sets for kind in kinds for w in args.workers]
     rates: dict[tuple, list[float]] = {c: [] for c in cases}
     cpu: dict[tuple, list[float]] = {c: [] for c in cases}
@@ -250,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prep-keyint", type=int, default=16)
     parser.add_argument("--no-old", action="store_true", help="(video) skip the pre-split worker transform")
     parser.add_argument(
-        "--stored-size", action="store_true", help="(video) also the loader with decoder resizing off (decoder_resize_ratio: null)"
+        "--stored-size",
+        action="store_true",
+        help="(video) also the loader with decoder resizing off (decoder_resize_ratio: null)",
     )
     parser.add_argument("--out", type=Path, default=None, help="(video) also write the markdown table here")
     parser.add_argument("--images", type=int, default=256, help="generated JPEGs")
