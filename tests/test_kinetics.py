@@ -3,6 +3,7 @@ corrupt videos, multi-view batches. All videos are written here with PyAV (lossl
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 from pathlib import Path
@@ -66,6 +67,26 @@ def test_decord_frames_are_handed_over_without_a_copy_and_freed(tmp_path):
     for _ in range(150):  # 150 x 590 KB: a buffer never freed would add ~86 MB
         _decord_clip(tmp_path / "v.mp4", lambda n: np.arange(n))
     assert rss_mb() - before < 30
+
+
+def test_a_failed_decord_read_leaves_no_reader_alive(tmp_path):
+    """decord's error holds decord's frames, and with them the reader, through its traceback. A reader
+    still alive when DataLoader workers fork is destroyed in a child without its decoder threads: the
+    workers hang or crash (the end-to-end case: test_video_pipeline's shared-sizes test)."""
+    tiny = tmp_path / "tiny.mp4"  # decord 0.6.0 opens it, then fails in get_batch
+    write_video(tiny, np.random.default_rng(0).integers(0, 256, (6, 20, 24, 3), dtype=np.uint8), lossless=True)
+    gc.collect()
+    gc.disable()  # so that a reader in a reference cycle stays visible
+    try:
+        with pytest.raises(VideoReadError) as failure:
+            _decord_clip(tiny, lambda n: np.arange(n))
+        assert failure.value.__context__ is None
+        del failure
+        assert read_frames(tiny, [0, 5]).shape == (2, 20, 24, 3)  # decord fails again, PyAV decodes
+        alive = [o for o in gc.get_objects() if type(o).__name__ == "VideoReader"]
+    finally:
+        gc.enable()
+    assert alive == []
 
 
 @pytest.mark.parametrize("width, height", [(24, 20), (48, 36)])

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
 from lw_lightning.config import ConfigError
-from lw_lightning.data.kinetics import ClipTransform, KineticsDataModule, short_side_size
+from lw_lightning.data.kinetics import ClipTransform, KineticsDataModule, KineticsDataset, VideoRecord, short_side_size
 from lw_lightning.data.synthetic_kinetics import write_video
 from lw_lightning.data.video_augment import BRIGHT, COLOR_OPS, FLIP, GRAY, HUE, JITTER, NUM_PARAMS, ORDER, VideoAugment
 from lw_lightning.data.video_io import _pyav_clip, _pyav_scan, _pyav_seek_frames, probe, read_clip_frames
@@ -213,8 +214,45 @@ def test_mp4_goes_to_decord_unprobed_and_comes_out_upright(tmp_path, rotation):
     assert probe(path) == probe(path).__class__(0, 0, 0)  # no PyAV probe: decord rotates MP4 itself
     got = read_clip_frames(path, lambda n: np.array([0, 3]))
     assert got.shape == (2, 32, 48, 3) and (got[:, :4, :4] > 200).all()
-    assert (probe(path).height, probe(path).width) == (32, 48)  # the size seen, for the next visit's plan
     assert read_clip_frames(path, lambda n: np.array([1]), size=(16, 24)).shape == (1, 16, 24, 3)
+
+
+class _RecordingDataset(KineticsDataset):
+    """Records the decoder size it asks for (in this process only)."""
+
+    asked: list
+
+    def decode(self, path, choose, size):
+        self.asked.append(size)
+        return super().decode(path, choose, size)
+
+
+def test_sizes_learnt_in_workers_plan_decoder_resizes_everywhere(tmp_path):
+    frames = _smooth_frames(8, 96, 128, seed=5)
+    records = []
+    for i in range(2):
+        write_video(tmp_path / f"v{i}.mp4", frames, lossless=True)  # MP4: no probe, size unknown at first
+        records.append(VideoRecord(str(tmp_path / f"v{i}.mp4"), 0, f"v{i}"))
+    for rotation in (90, 180, 270):  # decord fails on these (48-pixel rows) in this process; PyAV decodes them
+        write_video(tmp_path / f"r{rotation}.mp4", np.zeros((4, 48, 32, 3), np.uint8), lossless=True, rotation=rotation)
+        assert read_clip_frames(tmp_path / f"r{rotation}.mp4", lambda n: np.array([0, 3])).shape[0] == 2
+    geo = ClipTransform(32, [36, 40], 36, "scale_jitter")  # 96 >= 1.5 x 40: the decoder resizes once the size is known
+    train = _RecordingDataset(records, True, geo, 4, 1)
+    train.asked = []
+    assert train.sizes.is_shared() and train.frame_size(0) == (0, 0)
+    # forked workers decode with decord; a failed reader left alive above hung or crashed them
+    batches = list(DataLoader(train, batch_size=1, num_workers=2, timeout=60))
+    assert [tuple(b["video"].shape) for b in batches] == [(1, 4, 32, 32, 3)] * 2
+    assert train.sizes.tolist() == [[96, 128], [96, 128]]  # learnt in the two workers, seen by this process
+    assert train.train_clip(1).shape == (4, 32, 32, 3)
+    ((h, w),) = train.asked  # planned from the shared size: decoded at the jittered short side, not at 96 x 128
+    assert 36 <= min(h, w) <= 40 and w == round(h * 4 / 3)
+    val = _RecordingDataset(records, False, geo, 4, 1, num_clips=2)
+    val.asked = []
+    first, second = val[0], val[0]
+    assert val.asked == [None, (36, 48)] and torch.equal(first["video"].float().mean(), first["video"].float().mean())
+    assert first["video"].shape == second["video"].shape == (2, 4, 32, 32, 3)
+    assert (first["video"].float() - second["video"].float()).abs().mean() < 4  # the decoder's resize vs the worker's
 
 
 def test_pyav_seeks_to_keyframes_and_reads_exact_frames(tmp_path):

@@ -85,9 +85,7 @@ def read_clip_frames(
     if rotation == 0:
         decord_failed = True
         try:
-            frames = _decord_clip(path, choose, size)
-            _remember_size(path, frames, size)
-            return frames
+            return _decord_clip(path, choose, size)
         except VideoReadError as err:
             first = err
         rotation = display_rotation(path)  # PyAV rotates an MP4 itself too, when decord failed on it
@@ -100,9 +98,7 @@ def read_clip_frames(
         raise
     if decord_failed:
         log.info("decord failed, PyAV decoded %s (%s)", path, first)
-    frames = upright(frames, rotation)
-    _remember_size(path, frames, size)
-    return frames
+    return upright(frames, rotation)
 
 
 def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
@@ -122,7 +118,6 @@ class VideoInfo:
 
 #: containers whose display matrix decord applies itself (FFmpeg's mov demuxer exports it)
 DECORD_ROTATES = (".mp4", ".m4v", ".mov")
-_SEEN_SIZES: dict[tuple[str, int, int], tuple[int, int]] = {}
 
 
 def decord_rotates(path: str | os.PathLike) -> bool:
@@ -138,19 +133,11 @@ def _file_key(path: str | os.PathLike) -> tuple[str, int, int] | None:
     return (os.fspath(path), st.st_mtime_ns, st.st_size)
 
 
-def _remember_size(path: str | os.PathLike, frames: np.ndarray, size: tuple[int, int] | None) -> None:
-    """Record the upright size of an MP4 seen at its stored size (the next visit can plan a decoder resize)."""
-    if size is None and frames.ndim >= 3 and decord_rotates(path) and (key := _file_key(path)) is not None:
-        if len(_SEEN_SIZES) > 262144:  # bounded: one Kinetics-700 train split
-            _SEEN_SIZES.clear()
-        _SEEN_SIZES[key] = (int(frames.shape[-3]), int(frames.shape[-2]))
-
-
 def probe(path: str | os.PathLike) -> VideoInfo:
     """What the loader needs before decoding ``path``: rotation and upright size (0: unknown).
 
-    MP4/MOV: no probe (decord rotates them, so rotation 0 here); the size is the one this
-    process saw when it last decoded the file, else unknown. Other containers: one PyAV open and
+    MP4/MOV: no probe (decord rotates them): rotation 0 and an unknown size, which the Kinetics
+    dataset learns from the first decode and shares between its workers. Other containers: one PyAV open and
     one decoded frame, cached per file and version. The rotation is the counter-clockwise degrees
     (0, 90, 180, 270) that turn the stored frames upright: the first frame's display matrix, else
     a legacy ``rotate`` tag (clockwise degrees, as old FFmpeg wrote and honoured it). An
@@ -160,8 +147,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     if key is None:
         return VideoInfo()  # missing: the decoders report it
     if decord_rotates(path):
-        h, w = _SEEN_SIZES.get(key, (0, 0))
-        return VideoInfo(0, h, w)
+        return VideoInfo()
     return _probe(*key)
 
 
@@ -220,9 +206,16 @@ def _decord_clip(path: str | os.PathLike, choose: Callable[[int], np.ndarray], s
     except (VideoReadError, ValueError):  # ours, and out-of-range indices (a caller bug): as they are
         raise
     except Exception as err:
-        raise VideoReadError(f"cannot decode video {path}: {_first_line(err)}") from None
+        failure = f"cannot decode video {path}: {_first_line(err)}"
+    else:
+        failure = None
     finally:
         del reader
+    if failure is not None:
+        # Raised here, outside the handler: decord's error keeps decord's frames alive through its
+        # traceback, and with them the reader (``self``). A reader still alive when DataLoader
+        # workers fork is destroyed in a child without its decoding threads, which hangs or crashes.
+        raise VideoReadError(failure)
     if frames.ndim != 4 or frames.shape[0] != unique.size or frames.shape[-1] != 3:
         raise VideoReadError(f"decoder returned {frames.shape} for {unique.size} frames of {path}")
     if unique.size == flat.size and np.array_equal(unique, flat):  # sorted, no repeats (a training clip): no copy

@@ -46,6 +46,10 @@ class KineticsDataset(Dataset):
         self.num_crops = num_crops
         self.out_of_bounds = out_of_bounds
         self.max_resample = max_resample
+        # Upright (H, W) of each record as first decoded at its stored size, 0 while unknown. In
+        # shared memory, so a size one worker learns serves every worker: MP4 files are not probed
+        # before decoding, and a training video comes back once an epoch, rarely to the same worker.
+        self.sizes = torch.zeros(len(records), 2, dtype=torch.int32).share_memory_()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -68,13 +72,27 @@ class KineticsDataset(Dataset):
         """Frame indices of a training clip of sample ``index`` from a video of ``total`` frames."""
         return sample_train_clip(total, self.num_frames, self.frame_stride, out_of_bounds=self.out_of_bounds)
 
+    def frame_size(self, index: int) -> tuple[int, int]:
+        """Upright ``(H, W)`` of record ``index`` before decoding it, ``(0, 0)`` when unknown: a size
+        decoded before by any worker, else a PyAV probe (non-MP4 containers only)."""
+        h, w = self.sizes[index].tolist()
+        if h > 0 and w > 0:
+            return h, w
+        info = probe(self.records[index].path)
+        return info.height, info.width
+
+    def _learn_size(self, index: int, height: int, width: int) -> None:
+        self.sizes[index] = torch.tensor([height, width], dtype=torch.int32)
+
     def train_clip(self, index: int) -> Tensor:
         """Decode and cut one training clip of sample ``index``: uint8 ``[T, s, s, 3]``."""
-        path = self.records[index].path
-        info = probe(path)
-        plan = self.transform.train_plan(info.height, info.width) if info.height > 0 else None
-        frames = self.decode(path, lambda n: self.train_indices(index, n), plan.decode_size if plan else None)
-        if plan is None or plan.frame != tuple(frames.shape[1:3]):  # size unknown or not as probed
+        height, width = self.frame_size(index)
+        plan = self.transform.train_plan(height, width) if height > 0 else None
+        decode_size = plan.decode_size if plan else None
+        frames = self.decode(self.records[index].path, lambda n: self.train_indices(index, n), decode_size)
+        if decode_size is None:
+            self._learn_size(index, *frames.shape[1:3])
+        if plan is None or plan.frame != tuple(frames.shape[1:3]):  # size unknown or not as expected
             plan = self.transform.train_plan(*frames.shape[1:3])
         return self.transform.apply(frames, plan)
 
@@ -105,11 +123,13 @@ class KineticsDataset(Dataset):
         rec = self.records[index]
         s, views = self.transform.img_size, self.num_clips * self.num_crops
         try:
-            info = probe(rec.path)
+            decode_size = self.transform.eval_decode_size(*self.frame_size(index))
             clips = self.decode(
                 rec.path, lambda n: sample_test_clips(n, self.num_frames, self.frame_stride, self.num_clips, self.out_of_bounds),
-                self.transform.eval_decode_size(info.height, info.width),
+                decode_size,
             )
+            if decode_size is None:
+                self._learn_size(index, *clips.shape[-3:-1])
             video, valid = self.transform.eval(clips, self.num_crops), True
         except VideoReadError as err:
             log.warning("corrupt evaluation video (counted, excluded from accuracy): %s", err)
