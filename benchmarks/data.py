@@ -186,6 +186,20 @@ class PlainDecordDataset(Dataset):
         return {"video": torch.from_numpy(np.ascontiguousarray(frames[:, top : top + s, left : left + s]))}
 
 
+class PlainTorchcodecDataset(PlainDecordDataset):
+    """:class:`PlainDecordDataset` with torchcodec's CPU decoder (optional: ``pip install torchcodec`` plus
+    the system's FFmpeg libraries; the project does not depend on it): one FFmpeg thread, exact seeks,
+    frames ``[T, H, W, 3]`` as decord gives them."""
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        from torchcodec.decoders import VideoDecoder
+
+        decoder = VideoDecoder(self.paths[index], seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
+        idx = fixed_clip(index, decoder.metadata.num_frames, self.frames, self.stride).tolist()
+        frames = decoder.get_frames_at(idx).data
+        return {"video": torch.tensor(frames.shape[0])}
+
+
 def recipe_transforms(img_size: int, decoder_resize_ratio: float | None = 1.5) -> tuple[ClipTransform, VideoAugment]:
     """The Kinetics recipe's worker geometry and device augmentation (conf/data/kinetics400.yaml)."""
     short = round(img_size * 256 / 224)

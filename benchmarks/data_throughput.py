@@ -17,7 +17,9 @@ on the same frame indices and the same worker processes:
   null``), to see what decoding a large source at the needed size saves;
 * ``old worker``: the worker transform before the device split (float resize of the whole frame,
   crop, flip, colour jitter p=0.8, colour drop p=0.1, normalise), for the before/after;
-* with ``--prepared``: the same on a copy re-encoded by ``python -m lw_lightning.prep_videos``.
+* with ``--prepared``: the same on a copy re-encoded by ``python -m lw_lightning.prep_videos``;
+* with ``--torchcodec``: torchcodec's CPU decoder alone, as ``plain`` (exact seeks, one FFmpeg
+  thread; needs ``pip install torchcodec`` and the system's FFmpeg libraries, not project requirements).
 
 Two tables: clips/s per worker, and the workers' CPU time per clip (user + system, collation
 included), which a busy machine disturbs much less than the rate.
@@ -146,11 +148,13 @@ def measure_video(
     import torch
     from torch.utils.data import DataLoader
 
-    from benchmarks.data import BenchKineticsDataset, PlainDecordDataset, recipe_transforms
+    from benchmarks.data import BenchKineticsDataset, PlainDecordDataset, PlainTorchcodecDataset, recipe_transforms
     from lw_lightning.data.kinetics import VideoRecord
 
     repeat = -(-(clips + batch * (workers + 2)) // len(paths)) + 1
-    if kind.startswith("plain"):
+    if kind == "torchcodec":
+        ds = PlainTorchcodecDataset([str(p) for p in paths] * repeat, frames, stride)
+    elif kind.startswith("plain"):
         ds = PlainDecordDataset([str(p) for p in paths] * repeat, frames, stride, crop=224 if kind == "plain+crop" else None)
     else:
         geometry, augment = recipe_transforms(224, decoder_resize_ratio=None if kind == STORED_SIZE else 1.5)
@@ -194,7 +198,10 @@ def video_main(args: argparse.Namespace) -> int:
             return 1
         sets["prepared"] = [root / "prepared" / p.name for p in sets["raw"]]
     kinds = (
-        ["plain", "plain+crop", "loader"] + ([STORED_SIZE] if args.stored_size else []) + ([] if args.no_old else ["old worker"])
+        ["plain", "plain+crop", "loader"]
+        + ([STORED_SIZE] if args.stored_size else [])
+        + ([] if args.no_old else ["old worker"])
+        + (["torchcodec"] if args.torchcodec else [])
     )
     cases = [(name, f, st, kind, w) for (f, st) in clips for name in sets for kind in kinds for w in args.workers]
     rates: dict[tuple, list[float]] = {c: [] for c in cases}
@@ -215,12 +222,13 @@ def video_main(args: argparse.Namespace) -> int:
         f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores.",
     ]
     # the loader's speed relative to each yardstick: rate / rate, or CPU time / CPU time inverted
-    versus = ["plain", "plain+crop"] + ([STORED_SIZE] if args.stored_size else []) + (["old worker"] if not args.no_old else [])
+    versus = [k for k in kinds if k not in ("loader", "torchcodec")]
     for title, data, unit, faster in (
         ("clips/s per worker", rates, "clips/s", lambda loader, other: loader / other),
         ("worker CPU per clip", cpu, "ms", lambda loader, other: other / loader),
     ):
         header = ["files", "clip", "workers"] + [f"{k} ({unit})" for k in kinds] + [f"loader / {k}" for k in versus]
+        header += ["torchcodec / plain"] if args.torchcodec else []
         lines += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for f, st in clips:
             for name in sets:
@@ -229,6 +237,7 @@ def video_main(args: argparse.Namespace) -> int:
                     med = {k: statistics.median(data[(name, f, st, k, w)]) / per_worker for k in kinds}
                     row = [name, f"{f}x{st}", str(w)] + [f"{med[k]:.2f}" if data is rates else f"{med[k]:.1f}" for k in kinds]
                     row += [f"{faster(med['loader'], med[k]):.2f}" for k in versus]
+                    row += [f"{faster(med['torchcodec'], med['plain']):.2f}"] if args.torchcodec else []
                     lines.append("| " + " | ".join(row) + " |")
     table = "\n".join(lines)
     print(table)
@@ -251,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prep-short-side", type=int, default=320)
     parser.add_argument("--prep-keyint", type=int, default=16)
     parser.add_argument("--no-old", action="store_true", help="(video) skip the pre-split worker transform")
+    parser.add_argument(
+        "--torchcodec", action="store_true", help="(video) also torchcodec's CPU decoder alone (optional package + system FFmpeg)"
+    )
     parser.add_argument(
         "--stored-size",
         action="store_true",
