@@ -225,7 +225,8 @@ def video_main(args: argparse.Namespace) -> int:
     versus = [k for k in kinds if k not in ("loader", "torchcodec")]
     for title, data, unit, faster in (
         ("clips/s per worker", rates, "clips/s", lambda loader, other: loader / other),
-        ("worker CPU per clip", cpu, "ms", lambda loader, other: other / loader),
+        # CPU time is counted in clock ticks (10 ms): a tiny run may count none
+        ("worker CPU per clip", cpu, "ms", lambda loader, other: other / loader if loader else float("nan")),
     ):
         header = ["files", "clip", "workers"] + [f"{k} ({unit})" for k in kinds] + [f"loader / {k}" for k in versus]
         header += ["torchcodec / plain"] if args.torchcodec else []
