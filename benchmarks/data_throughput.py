@@ -12,7 +12,8 @@ on the same frame indices and the same worker processes:
 * ``plain+crop``: the same, sending back the centre 224² crop: decoding plus delivering as many
   bytes as the training clips (collation into fresh shared memory, which every loader that
   returns pixels pays);
-* ``loader``: the training loader's workers (probe, decode, scale-jitter crop, uint8 out);
+* ``loader``: the training loader's workers (decode, scale-jitter crop, uint8 out), as from the
+  second epoch on: the frame sizes known, so a large source is decoded at the size it needs;
 * with ``--stored-size``: the loader with the decoder's resizing off (``decoder_resize_ratio:
   null``), to see what decoding a large source at the needed size saves;
 * ``old worker``: the worker transform before the device split (float resize of the whole frame,
@@ -150,6 +151,7 @@ def measure_video(
 
     from benchmarks.data import BenchKineticsDataset, PlainDecordDataset, PlainTorchcodecDataset, recipe_transforms
     from lw_lightning.data.kinetics import VideoRecord
+    from lw_lightning.data.video_io import read_frames
 
     repeat = -(-(clips + batch * (workers + 2)) // len(paths)) + 1
     if kind == "torchcodec":
@@ -160,6 +162,10 @@ def measure_video(
         geometry, augment = recipe_transforms(224, decoder_resize_ratio=None if kind == STORED_SIZE else 1.5)
         cls = _legacy_dataset() if kind == "old worker" else BenchKineticsDataset
         ds = cls([VideoRecord(str(p), 0, p.stem) for p in paths] * repeat, True, geometry, frames, stride, augment=augment)
+        # the loader from its second epoch on: every record's frame size known (in the first epoch, each
+        # file's first decode is at its stored size); the records repeat the files, so the table is filled here
+        sizes = torch.tensor([read_frames(p, [0]).shape[1:3] for p in paths], dtype=torch.int32)
+        ds.sizes.copy_(sizes.repeat(repeat, 1))
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, drop_last=True, generator=torch.Generator().manual_seed(0))
     it = iter(loader)
     next(it)

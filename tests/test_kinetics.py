@@ -72,7 +72,8 @@ def test_decord_frames_are_handed_over_without_a_copy_and_freed(tmp_path):
 def test_a_failed_decord_read_leaves_no_reader_alive(tmp_path):
     """decord's error holds decord's frames, and with them the reader, through its traceback. A reader
     still alive when DataLoader workers fork is destroyed in a child without its decoder threads: the
-    workers hang or crash (the end-to-end case: test_video_pipeline's shared-sizes test)."""
+    workers hang or crash (seen running test_video_pipeline.py's rotated-MP4 tests, on which decord fails,
+    before its shared-sizes test: 5 failures in 5 runs before this fix)."""
     tiny = tmp_path / "tiny.mp4"  # decord 0.6.0 opens it, then fails in get_batch
     write_video(tiny, np.random.default_rng(0).integers(0, 256, (6, 20, 24, 3), dtype=np.uint8), lossless=True)
     gc.collect()

@@ -233,14 +233,12 @@ def test_sizes_learnt_in_workers_plan_decoder_resizes_everywhere(tmp_path):
     for i in range(2):
         write_video(tmp_path / f"v{i}.mp4", frames, lossless=True)  # MP4: no probe, size unknown at first
         records.append(VideoRecord(str(tmp_path / f"v{i}.mp4"), 0, f"v{i}"))
-    for rotation in (90, 180, 270):  # decord fails on these (48-pixel rows) in this process; PyAV decodes them
-        write_video(tmp_path / f"r{rotation}.mp4", np.zeros((4, 48, 32, 3), np.uint8), lossless=True, rotation=rotation)
-        assert read_clip_frames(tmp_path / f"r{rotation}.mp4", lambda n: np.array([0, 3])).shape[0] == 2
     geo = ClipTransform(32, [36, 40], 36, "scale_jitter")  # 96 >= 1.5 x 40: the decoder resizes once the size is known
     train = _RecordingDataset(records, True, geo, 4, 1)
     train.asked = []
     assert train.sizes.is_shared() and train.frame_size(0) == (0, 0)
-    # forked workers decode with decord; a failed reader left alive above hung or crashed them
+    # Forked workers decode with decord. Before the fix in video_io._decord_clip, running this module's
+    # rotated-MP4 tests first (decord fails on them in this process) made these workers hang or crash.
     batches = list(DataLoader(train, batch_size=1, num_workers=2, timeout=60))
     assert [tuple(b["video"].shape) for b in batches] == [(1, 4, 32, 32, 3)] * 2
     assert train.sizes.tolist() == [[96, 128], [96, 128]]  # learnt in the two workers, seen by this process
@@ -250,7 +248,7 @@ def test_sizes_learnt_in_workers_plan_decoder_resizes_everywhere(tmp_path):
     val = _RecordingDataset(records, False, geo, 4, 1, num_clips=2)
     val.asked = []
     first, second = val[0], val[0]
-    assert val.asked == [None, (36, 48)] and torch.equal(first["video"].float().mean(), first["video"].float().mean())
+    assert val.asked == [None, (36, 48)]  # stored size on the first visit, then the eval short side
     assert first["video"].shape == second["video"].shape == (2, 4, 32, 32, 3)
     assert (first["video"].float() - second["video"].float()).abs().mean() < 4  # the decoder's resize vs the worker's
 
