@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from ...errors import ConfigError
 from ..base import BaseDataModule
 from ..video_augment import VideoAugment
+from ..video_io import DECODERS, torchcodec_problem
 from .clip_transform import ClipTransform
 from .dataset import KineticsDataset
 from .layout import (
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 class KineticsDataModule(BaseDataModule):
-    """Kinetics in any of the layouts of the module docstring, decoded with decord.
+    """Kinetics in any of the layouts of the module docstring, decoded with decord (or torchcodec).
 
     Args:
         root: dataset folder.
@@ -54,6 +55,8 @@ class KineticsDataModule(BaseDataModule):
         mean / std: per-channel normalisation on [0, 1] (0.5/0.5 = ViViT's [-1, 1] zero-centering).
         decoder_resize_ratio: a source this many times (or more) larger than a clip needs is
             scaled by the decoder (null: never; see :class:`ClipTransform`).
+        decoder: ``decord`` (default) or ``torchcodec`` (optional package, needs the system's FFmpeg
+            libraries; faster on CPU, docs/video.md); PyAV remains the fallback of either.
         val_clips × val_crops, test_clips × test_crops: evaluation views per video.
         test_split: annotation split evaluated by ``test`` (``val`` when test labels are withheld).
         out_of_bounds: ``loop`` or ``clamp`` frame indices of videos shorter than a clip.
@@ -86,6 +89,7 @@ class KineticsDataModule(BaseDataModule):
         out_of_bounds: Literal["loop", "clamp"] = "loop",
         max_resample: int = 10,
         decoder_resize_ratio: float | None = 1.5,
+        decoder: Literal["decord", "torchcodec"] = "decord",
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -114,6 +118,12 @@ class KineticsDataModule(BaseDataModule):
             )
         except ValueError as err:
             raise ConfigError(f"data.{err}") from None
+        if decoder not in DECODERS:
+            raise ConfigError(f"data.decoder must be one of {list(DECODERS)}, got {decoder!r}")
+        problem = torchcodec_problem() if decoder == "torchcodec" else None
+        if problem:  # here, not in a worker: the run stops before it starts, saying what to install
+            raise ConfigError(f"data.decoder=torchcodec: {problem}; or use data.decoder=decord")
+        self.decoder = decoder
         self._layout: str | None = None
         self._classes: list[str] | None = None
         self._clip_index: dict[tuple[str, int, int], Path] | None = None
@@ -275,7 +285,7 @@ class KineticsDataModule(BaseDataModule):
         records = self.records(split)
         common = dict(
             transform=self.transform, num_frames=self.num_frames, frame_stride=self.frame_stride,
-            out_of_bounds=self.out_of_bounds, root=self.root, augment=self.augment,
+            out_of_bounds=self.out_of_bounds, root=self.root, augment=self.augment, decoder=self.decoder,
         )
         if split == "train":
             return KineticsDataset(records, True, max_resample=self.max_resample, **common)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..sampling import sample_test_clips, sample_train_clip
 from ..video_augment import VideoAugment
-from ..video_io import VideoReadError, probe, read_clip_frames
+from ..video_io import DECODERS, VideoReadError, probe, read_clip_frames
 from .clip_transform import ClipTransform
 from .layout import VideoRecord
 
@@ -33,9 +33,12 @@ class KineticsDataset(Dataset):
     def __init__(
         self, records: list[VideoRecord], train: bool, transform: ClipTransform, num_frames: int, frame_stride: int,
         num_clips: int = 1, num_crops: int = 1, out_of_bounds: str = "loop", max_resample: int = 10,
-        root: str | Path | None = None, augment: VideoAugment | None = None,
+        root: str | Path | None = None, augment: VideoAugment | None = None, decoder: str = "decord",
     ) -> None:
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.records = records
+        self.decoder = decoder
         self.root = Path(root) if root is not None else None  # source() names files relative to it
         self.train = train
         self.transform = transform
@@ -66,7 +69,7 @@ class KineticsDataset(Dataset):
 
     def decode(self, path: str, choose: Callable[[int], np.ndarray], size: tuple[int, int] | None) -> np.ndarray:
         """Frames chosen by ``choose(num_frames)`` at decoder size ``size`` (the benchmark swaps the decoder)."""
-        return read_clip_frames(path, choose, size)
+        return read_clip_frames(path, choose, size, self.decoder)
 
     def train_indices(self, index: int, total: int) -> np.ndarray:
         """Frame indices of a training clip of sample ``index`` from a video of ``total`` frames."""
