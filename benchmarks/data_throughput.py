@@ -20,7 +20,7 @@ on the same frame indices and the same worker processes:
   crop, flip, colour jitter p=0.8, colour drop p=0.1, normalise), for the before/after;
 * with ``--prepared``: the same on a copy re-encoded by ``python -m lw_lightning.prep_videos``;
 * with ``--torchcodec``: torchcodec's CPU decoder alone, as ``plain`` (exact seeks, one FFmpeg
-  thread; needs ``pip install torchcodec`` and the system's FFmpeg libraries, not project requirements).
+  thread; needs the system's FFmpeg libraries), and the loader with ``data.decoder=torchcodec``.
 
 Two tables: clips/s per worker, and the workers' CPU time per clip (user + system, collation
 included), which a busy machine disturbs much less than the rate.
@@ -161,7 +161,9 @@ def measure_video(
     else:
         geometry, augment = recipe_transforms(224, decoder_resize_ratio=None if kind == STORED_SIZE else 1.5)
         cls = _legacy_dataset() if kind == "old worker" else BenchKineticsDataset
-        ds = cls([VideoRecord(str(p), 0, p.stem) for p in paths] * repeat, True, geometry, frames, stride, augment=augment)
+        records = [VideoRecord(str(p), 0, p.stem) for p in paths] * repeat
+        decoder = "torchcodec" if kind == LOADER_TORCHCODEC else "decord"
+        ds = cls(records, True, geometry, frames, stride, augment=augment, decoder=decoder)
         # the loader from its second epoch on: every record's frame size known (in the first epoch, each
         # file's first decode is at its stored size); the records repeat the files, so the table is filled here
         sizes = torch.tensor([read_frames(p, [0]).shape[1:3] for p in paths], dtype=torch.int32)
@@ -180,6 +182,8 @@ def measure_video(
 
 #: the loader with the decoder's resizing switched off (``decoder_resize_ratio: null``)
 STORED_SIZE = "loader, decoded at stored size"
+#: the loader with ``data.decoder=torchcodec``
+LOADER_TORCHCODEC = "loader, torchcodec"
 
 
 def video_main(args: argparse.Namespace) -> int:
@@ -207,7 +211,7 @@ def video_main(args: argparse.Namespace) -> int:
         ["plain", "plain+crop", "loader"]
         + ([STORED_SIZE] if args.stored_size else [])
         + ([] if args.no_old else ["old worker"])
-        + (["torchcodec"] if args.torchcodec else [])
+        + (["torchcodec", LOADER_TORCHCODEC] if args.torchcodec else [])
     )
     cases = [(name, f, st, kind, w) for (f, st) in clips for name in sets for kind in kinds for w in args.workers]
     rates: dict[tuple, list[float]] = {c: [] for c in cases}
@@ -228,14 +232,16 @@ def video_main(args: argparse.Namespace) -> int:
         f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores.",
     ]
     # the loader's speed relative to each yardstick: rate / rate, or CPU time / CPU time inverted
-    versus = [k for k in kinds if k not in ("loader", "torchcodec")]
+    versus = [k for k in kinds if k not in ("loader", "torchcodec", LOADER_TORCHCODEC)]
     for title, data, unit, faster in (
         ("clips/s per worker", rates, "clips/s", lambda loader, other: loader / other),
         # CPU time is counted in clock ticks (10 ms): a tiny run may count none
         ("worker CPU per clip", cpu, "ms", lambda loader, other: other / loader if loader else float("nan")),
     ):
         header = ["files", "clip", "workers"] + [f"{k} ({unit})" for k in kinds] + [f"loader / {k}" for k in versus]
-        header += ["torchcodec / plain"] if args.torchcodec else []
+        header += (
+            ["torchcodec / plain", "loader, torchcodec / plain", "loader, torchcodec / torchcodec"] if args.torchcodec else []
+        )
         lines += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for f, st in clips:
             for name in sets:
@@ -244,7 +250,9 @@ def video_main(args: argparse.Namespace) -> int:
                     med = {k: statistics.median(data[(name, f, st, k, w)]) / per_worker for k in kinds}
                     row = [name, f"{f}x{st}", str(w)] + [f"{med[k]:.2f}" if data is rates else f"{med[k]:.1f}" for k in kinds]
                     row += [f"{faster(med['loader'], med[k]):.2f}" for k in versus]
-                    row += [f"{faster(med['torchcodec'], med['plain']):.2f}"] if args.torchcodec else []
+                    if args.torchcodec:
+                        pairs = [("torchcodec", "plain"), (LOADER_TORCHCODEC, "plain"), (LOADER_TORCHCODEC, "torchcodec")]
+                        row += [f"{faster(med[a], med[b]):.2f}" for a, b in pairs]
                     lines.append("| " + " | ".join(row) + " |")
     table = "\n".join(lines)
     print(table)

@@ -16,6 +16,7 @@ from benchmarks.common import saved_activation_bytes
 from benchmarks.config import parse_bench_config
 from lw_lightning.cli import main
 from lw_lightning.config import ConfigError
+from lw_lightning.data.video_io import torchcodec_problem
 
 
 def test_bench_config_rejects_unknown_keys_with_a_suggestion():
@@ -156,3 +157,19 @@ def test_video_throughput_tables_have_rates_and_worker_cpu(tmp_path):
     assert abs(rates[4] - rates[2] / rates[0]) < 0.02  # loader / plain, as a speed
     if cpu[0] > 0 and cpu[2] > 0:  # CPU time is counted in 10-ms ticks: a tiny run may count none
         assert abs(cpu[4] - cpu[0] / cpu[2]) < 0.02  # the CPU table's ratios are speeds too: plain time / loader time
+
+
+@pytest.mark.skipif(torchcodec_problem() is not None, reason=f"{torchcodec_problem()}")
+def test_video_throughput_with_the_torchcodec_loader(tmp_path):
+    from benchmarks import data_throughput
+
+    argv = ["--video", "--videos", "1", "--seconds", "1", "--size", "96x64", "--gop", "10", "--clips", "4x2", "--workers", "1"]
+    argv += ["--rounds", "1", "--clips-per-run", "2", "--batch-size", "1", "--no-old", "--torchcodec", "--dir", str(tmp_path)]
+    assert data_throughput.main([*argv, "--out", str(tmp_path / "t.md")]) == 0
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    header = next(ln for ln in lines if ln.startswith("| files"))
+    assert "loader, torchcodec (clips/s)" in header and "loader, torchcodec / plain" in header
+    rates = [float(c) for c in next(ln for ln in lines if ln.startswith("| raw |")).strip("|").split("|")[3:]]
+    # plain, plain+crop, loader, torchcodec, loader with torchcodec; loader / plain, loader / plain+crop; the 3 torchcodec ratios
+    assert len(rates) == 10 and all(v > 0 for v in rates)
+    assert abs(rates[8] - rates[4] / rates[0]) < 0.02 and abs(rates[9] - rates[4] / rates[3]) < 0.02
