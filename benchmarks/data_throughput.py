@@ -152,6 +152,7 @@ def measure_video(
     from benchmarks.data import BenchKineticsDataset, PlainDecordDataset, PlainTorchcodecDataset, recipe_transforms
     from lw_lightning.data.kinetics import VideoRecord
     from lw_lightning.data.video_io import read_frames
+    from lw_lightning.data.workers import loader_worker_init
 
     repeat = -(-(clips + batch * (workers + 2)) // len(paths)) + 1
     if kind == "torchcodec":
@@ -168,7 +169,15 @@ def measure_video(
         # file's first decode is at its stored size); the records repeat the files, so the table is filled here
         sizes = torch.tensor([read_frames(p, [0]).shape[1:3] for p in paths], dtype=torch.int32)
         ds.sizes.copy_(sizes.repeat(repeat, 1))
-    loader = DataLoader(ds, batch_size=batch, num_workers=workers, drop_last=True, generator=torch.Generator().manual_seed(0))
+    # the project's worker set-up for every kind (freed memory kept for reuse: data/workers.py)
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        num_workers=workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+        worker_init_fn=loader_worker_init,
+    )
     it = iter(loader)
     next(it)
     pids = [w.pid for w in it._workers]  # type: ignore[attr-defined]
