@@ -73,7 +73,7 @@ class DataSuite:
     video_dir: str | None = None
     #: (frames, stride) clip shapes, e.g. 16x4 and 32x2.
     clips: list[list[int]] = field(default_factory=lambda: [[16, 4], [32, 2]])
-    #: decord / pyav: the training loader with that decoder; plain: decord alone in one process.
+    #: decord / pyav / torchcodec: the training loader with that decoder; plain: decord alone in the same workers.
     readers: list[str] = field(default_factory=lambda: ["plain", "decord", "pyav"])
     workers: list[int] = field(default_factory=lambda: [1, 2])
     batch_size: int = 4
@@ -184,8 +184,14 @@ def parse_bench_config(values: dict | None) -> BenchConfig:
     if cfg.repeats < 1 or cfg.warmup < 0:
         raise ConfigError("bench.repeats must be >= 1 and bench.warmup >= 0")
     for r in cfg.data.readers:
-        if r not in ("plain", "decord", "pyav"):
-            raise ConfigError(f"bench.data.readers: unknown reader {r!r} (plain, decord or pyav)")
+        if r not in ("plain", "decord", "pyav", "torchcodec"):
+            raise ConfigError(f"bench.data.readers: unknown reader {r!r} (plain, decord, pyav or torchcodec)")
+    if "torchcodec" in cfg.data.readers and "data" in cfg.suites:
+        from lw_lightning.data.video_io import torchcodec_problem
+
+        problem = torchcodec_problem()
+        if problem:
+            raise ConfigError(f"bench.data.readers: torchcodec: {problem}")
     if cfg.accuracy.split not in ("val", "test"):
         raise ConfigError(f"bench.accuracy.split must be 'val' or 'test', got {cfg.accuracy.split!r}")
     return cfg

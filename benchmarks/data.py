@@ -31,6 +31,7 @@ from lw_lightning.data.kinetics import ClipTransform, KineticsDataset, VideoReco
 from lw_lightning.data.sampling import clip_indices, max_start
 from lw_lightning.data.video_augment import VideoAugment
 from lw_lightning.data.video_io import VideoReadError
+from lw_lightning.data.workers import loader_worker_init
 from lw_lightning.models.vivit import ViViT, vivit_config
 
 from .common import Case, Env, time_interleaved
@@ -142,7 +143,7 @@ def fixed_clip(index: int, total: int, frames: int, stride: int) -> np.ndarray:
 
 class BenchKineticsDataset(KineticsDataset):
     """The Kinetics training dataset (worker half of the pipeline) on :func:`fixed_clip` indices,
-    decoding with decord (the default) or PyAV."""
+    decoding with decord (the default), torchcodec (``decoder="torchcodec"``) or PyAV (``reader="pyav"``)."""
 
     def __init__(self, *args, reader: str = "decord", **kw) -> None:
         super().__init__(*args, **kw)
@@ -213,7 +214,8 @@ def recipe_transforms(img_size: int, decoder_resize_ratio: float | None = 1.5) -
 def _dataset(reader: str, paths: list[Path], frames: int, stride: int, img_size: int, repeat: int) -> KineticsDataset:
     geometry, augment = recipe_transforms(img_size)
     records = [VideoRecord(str(p), 0, p.stem) for p in paths] * repeat
-    return BenchKineticsDataset(records, True, geometry, frames, stride, augment=augment, reader=reader)
+    decoder = "torchcodec" if reader == "torchcodec" else "decord"
+    return BenchKineticsDataset(records, True, geometry, frames, stride, augment=augment, reader=reader, decoder=decoder)
 
 
 def measure_loader(reader: str, paths: list[Path], frames: int, stride: int, workers: int, suite: DataSuite) -> float:
@@ -231,6 +233,7 @@ def measure_loader(reader: str, paths: list[Path], frames: int, stride: int, wor
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=loader_worker_init,  # the project's workers (freed memory kept for reuse)
     )
     it = iter(loader)
     next(it)  # workers started and their first batches decoded

@@ -85,15 +85,14 @@ def data_rows(results: dict[str, Any]) -> list[list[str]]:
     """Loader clips/s per worker count, against plain decord (same workers, same frames) and the model."""
     out = []
     for r in results.get("data") or []:
-        workers = sorted({int(m.group(1)) for k in r if (m := re.fullmatch(r"decord_w(\d+)", k))})
-        for w in workers:
-            loader, plain = r.get(f"decord_w{w}"), r.get(f"plain_w{w}")
+        cases = sorted({(m.group(1), int(m.group(2))) for k in r if (m := re.fullmatch(r"(decord|torchcodec)_w(\d+)", k))})
+        for decoder, w in cases:
+            loader, plain = r.get(f"{decoder}_w{w}"), r.get(f"plain_w{w}")
             vs = [f"{_x(loader, plain)} plain decord"] if plain else []
             if r.get("model_clips_s"):
                 vs.append(f"{_x(loader, r['model_clips_s'])} {r['model']} training ({r['model_clips_s']:.2f} clips/s)")
-            out.append(
-                ["loader", f"{r['clip']}, {w} worker{'s' if w > 1 else ''}", f"{loader:.2f} clips/s", ", ".join(vs) or "—"]
-            )
+            case = f"{r['clip']}, {decoder}, {w} worker{'s' if w > 1 else ''}"
+            out.append(["loader", case, f"{loader:.2f} clips/s", ", ".join(vs) or "—"])
     return out
 
 

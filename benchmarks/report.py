@@ -141,14 +141,15 @@ def data_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
     suite = cfg.data
     cases = [(r, w) for r in suite.readers for w in suite.workers]
     header = ["clip"] + [f"{'plain decord' if r == 'plain' else r} {w} worker{'s' if w > 1 else ''}" for r, w in cases]
-    ratios = list(suite.workers) if "plain" in suite.readers and "decord" in suite.readers else []
-    header += [f"loader / plain decord, {w} worker{'s' if w > 1 else ''}" for w in ratios]
+    # the loader with each fast decoder against plain decord, per worker count
+    ratios = [(d, w) for d in ("decord", "torchcodec") if "plain" in suite.readers and d in suite.readers for w in suite.workers]
+    header += [f"loader ({d}) / plain decord, {w} worker{'s' if w > 1 else ''}" for d, w in ratios]
     if suite.model_preset:
         header += ["model training clips/s", "loader / model (best)"]
     table = []
     for r in rows:
         line = [r["clip"]] + [f"{r[f'{rd}_w{w}']:.2f}" for rd, w in cases]
-        line += [f"{r[f'decord_w{w}'] / r[f'plain_w{w}']:.2f}" for w in ratios]
+        line += [f"{r[f'{d}_w{w}'] / r[f'plain_w{w}']:.2f}" for d, w in ratios]
         if suite.model_preset:
             best = max((r[f"{rd}_w{w}"] for rd, w in cases if rd != "plain"), default=float("nan"))
             line += [f"{r['model_clips_s']:.3f} ({r['model']}, b={suite.model_batch})", f"{best / r['model_clips_s']:.1f}×"]

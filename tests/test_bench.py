@@ -30,6 +30,18 @@ def test_bench_config_rejects_unknown_keys_with_a_suggestion():
     assert cfg.images.groups[0].size == 994 and cfg.images.groups[0].batch_sizes == [1, 8]
 
 
+def test_bench_data_readers_are_checked(monkeypatch):
+    with pytest.raises(ConfigError, match=r"unknown reader 'av' \(plain, decord, pyav or torchcodec\)"):
+        parse_bench_config({"data": {"readers": ["plain", "av"]}})
+    import lw_lightning.data.video_io as video_io
+
+    monkeypatch.setattr(video_io, "torchcodec_problem", lambda: "torchcodec finds no FFmpeg libraries")
+    with pytest.raises(ConfigError, match="bench.data.readers: torchcodec: torchcodec finds no FFmpeg libraries"):
+        parse_bench_config({"suites": ["data"], "data": {"readers": ["plain", "torchcodec"]}})
+    monkeypatch.setattr(video_io, "torchcodec_problem", lambda: None)
+    assert parse_bench_config({"suites": ["data"], "data": {"readers": ["torchcodec"]}}).data.readers == ["torchcodec"]
+
+
 def test_cli_bench_config_error_exits_2(root, capsys):
     assert main(["bench", "bench=smoke", "bench.repeats=0"]) == 2
     assert "bench.repeats" in capsys.readouterr().err

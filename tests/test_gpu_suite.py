@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from benchmarks import gpu_suite_report
+from lw_lightning.data.video_io import torchcodec_problem
 
 from .conftest import ROOT
 
@@ -37,6 +38,8 @@ def test_gpu_suite_dry_run_writes_one_table(tmp_path):
     assert any("TokenLearner" in c for c in cases["video"]) and len(cases["video"]) == 2
     loader = [r for r in rows if r[0] == "| loader"]
     assert loader and "plain decord" in loader[0][3] and "training" in loader[0][3]
+    decoders = {"torchcodec" if "torchcodec" in r[1] else "decord" for r in loader}
+    assert decoders == ({"decord"} if torchcodec_problem() else {"decord", "torchcodec"})  # torchcodec where it runs
     assert "skipped" in next(r[2] for r in rows if r[0] == "| pytest -m gpu")  # no CUDA here
     assert next(r[2] for r in rows if r[1] == "verdict").startswith("all finite")
     assert {"classification", "video"} <= set(cases["amp_check"])

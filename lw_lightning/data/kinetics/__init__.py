@@ -1,5 +1,5 @@
-"""Kinetics-400/600/700 (and any video set in the same layouts) read with decord (PyAV for
-rotated videos and for files decord fails on, see ``video_io.py``).
+"""Kinetics-400/600/700 (and any video set in the same layouts) read with decord, or torchcodec with
+``decoder="torchcodec"`` (PyAV for rotated videos and for files the first decoder fails on, see ``video_io.py``).
 
 Accepted on-disk layouts (``layout="auto"`` picks the first that matches under ``root``):
 
@@ -16,7 +16,7 @@ Accepted on-disk layouts (``layout="auto"`` picks the first that matches under `
 
 Class index: position in ``label_map`` (one name per line) when given, else in the sorted set of
 training labels. Missing files are dropped at setup with a logged count. A video that fails to
-decode (with decord and then PyAV) is, in training, replaced by a seeded random other video (at most ``max_resample`` times;
+decode (with decord or torchcodec, then PyAV) is, in training, replaced by a seeded random other video (at most ``max_resample`` times;
 each replacement is counted in the batch as ``resampled`` and logged); in validation/test it is
 returned with ``valid=False`` and zero frames, and the module counts and excludes it.
 
