@@ -15,7 +15,7 @@ import torch
 from lw_lightning.cli import main
 from lw_lightning.config import ConfigError
 from lw_lightning.data import video_io
-from lw_lightning.data.kinetics import KineticsDataModule
+from lw_lightning.data.kinetics import ClipTransform, KineticsDataModule, KineticsDataset, VideoRecord
 from lw_lightning.data.synthetic_kinetics import SyntheticKineticsSpec, make_synthetic_kinetics, write_video
 from lw_lightning.data.video_io import VideoReadError, _torchcodec_clip, read_clip_frames, torchcodec_problem
 
@@ -173,3 +173,29 @@ def test_cli_fits_and_validates_with_torchcodec(kinetics_root, tmp_path, capsys)
     bad = main(["fit", *args, "data.decoderr=torchcodec"])
     err = capsys.readouterr().err
     assert bad == 2 and "data.decoder" in err  # the unknown key is rejected with the right one suggested
+
+
+@needs_torchcodec
+def test_torchcodec_decodes_large_sources_at_their_stored_size(tmp_path):
+    """Its scaler is slower than the worker's crop-then-resize (docs/video.md), so the dataset never plans it."""
+    frames = np.random.default_rng(3).integers(0, 256, (8, 96, 128, 3), dtype=np.uint8)
+    write_video(tmp_path / "big.mp4", frames, lossless=True)
+    records = [VideoRecord(str(tmp_path / "big.mp4"), 0, "big")]
+    geo = ClipTransform(32, [36, 40], 36, "scale_jitter")  # 96 >= 1.5 x 40: decord would be asked to resize
+    asked = []
+
+    class Recording(KineticsDataset):
+        def decode(self, path, choose, size):
+            asked.append(size)
+            return super().decode(path, choose, size)
+
+    for decoder in ("decord", "torchcodec"):
+        train = Recording(records, True, geo, 4, 1, decoder=decoder)
+        train.sizes[0] = torch.tensor([96, 128], dtype=torch.int32)  # the size known (from epoch 2 on)
+        assert train.train_clip(0).shape == (4, 32, 32, 3)
+        val = Recording(records, False, geo, 4, 1, num_clips=2, num_crops=3, decoder=decoder)
+        val.sizes[0] = torch.tensor([96, 128], dtype=torch.int32)
+        assert val[0]["video"].shape == (6, 4, 32, 32, 3)
+    assert asked[:2] == [asked[0], (36, 48)] and asked[0] is not None  # decord: decoded at the planned sizes
+    assert asked[2:] == [None, None]  # torchcodec: at the stored size
+    assert geo.ratio == 1.5  # the caller's transform is left as it was

@@ -3,6 +3,7 @@ views (the photometric half runs batched on the device, :class:`..video_augment.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,6 +80,12 @@ class ClipTransform:
         self.train_crop = train_crop
         self.rrc_scale = tuple(rrc_scale)
         self.ratio = decoder_resize_ratio
+
+    def without_decoder_resize(self) -> ClipTransform:
+        """The same geometry with every resize done in the worker (``decoder_resize_ratio: null``)."""
+        other = copy.copy(self)
+        other.ratio = None
+        return other
 
     def _decoder_resizes(self, have: float, need: float) -> bool:
         return self.ratio is not None and have >= self.ratio * need

@@ -54,9 +54,10 @@ class KineticsDataModule(BaseDataModule):
             clip with probability ``color_jitter_prob``; ``grayscale_prob``: colour drop per clip.
         mean / std: per-channel normalisation on [0, 1] (0.5/0.5 = ViViT's [-1, 1] zero-centering).
         decoder_resize_ratio: a source this many times (or more) larger than a clip needs is
-            scaled by the decoder (null: never; see :class:`ClipTransform`).
-        decoder: ``decord`` (default) or ``torchcodec`` (optional package, needs the system's FFmpeg
-            libraries; faster on CPU, docs/video.md); PyAV remains the fallback of either.
+            scaled by decord (null: never; see :class:`ClipTransform`).
+        decoder: ``decord`` (default) or ``torchcodec`` (needs the system's FFmpeg libraries; faster
+            on CPU, docs/video.md; it decodes at the stored size, its scaler being the slower one);
+            PyAV remains the fallback of either.
         val_clips × val_crops, test_clips × test_crops: evaluation views per video.
         test_split: annotation split evaluated by ``test`` (``val`` when test labels are withheld).
         out_of_bounds: ``loop`` or ``clamp`` frame indices of videos shorter than a clip.

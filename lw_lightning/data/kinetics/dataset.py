@@ -41,7 +41,9 @@ class KineticsDataset(Dataset):
         self.decoder = decoder
         self.root = Path(root) if root is not None else None  # source() names files relative to it
         self.train = train
-        self.transform = transform
+        # torchcodec's scaler (its Resize transform) is slower than decoding at the stored size and
+        # resizing the crop here: 378 vs 277 ms a 32x2 training clip of 720p (docs/video.md)
+        self.transform = transform.without_decoder_resize() if decoder == "torchcodec" else transform
         self.augment = augment or VideoAugment()
         self.num_frames = num_frames
         self.frame_stride = frame_stride
