@@ -185,3 +185,20 @@ def test_video_throughput_with_the_torchcodec_loader(tmp_path):
     # plain, plain+crop, loader, torchcodec, loader with torchcodec; loader / plain, loader / plain+crop; the 3 torchcodec ratios
     assert len(rates) == 10 and all(v > 0 for v in rates)
     assert abs(rates[8] - rates[4] / rates[0]) < 0.02 and abs(rates[9] - rates[4] / rates[3]) < 0.02
+
+
+def test_decoder_resize_table_has_each_decoder_and_item(tmp_path, capsys):
+    from benchmarks import decoder_resize
+
+    argv = ["--size", "96x64", "--videos", "1", "--seconds", "1", "--gop", "10", "--clip", "4x2", "--clips", "1", "--rounds", "1"]
+    assert decoder_resize.main([*argv, "--dir", str(tmp_path)]) == 0
+    rows = [
+        ln.strip("|").split("|") for ln in capsys.readouterr().out.splitlines() if ln.startswith(("| decord", "| torchcodec"))
+    ]
+    decoders = ["decord"] + ([] if torchcodec_problem() else ["torchcodec"])
+    assert [(r[0].strip(), r[1].strip()[:5]) for r in rows] == [(d, i) for i in ("train", "eval ") for d in decoders]
+    for r in rows:
+        on, off, ratio = (float(c) for c in r[2:])
+        assert (
+            on > 0 and off > 0.5 and (on - 0.5) / (off + 0.5) - 0.01 <= ratio <= (on + 0.5) / (off - 0.5) + 0.01
+        )  # ms shown rounded

@@ -8,8 +8,8 @@ first use, after torch. ``AVReader`` leaks memory (#279): only ``VideoReader`` i
 dropped as soon as ``get_batch`` returns. The decoded batch is handed to numpy through DLPack, with
 no copy: it lives in decord's buffer until the last view of it is gone.
 
-torchcodec (``decoder="torchcodec"``, optional: ``pip install torchcodec`` and the system's FFmpeg
-libraries) takes decord's place when asked for: one FFmpeg thread, exact seeks from a packet scan,
+torchcodec (``decoder="torchcodec"``; it decodes only where the system has FFmpeg's libraries,
+:func:`torchcodec_problem` says what is missing) takes decord's place when asked for: one FFmpeg thread, exact seeks from a packet scan,
 frames ``[N, H, W, 3]`` uint8 as decord gives them. On this project's benchmark it decodes 1.4-1.6x
 faster than decord (docs/video.md). It also turns MP4 files upright itself, so the rotation policy
 below is the same for both.
@@ -94,9 +94,9 @@ def read_clip_frames(
     if decoder not in _FAST:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     rotation = 0 if decord_rotates(path) else display_rotation(path)
-    decord_failed = False
+    first_failed = False
     if rotation == 0:
-        decord_failed = True
+        first_failed = True
         try:
             return _FAST[decoder](path, choose, size)
         except VideoReadError as err:
@@ -106,10 +106,10 @@ def read_clip_frames(
     try:
         frames = _pyav_clip(path, choose, stored)
     except VideoReadError as err:
-        if decord_failed:  # both decoders failed: name both reasons
+        if first_failed:  # both decoders failed: name both reasons
             raise VideoReadError(f"{first}; PyAV: {_first_line(err)}") from None
         raise
-    if decord_failed:
+    if first_failed:
         log.info("%s failed, PyAV decoded %s (%s)", decoder, path, first)
     return upright(frames, rotation)
 
