@@ -56,7 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are shown")
     parser.add_argument("--dir", type=Path, default=None, help="where the videos are written (reused when present)")
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process (a test) keeps its threads
+
+
+def _run(args: argparse.Namespace) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     frames, stride = (int(v) for v in args.clip.lower().split("x"))
     root = args.dir or Path(tempfile.mkdtemp(prefix="decoder_resize_"))

@@ -191,7 +191,9 @@ def test_decoder_resize_table_has_each_decoder_and_item(tmp_path, capsys):
     from benchmarks import decoder_resize
 
     argv = ["--size", "96x64", "--videos", "1", "--seconds", "1", "--gop", "10", "--clip", "4x2", "--clips", "1", "--rounds", "1"]
+    threads = torch.get_num_threads()
     assert decoder_resize.main([*argv, "--dir", str(tmp_path)]) == 0
+    assert torch.get_num_threads() == threads  # later tests compare runs bit for bit across processes
     rows = [
         ln.strip("|").split("|") for ln in capsys.readouterr().out.splitlines() if ln.startswith(("| decord", "| torchcodec"))
     ]
