@@ -188,9 +188,8 @@ class PlainDecordDataset(Dataset):
 
 
 class PlainTorchcodecDataset(PlainDecordDataset):
-    """:class:`PlainDecordDataset` with torchcodec's CPU decoder (optional: ``pip install torchcodec`` plus
-    the system's FFmpeg libraries; the project does not depend on it): one FFmpeg thread, exact seeks,
-    frames ``[T, H, W, 3]`` as decord gives them."""
+    """:class:`PlainDecordDataset` with torchcodec's CPU decoder (it needs the system's FFmpeg libraries):
+    one FFmpeg thread, exact seeks, frames ``[T, H, W, 3]`` as decord gives them."""
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         from torchcodec.decoders import VideoDecoder

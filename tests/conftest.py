@@ -23,6 +23,17 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture(scope="module")
+def kinetics_root(tmp_path_factory) -> Path:
+    """A tiny synthetic Kinetics tree in the CVDF layout (lossless videos: decoders read them exactly)."""
+    from lw_lightning.data.synthetic_kinetics import SyntheticKineticsSpec, make_synthetic_kinetics
+
+    root = tmp_path_factory.mktemp("k") / "kinetics"
+    spec = SyntheticKineticsSpec(train_per_class=2, val_per_class=1, test_per_class=1, num_frames=12, lossless=True)
+    make_synthetic_kinetics(root, spec)
+    return root
+
+
 def tiny_overrides(tmp_path: Path, arch: str = "vit", size: int = 112) -> list[str]:
     """Overrides that make conf/experiment/demo_vit.yaml run in seconds on CPU."""
     return [

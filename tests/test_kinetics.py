@@ -14,17 +14,8 @@ import torch
 
 from lw_lightning.config import ConfigError
 from lw_lightning.data.kinetics import KineticsDataModule, parse_clip_filename, read_annotation_csv, read_list_file
-from lw_lightning.data.synthetic_kinetics import CLASS_NAMES, SyntheticKineticsSpec, make_synthetic_kinetics, write_video
+from lw_lightning.data.synthetic_kinetics import CLASS_NAMES, write_video
 from lw_lightning.data.video_io import VideoReadError, _decord_clip, count_frames, display_rotation, read_frames
-
-TINY = SyntheticKineticsSpec(train_per_class=2, val_per_class=1, test_per_class=1, num_frames=12, lossless=True)
-
-
-@pytest.fixture(scope="module")
-def kinetics_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("k") / "kinetics"
-    make_synthetic_kinetics(root, TINY)
-    return root
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ configuration errors are tested everywhere."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,25 +14,13 @@ import torch
 from lw_lightning.cli import main
 from lw_lightning.config import ConfigError
 from lw_lightning.data import video_io
-from lw_lightning.data.kinetics import ClipTransform, KineticsDataModule, KineticsDataset, VideoRecord
-from lw_lightning.data.synthetic_kinetics import SyntheticKineticsSpec, make_synthetic_kinetics, write_video
+from lw_lightning.data.kinetics import ClipTransform, KineticsDataset, VideoRecord
+from lw_lightning.data.synthetic_kinetics import write_video
 from lw_lightning.data.video_io import VideoReadError, _torchcodec_clip, read_clip_frames, torchcodec_problem
 
+from .test_kinetics import dm
+
 needs_torchcodec = pytest.mark.skipif(torchcodec_problem() is not None, reason=f"{torchcodec_problem()}")
-
-TINY = SyntheticKineticsSpec(train_per_class=2, val_per_class=1, test_per_class=1, num_frames=12, lossless=True)
-
-
-@pytest.fixture(scope="module")
-def kinetics_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("k") / "kinetics"
-    make_synthetic_kinetics(root, TINY)
-    return root
-
-
-def _dm(root: Path, **kw) -> KineticsDataModule:
-    opts = dict(num_frames=4, frame_stride=2, img_size=32, train_short_side=[32, 36], eval_short_side=40, batch_size=2)
-    return KineticsDataModule(str(root), **{**opts, **kw})
 
 
 def _marked(num_frames: int = 6, height: int = 32, width: int = 64) -> np.ndarray:
@@ -107,7 +94,7 @@ def test_torchcodec_failures_fall_back_to_pyav_or_name_both(tmp_path, caplog, mo
 
 @needs_torchcodec
 def test_datamodule_decodes_with_torchcodec_in_forked_workers(kinetics_root):
-    ref, data = _dm(kinetics_root), _dm(kinetics_root, decoder="torchcodec", num_workers=2, persistent_workers=False)
+    ref, data = dm(kinetics_root), dm(kinetics_root, decoder="torchcodec", num_workers=2, persistent_workers=False)
     data.setup("fit")
     ref.setup("fit")
     train = data.build_dataset("train")
@@ -129,13 +116,13 @@ def test_datamodule_decodes_with_torchcodec_in_forked_workers(kinetics_root):
 
 def test_decoder_choice_is_checked(kinetics_root, monkeypatch):
     with pytest.raises(ConfigError, match=r"data.decoder must be one of \['decord', 'torchcodec'\], got 'pyav'"):
-        _dm(kinetics_root, decoder="pyav")
+        dm(kinetics_root, decoder="pyav")
     from lw_lightning.data.kinetics import datamodule
 
     monkeypatch.setattr(datamodule, "torchcodec_problem", lambda: "torchcodec finds no FFmpeg libraries (apt install ffmpeg)")
     with pytest.raises(ConfigError, match=r"data.decoder=torchcodec: torchcodec finds no FFmpeg .*; or use data.decoder=decord"):
-        _dm(kinetics_root, decoder="torchcodec")
-    assert _dm(kinetics_root).decoder == "decord"  # the default needs nothing optional
+        dm(kinetics_root, decoder="torchcodec")
+    assert dm(kinetics_root).decoder == "decord"  # the default needs nothing optional
     with pytest.raises(ValueError, match="decoder must be one of"):
         read_clip_frames(kinetics_root / "x.mp4", lambda n: np.arange(n), decoder="av")
 
@@ -155,21 +142,32 @@ def test_torchcodec_problem_names_what_to_install(monkeypatch):
 
 
 @needs_torchcodec
-def test_cli_fits_and_validates_with_torchcodec(kinetics_root, tmp_path, capsys):
+def test_cli_fits_with_torchcodec(kinetics_root, tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(args[0])
+        return video_io._torchcodec_clip(*args, **kw)
+
+    monkeypatch.setitem(video_io._FAST, "torchcodec", counted)  # in this process: data.num_workers=0
     args = [
         "experiment=demo_video",
         f"data.root={kinetics_root}",
         f"output_dir={tmp_path}",
         "data.decoder=torchcodec",
-        "data.num_workers=1",
+        "data.num_workers=0",
         "data.batch_size=4",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
         "callbacks.images=null",
     ]
     assert main(["fit", *args]) == 0, capsys.readouterr().err[-2000:]
+    assert len(calls) >= 4 + 1  # a training batch of 4 clips and a validation batch, all through torchcodec
+    (saved,) = tmp_path.rglob("config.yaml")
+    assert "decoder: torchcodec" in saved.read_text()  # the run records its decoder
     bad = main(["fit", *args, "data.decoderr=torchcodec"])
     err = capsys.readouterr().err
     assert bad == 2 and "data.decoder" in err  # the unknown key is rejected with the right one suggested

@@ -75,10 +75,6 @@ def _av() -> Any:
     return av
 
 
-#: the fast decoders ``read_clip_frames`` can be asked for (PyAV is the fallback of both)
-DECODERS = ("decord", "torchcodec")
-
-
 def read_clip_frames(
     path: str | os.PathLike, choose: Callable[[int], np.ndarray], size: tuple[int, int] | None = None,
     decoder: str = "decord",
@@ -297,6 +293,8 @@ def _as_numpy(batch: Any) -> np.ndarray:
 
 
 _FAST: dict[str, Callable[..., np.ndarray]] = {"decord": _decord_clip, "torchcodec": _torchcodec_clip}
+#: the fast decoders ``read_clip_frames`` can be asked for (PyAV is the fallback of both)
+DECODERS = tuple(_FAST)
 
 
 def _rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:

@@ -42,7 +42,7 @@ class KineticsDataset(Dataset):
         self.root = Path(root) if root is not None else None  # source() names files relative to it
         self.train = train
         # torchcodec's scaler (its Resize transform) is slower than decoding at the stored size and
-        # resizing the crop here: 378 vs 277 ms a 32x2 training clip of 720p (docs/video.md)
+        # resizing the crop here: 1.20-1.33x the time at 720p (benchmarks/decoder_resize.py, docs/video.md)
         self.transform = transform.without_decoder_resize() if decoder == "torchcodec" else transform
         self.augment = augment or VideoAugment()
         self.num_frames = num_frames
