@@ -19,6 +19,8 @@ on the same frame indices and the same worker processes:
 * ``old worker``: the worker transform before the device split (float resize of the whole frame,
   crop, flip, colour jitter p=0.8, colour drop p=0.1, normalise), for the before/after;
 * with ``--prepared``: the same on a copy re-encoded by ``python -m lw_lightning.prep_videos``;
+* with ``--plain-workers``: the loaders again in PyTorch's plain workers, without the project's
+  worker set-up (``loader_worker_init``: freed memory kept for reuse), to see what that set-up saves;
 * with ``--torchcodec``: torchcodec's CPU decoder alone, as ``plain`` (exact seeks, one FFmpeg
   thread; needs the system's FFmpeg libraries), and the loader with ``data.decoder=torchcodec``.
 
@@ -154,6 +156,8 @@ def measure_video(
     from lw_lightning.data.video_io import read_frames
     from lw_lightning.data.workers import loader_worker_init
 
+    project_workers = not kind.endswith(PLAIN_WORKERS)
+    kind = kind.removesuffix(PLAIN_WORKERS)
     repeat = -(-(clips + batch * (workers + 2)) // len(paths)) + 1
     if kind == "torchcodec":
         ds = PlainTorchcodecDataset([str(p) for p in paths] * repeat, frames, stride)
@@ -169,14 +173,15 @@ def measure_video(
         # file's first decode is at its stored size); the records repeat the files, so the table is filled here
         sizes = torch.tensor([read_frames(p, [0]).shape[1:3] for p in paths], dtype=torch.int32)
         ds.sizes.copy_(sizes.repeat(repeat, 1))
-    # the project's worker set-up for every kind (freed memory kept for reuse: data/workers.py)
+    # the project's worker set-up for every kind (freed memory kept for reuse: data/workers.py), or
+    # PyTorch's plain workers (the kinds --plain-workers adds)
     loader = DataLoader(
         ds,
         batch_size=batch,
         num_workers=workers,
         drop_last=True,
         generator=torch.Generator().manual_seed(0),
-        worker_init_fn=loader_worker_init,
+        worker_init_fn=loader_worker_init if project_workers else None,
     )
     it = iter(loader)
     next(it)
@@ -193,6 +198,8 @@ def measure_video(
 STORED_SIZE = "loader, decoded at stored size"
 #: the loader with ``data.decoder=torchcodec``
 LOADER_TORCHCODEC = "loader, torchcodec"
+#: suffix of a loader kind run in PyTorch's plain workers (no ``loader_worker_init``)
+PLAIN_WORKERS = " (plain workers)"
 
 
 def video_main(args: argparse.Namespace) -> int:
@@ -201,8 +208,12 @@ def video_main(args: argparse.Namespace) -> int:
 
     from benchmarks.config import DataSuite
     from benchmarks.data import make_videos
+    from lw_lightning.data.video_io import torchcodec_problem
     from lw_lightning.prep_videos import PrepOptions, prepare_tree
 
+    if args.torchcodec and (problem := torchcodec_problem()):
+        print(f"--torchcodec: {problem}")
+        return 2
     width, height = (int(v) for v in args.size.lower().split("x"))
     clips = [tuple(int(v) for v in c.lower().split("x")) for c in args.clips]
     root = args.dir or Path(tempfile.mkdtemp(prefix="video_throughput_"))
@@ -222,6 +233,8 @@ def video_main(args: argparse.Namespace) -> int:
         + ([] if args.no_old else ["old worker"])
         + (["torchcodec", LOADER_TORCHCODEC] if args.torchcodec else [])
     )
+    if args.plain_workers:  # the loaders again in PyTorch's plain workers, interleaved with the rest
+        kinds += [k + PLAIN_WORKERS for k in ("loader", LOADER_TORCHCODEC) if k in kinds]
     cases = [(name, f, st, kind, w) for (f, st) in clips for name in sets for kind in kinds for w in args.workers]
     rates: dict[tuple, list[float]] = {c: [] for c in cases}
     cpu: dict[tuple, list[float]] = {c: [] for c in cases}
@@ -241,16 +254,18 @@ def video_main(args: argparse.Namespace) -> int:
         f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores.",
     ]
     # the loader's speed relative to each yardstick: rate / rate, or CPU time / CPU time inverted
-    versus = [k for k in kinds if k not in ("loader", "torchcodec", LOADER_TORCHCODEC)]
+    versus = [k for k in kinds if k not in ("loader", "torchcodec", LOADER_TORCHCODEC, LOADER_TORCHCODEC + PLAIN_WORKERS)]
     for title, data, unit, faster in (
         ("clips/s per worker", rates, "clips/s", lambda loader, other: loader / other),
         # CPU time is counted in clock ticks (10 ms): a tiny run may count none
         ("worker CPU per clip", cpu, "ms", lambda loader, other: other / loader if loader else float("nan")),
     ):
         header = ["files", "clip", "workers"] + [f"{k} ({unit})" for k in kinds] + [f"loader / {k}" for k in versus]
-        header += (
-            ["torchcodec / plain", "loader, torchcodec / plain", "loader, torchcodec / torchcodec"] if args.torchcodec else []
+        pairs = (
+            [("torchcodec", "plain"), (LOADER_TORCHCODEC, "plain"), (LOADER_TORCHCODEC, "torchcodec")] if args.torchcodec else []
         )
+        pairs += [(LOADER_TORCHCODEC, LOADER_TORCHCODEC + PLAIN_WORKERS)] if LOADER_TORCHCODEC + PLAIN_WORKERS in kinds else []
+        header += [f"{a} / {b}" for a, b in pairs]
         lines += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for f, st in clips:
             for name in sets:
@@ -259,9 +274,7 @@ def video_main(args: argparse.Namespace) -> int:
                     med = {k: statistics.median(data[(name, f, st, k, w)]) / per_worker for k in kinds}
                     row = [name, f"{f}x{st}", str(w)] + [f"{med[k]:.2f}" if data is rates else f"{med[k]:.1f}" for k in kinds]
                     row += [f"{faster(med['loader'], med[k]):.2f}" for k in versus]
-                    if args.torchcodec:
-                        pairs = [("torchcodec", "plain"), (LOADER_TORCHCODEC, "plain"), (LOADER_TORCHCODEC, "torchcodec")]
-                        row += [f"{faster(med[a], med[b]):.2f}" for a, b in pairs]
+                    row += [f"{faster(med[a], med[b]):.2f}" for a, b in pairs]
                     lines.append("| " + " | ".join(row) + " |")
     table = "\n".join(lines)
     print(table)
@@ -285,12 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prep-keyint", type=int, default=16)
     parser.add_argument("--no-old", action="store_true", help="(video) skip the pre-split worker transform")
     parser.add_argument(
-        "--torchcodec", action="store_true", help="(video) also torchcodec's CPU decoder alone (optional package + system FFmpeg)"
+        "--torchcodec",
+        action="store_true",
+        help="(video) also torchcodec alone and the loader with it (needs the system's FFmpeg libraries)",
     )
     parser.add_argument(
         "--stored-size",
         action="store_true",
         help="(video) also the loader with decoder resizing off (decoder_resize_ratio: null)",
+    )
+    parser.add_argument(
+        "--plain-workers",
+        action="store_true",
+        help="(video) also the loaders in PyTorch's plain workers (glibc's default malloc: freed memory given back)",
     )
     parser.add_argument("--out", type=Path, default=None, help="(video) also write the markdown table here")
     parser.add_argument("--images", type=int, default=256, help="generated JPEGs")

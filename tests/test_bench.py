@@ -158,17 +158,19 @@ def test_video_throughput_tables_have_rates_and_worker_cpu(tmp_path):
     from benchmarks import data_throughput
 
     argv = ["--video", "--videos", "1", "--seconds", "1", "--size", "96x64", "--gop", "10", "--clips", "4x2", "--workers", "1"]
-    argv += ["--rounds", "1", "--clips-per-run", "2", "--batch-size", "1", "--no-old", "--stored-size", "--dir", str(tmp_path)]
-    assert data_throughput.main([*argv, "--out", str(tmp_path / "t.md")]) == 0
+    argv += ["--rounds", "1", "--clips-per-run", "2", "--batch-size", "1", "--no-old", "--stored-size", "--plain-workers"]
+    assert data_throughput.main([*argv, "--dir", str(tmp_path), "--out", str(tmp_path / "t.md")]) == 0
     text = (tmp_path / "t.md").read_text()
     assert "**clips/s per worker**" in text and "**worker CPU per clip**" in text
+    assert "loader / loader (plain workers)" in text
     rows = [ln.strip("|").split("|") for ln in text.splitlines() if ln.startswith("| raw |")]
-    assert len(rows) == 2  # one row per table: plain, plain+crop, loader, stored size, then 3 ratios
+    assert len(rows) == 2  # one row per table: plain, plain+crop, loader, stored size, plain-workers loader, then 4 ratios
     rates, cpu = [float(c) for c in rows[0][3:]], [float(c) for c in rows[1][3:]]
-    assert len(rates) == len(cpu) == 7 and all(v > 0 for v in rates) and all(v >= 0 for v in cpu[:4])
-    assert abs(rates[4] - rates[2] / rates[0]) < 0.02  # loader / plain, as a speed
+    assert len(rates) == len(cpu) == 9 and all(v > 0 for v in rates) and all(v >= 0 for v in cpu[:5])
+    assert abs(rates[5] - rates[2] / rates[0]) < 0.02  # loader / plain, as a speed
+    assert abs(rates[8] - rates[2] / rates[4]) < 0.02  # loader / loader in plain workers
     if cpu[0] > 0 and cpu[2] > 0:  # CPU time is counted in 10-ms ticks: a tiny run may count none
-        assert abs(cpu[4] - cpu[0] / cpu[2]) < 0.02  # the CPU table's ratios are speeds too: plain time / loader time
+        assert abs(cpu[5] - cpu[0] / cpu[2]) < 0.02  # the CPU table's ratios are speeds too: plain time / loader time
 
 
 @pytest.mark.skipif(torchcodec_problem() is not None, reason=f"{torchcodec_problem()}")
