@@ -42,7 +42,7 @@ def keep_freed_memory() -> bool:
     A video worker allocates megabytes per clip (decoded frames, the resized crop) and holds a
     batch of them until collation. With glibc's defaults these blocks are mapped fresh and
     unmapped again batch after batch, and every first touch of a fresh page is a page fault:
-    about 6 ms of a 32x2 clip's 50-60 ms on the 2-core benchmark machine (docs/video.md). Served
+    4-7 ms of a 32x2 clip's 55-60 ms with decord on the 2-core benchmark machine (docs/video.md). Served
     from a heap that is never trimmed, they reuse pages already mapped. The worker then holds its
     peak heap (about a batch of clips) for its lifetime. Returns False where there is no glibc.
     """
