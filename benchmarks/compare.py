@@ -260,8 +260,8 @@ def load_classifier(ckpt: str) -> Any:
     from lw_lightning.models.checkpoint import read_weights
     from lw_lightning.modules.classification import ImageClassifier
 
-    hp = read_weights(ckpt, "checkpoint", weights_only=False)["hyper_parameters"]
-    model = hp["model"] if isinstance(hp["model"], dict) else vars(hp["model"])
+    hp = read_weights(ckpt, "checkpoint")["hyper_parameters"]  # weights_only: dataclass configs come back as dicts
+    model = dict(hp["model"])
     return ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu", model={**model, "pretrained": None})
 
 

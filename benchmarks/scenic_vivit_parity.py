@@ -322,7 +322,7 @@ def compare(path: str) -> int:
 
     from lw_lightning.models.vivit import ViViT, vivit_config
 
-    data = np.load(path)
+    data = np.load(path, allow_pickle=False)  # arrays only: a pickled object could run code
     print("| case | scenic input [n, T, H, W, 3] | max abs Δ logits | max abs logits |\n|---|---|---|---|")
     worst = 0.0
     for name, case in CASES.items():

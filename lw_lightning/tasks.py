@@ -24,7 +24,7 @@ from .callbacks.predictions import PredictionWriter
 from .callbacks.save_config import SaveConfig
 from .callbacks.sigterm import SigtermCheckpoint, StoppedBySignal
 from .config import ConfigError, to_yaml
-from .models.checkpoint import check_state_dict, read_weights
+from .models.checkpoint import check_state_dict, legacy_configs, read_weights
 from .runtime import warn_if_gpu_recipe_on_cpu, warn_if_low_precision_on_cpu
 
 log = logging.getLogger(__name__)
@@ -337,11 +337,13 @@ def run(cfg: DictConfig, command: str) -> RunResult:
     new_folders = _missing_folders(Path(log_dir)) if log_dir is not None else []
     started = time.time()
     try:
-        if command == "fit":
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            check_training_batches(trainer)  # if on_fit_start could not tell yet
-        else:
-            getattr(trainer, command)(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # Lightning reads ckpt_path again itself: weights only, as _read_checkpoint did
+        with legacy_configs():
+            if command == "fit":
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                check_training_batches(trainer)  # if on_fit_start could not tell yet
+            else:
+                getattr(trainer, command)(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         stopper = next((c for c in trainer.callbacks if isinstance(c, SigtermCheckpoint)), None)  # type: ignore[attr-defined]
         if stopper is None:  # validate / test / predict: nothing to save, but not a success either

@@ -372,7 +372,7 @@ def test_finetuned_checkpoint_evaluates_after_its_pretrained_file_is_gone(tmp_pa
     ]
     assert main(["fit", "experiment=demo_finetune", *common, f"module.model.pretrained={pretrained}"]) == 0
     last = tmp_path / "runs" / "demo_finetune" / "version_0" / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, weights_only=False)["hyper_parameters"]["model"]
+    saved = torch.load(last, weights_only=True)["hyper_parameters"]["model"]
     assert (saved["selector_r"], saved["resize_mode"]) == (3, "official")  # what the file decided is recorded
     pretrained.unlink()
     capsys.readouterr()

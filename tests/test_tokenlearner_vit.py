@@ -161,7 +161,7 @@ def test_our_full_res_vit_ckpt_initialises_the_backbone(vit_ckpt):
         dict(arch="tokenlearner", preset="tiny", img_size=[112, 112], tokenlearner_loc=0.5, pretrained=str(vit_ckpt)),
         num_classes=4,
     )
-    state = torch.load(vit_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(vit_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     vit = module.net.vit_state_dict()
     assert torch.equal(vit["blocks.3.attn.qkv.weight"], state["net.backbone.blocks.3.attn.qkv.weight"])
     assert torch.equal(vit["reg_token"], state["net.backbone.reg_token"])

@@ -203,7 +203,7 @@ def test_tokenlearner_vivit_starts_from_a_vivit_checkpoint(tmp_path):
     ]
     assert main(["fit", *args]) == 0
     ckpt = tmp_path / "demo_vlw_vivit" / "version_0" / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert "tubelet_head.weight" in state  # the dense teacher's extra head
     cfg, net = build_vivit({**_small_teacher(), "num_tokens": 4, "tokenlearner_loc": 2, "pretrained": str(ckpt)}, num_classes=4)
     own = net.state_dict()

@@ -65,7 +65,9 @@ class SigtermCheckpoint(pl.Callback):
             if isinstance(cb, ModelCheckpoint) and cb.save_last:
                 # a later last-save of theirs then overwrites this file instead of writing last-v1.ckpt
                 cb.last_model_path = str(path)
-        trainer.save_checkpoint(path, weights_only=False)  # every rank calls it (the flag is broadcast); rank 0 writes
+        # the full training state (optimizer, loops: Lightning's "not weights only") for an exact resume;
+        # every rank calls it (the flag is broadcast), rank 0 writes
+        trainer.save_checkpoint(path, False)
         self.saved_path, self.saved_step = str(path), trainer.global_step
 
     def on_train_batch_end(

@@ -20,10 +20,12 @@ that timm's checkpoint filter for ``model.pretrained_name`` converts (the teache
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
 import pickle
+import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,12 +61,63 @@ def check_weights_file(path: str | Path, what: str) -> None:
     read_weights(path, what, header_only=True)
 
 
-def read_weights(path: str | Path, what: str, weights_only: bool = True, header_only: bool = False) -> Any:
+#: the config dataclasses that earlier versions pickled into a checkpoint's ``hyper_parameters``
+#: when a module was built from Python with one (the CLI always passed plain dicts)
+LEGACY_CONFIG_CLASSES = (
+    "lw_lightning.models.config.ModelConfig",
+    "lw_lightning.models.teacher.TeacherConfig",
+    "lw_lightning.models.vivit.ViViTConfig",
+    "lw_lightning.models.video_lookwhere.VideoLookWhereConfig",
+    "lw_lightning.models.video_teacher.VideoTeacherConfig",
+    "lw_lightning.models.video_teacher.FrameTeacherConfig",
+    "lw_lightning.modules.distill.LossWeights",
+)
+
+
+class SavedConfig(dict):
+    """What a legacy config dataclass (:data:`LEGACY_CONFIG_CLASSES`) loads as: its fields in a
+    plain dict, which is what every module and loader takes. The real classes are never
+    unpickled, so allowing these names runs no code of the file's choosing."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # pickle's BUILD of the dataclass
+        self.update(state)
+
+
+def legacy_configs() -> contextlib.AbstractContextManager:
+    """``torch.load(weights_only=True)`` inside this context also reads :data:`LEGACY_CONFIG_CLASSES`
+    (as :class:`SavedConfig`), so checkpoints of earlier versions still load."""
+    return torch.serialization.safe_globals([(SavedConfig, name) for name in LEGACY_CONFIG_CLASSES])
+
+
+def refused_object(err: BaseException) -> str | None:
+    """What torch's weights-only unpickler refused to build (a global's name such as
+    ``posix.system``, or its own words for an opcode), or None when ``err`` is no such refusal."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return found.group(1)
+    found = re.search(r"^(Unsupported operand \d+|Can only [^\n]*|Only persistent_load [^\n]*)$", text, re.M)
+    return found.group(1).rstrip(".") if found else None
+
+
+def unsafe_file_error(what: str, path: str | Path, refused: str) -> ConfigError:
+    """The one-line error for a file refused for its pickled objects (not "truncated or corrupt")."""
+    return ConfigError(
+        f"{what} {path} holds objects that could run code when loaded ({refused}); only weights and plain values are read"
+    )
+
+
+def read_weights(path: str | Path, what: str, header_only: bool = False) -> Any:
     """``torch.load`` (or safetensors ``load_file``) a local weights file on the CPU.
 
-    Unreadable files are a one-line :class:`ConfigError` naming ``what`` and the file: an empty
-    or cut-off file is "truncated or corrupt", any other content "not a checkpoint". torch's zip
-    format is memory-mapped, so reading a large checkpoint only to check it costs little.
+    Always ``weights_only=True``: tensors, plain containers and values, and the legacy config
+    dataclasses (:func:`legacy_configs`, read as dicts); a file whose pickle would build any other
+    object is refused unread (:func:`unsafe_file_error`). Other unreadable files are a one-line
+    :class:`ConfigError` naming ``what`` and the file: an empty or cut-off file is "truncated or
+    corrupt", any other content "not a checkpoint". torch's zip format is memory-mapped, so reading
+    a large checkpoint only to check it costs little.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -90,13 +143,12 @@ def read_weights(path: str | Path, what: str, weights_only: bool = True, header_
     if not zipped and not head.startswith(_LEGACY_MAGIC):
         raise ConfigError(f"{what} {path} is not a checkpoint (neither a torch.save nor a safetensors file)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipped)
-    except pickle.UnpicklingError as err:
-        refused = [ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln]
-        if refused:  # a whole file that holds more than tensors and plain containers
-            raise ConfigError(f"{what} {path} holds objects torch.load(weights_only=True) refuses: {refused[0]}") from None
-        raise ConfigError(f"{what} {path} is truncated or corrupt ({_first_line(err)})") from None
+        with legacy_configs():
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except Exception as err:  # cut-off zip (no central directory), short reads, bad records
+        refused = refused_object(err)
+        if refused is not None:
+            raise unsafe_file_error(what, path, refused) from None
         raise ConfigError(f"{what} {path} is truncated or corrupt ({type(err).__name__}: {_first_line(err)[:160]})") from None
 
 
@@ -369,7 +421,7 @@ def load_timm_file(vit: VisionTransformer, path: str | Path, what: str, name: st
         return
     check_weights_file(path, what)  # truncated / not a checkpoint: one line (timm's reader would give a traceback)
     try:
-        state = timm_read_file(str(path))
+        state = timm_read_file(str(path), weights_only=True)
     except Exception as err:
         raise ConfigError(f"{where} is truncated or corrupt ({type(err).__name__}: {_first_line(err)[:200]})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -392,17 +444,16 @@ def load_timm_file(vit: VisionTransformer, path: str | Path, what: str, name: st
 
 def vit_from_lightning_checkpoint(path: Path, what: str) -> VisionTransformer:
     """The timm backbone of a full-res ViT ``ImageClassifier`` checkpoint trained here."""
-    import dataclasses
 
     from .config import model_config
 
-    ckpt = read_weights(path, what, weights_only=False)  # Lightning checkpoints may hold hparams objects
+    ckpt = read_weights(path, what)
     model_hp = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or model_hp is None:
         raise ConfigError(
             f"{what} {path} is not an ImageClassifier checkpoint of this project (no state_dict / hyper_parameters.model)"
         )
-    model_hp = dict(model_hp) if isinstance(model_hp, dict) else dataclasses.asdict(model_hp)
+    model_hp = dict(model_hp) if isinstance(model_hp, Mapping) else {}
     if model_hp.get("arch") != "vit":
         raise ValueError(f"{what} {path} is not a full-resolution ViT (model.arch={model_hp.get('arch')})")
     model_hp.pop("pretrained", None)

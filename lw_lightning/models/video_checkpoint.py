@@ -22,13 +22,13 @@ def read_video_classifier(path: str | Path, what: str) -> tuple[ViViTConfig, dic
     """ViViT config and ``net.*`` weights of a ViViT ``VideoClassifier`` checkpoint trained here."""
     from .checkpoint import read_weights
 
-    ckpt = read_weights(path, what, weights_only=False)  # Lightning checkpoints hold hparams
+    ckpt = read_weights(path, what)
     hp = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or hp is None:
         raise ConfigError(
             f"{what} {path} is not a VideoClassifier checkpoint of this project (no state_dict / hyper_parameters.model)"
         )
-    hp = dict(hp) if isinstance(hp, Mapping) else dataclasses.asdict(hp)
+    hp = dict(hp) if isinstance(hp, Mapping) else {}
     if hp.get("arch") == "lookwhere":
         raise ConfigError(f"{what} {path} is a video LookWhere classifier, not a ViViT")
     cfg = vivit_config(**{**hp, "pretrained": None})

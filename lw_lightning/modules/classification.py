@@ -3,7 +3,6 @@ head on the CLS features)."""
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,6 +18,7 @@ from ..models.config import ModelConfig, check_k, model_config
 from ..models.lookwhere import LookWhere, build_model
 from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
+from .safe_checkpoint import SafeCheckpointModule
 from .valid import keep_valid
 
 
@@ -33,7 +33,7 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(SafeCheckpointModule):
     """Classifier on the extractor's (or full-res ViT's, or TokenLearner-ViT's) CLS features.
 
     Args:

@@ -26,6 +26,7 @@ from ..models.teacher import Teacher, TeacherConfig, build_teacher
 from ..models.vit import gather_tokens
 from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
+from .safe_checkpoint import SafeCheckpointModule
 from .valid import keep_valid
 
 PARTS = ("cls", "patch", "map")
@@ -69,7 +70,7 @@ def export_student(module: pl.LightningModule, save: Callable[[Any, Path], Path]
         rank_zero_info(f"exported {what}: {path}")
 
 
-class LookWhereDistill(pl.LightningModule):
+class LookWhereDistill(SafeCheckpointModule):
     """Trains a LookWhere student to imitate a frozen teacher.
 
     Args:

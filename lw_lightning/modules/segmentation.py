@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,10 +16,11 @@ from ..models.config import ModelConfig, check_k, model_config
 from ..models.lookwhere import LookWhere, build_model
 from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
+from .safe_checkpoint import SafeCheckpointModule
 from .valid import keep_valid
 
 
-class Segmenter(pl.LightningModule):
+class Segmenter(SafeCheckpointModule):
     """Per-patch linear head on dense features; logits bilinearly upsampled to the label size.
 
     Loss: cross-entropy with ``ignore_index``. Metric: mIoU over the whole dataset

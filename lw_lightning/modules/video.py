@@ -6,7 +6,6 @@ import dataclasses
 import logging
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -18,13 +17,14 @@ from ..models.vivit import ViViTConfig
 from ..viz import video_token_pictures
 from .classification import accuracy_metrics
 from .optim import param_groups, scheduled
+from .safe_checkpoint import SafeCheckpointModule
 
 STAGES = ("train", "val", "test")
 VIEW_AVERAGES = ("softmax", "logits")
 log = logging.getLogger(__name__)
 
 
-class VideoClassifier(pl.LightningModule):
+class VideoClassifier(SafeCheckpointModule):
     """ViViT classifier on clips ``[B, C, T, H, W]``; evaluation batches carry views ``[B, V, C, T, H, W]``.
 
     Evaluation averages the softmax (or, ``view_average="logits"``, the logits as scenic's

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric, SumMetric
@@ -33,12 +32,13 @@ from ..models.video_teacher import FrameTeacherConfig, VideoTeacherConfig, build
 from ..models.vit import gather_tokens
 from .distill import PARTS, LossWeights, draw_k, export_student, map_recall
 from .optim import adamw_warmup_cosine
+from .safe_checkpoint import SafeCheckpointModule
 from .valid import keep_valid
 
 SOURCES = ("video", "image")
 
 
-class VideoLookWhereDistill(pl.LightningModule):
+class VideoLookWhereDistill(SafeCheckpointModule):
     """Trains a video LookWhere student to imitate frozen teachers.
 
     Args:
