@@ -8,7 +8,8 @@ argv list.
 
 Exit status: 2 for user mistakes (unknown key, wrong type, missing file, unresolvable
 interpolation, a broken dataset file, also when a DataLoader worker raised them); 3 for a training
-run stopped by a non-finite loss; 143 for SIGTERM (``fit`` finishes the current batch, writes
+run stopped by a non-finite loss; 1 for a checkpoint that could not be written (a full disk: one
+line, the earlier checkpoints intact); 143 for SIGTERM (``fit`` finishes the current batch, writes
 ``last.ckpt``, ``ckpt_path=last`` resumes from it; validate/test/predict stop too). SIGINT (Ctrl-C)
 is left to Lightning: status 1, no new checkpoint. In a sweep the status is the first failing
 job's (the other jobs still run). Under DDP only global rank 0 prints.
@@ -23,7 +24,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import BENCH_CONFIG, CONF_DIR, RUN_CONFIG, ConfigError, compose, expand_sweep, finalize, prepare_overrides, suggest
+from .config import (
+    BENCH_CONFIG,
+    CONF_DIR,
+    RUN_CONFIG,
+    ConfigError,
+    check_writable_dir,
+    compose,
+    expand_sweep,
+    finalize,
+    prepare_overrides,
+    suggest,
+)
 
 COMMANDS = ("fit", "validate", "test", "predict", "bench")
 
@@ -144,12 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepared = prepare_overrides(args.overrides, config_name, dirs)
         # every job of a sweep is composed and checked before the first one starts
         for job in expand_sweep(prepared, args.multirun):
-            finalize(
+            cfg = finalize(
                 compose(config_name, job, dirs),
                 allow_missing=args.cfg is not None,
                 evaluation=command in ("validate", "test", "predict"),
                 validate_tree=command != "bench",
             )
+            if args.cfg is None and cfg.get("output_dir"):
+                check_writable_dir(cfg.output_dir, "output_dir")
     except ConfigError as err:
         return _error(one_line(err))
     args.overrides = prepared
@@ -197,6 +211,7 @@ def run_job(command: str, cfg: Any, argv: list[str] | None = None) -> int:
 
     from .callbacks.nonfinite import NonFiniteLossError
     from .callbacks.sigterm import SIGTERM_EXIT_STATUS, StoppedBySignal
+    from .errors import CheckpointSaveError
     from .tasks import run  # heavy imports only when running
 
     cfg = _sweep_job_run_dir(cfg)
@@ -206,6 +221,10 @@ def run_job(command: str, cfg: Any, argv: list[str] | None = None) -> int:
         if getattr(rank_zero_only, "rank", 0) == 0:
             print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+    except CheckpointSaveError as err:
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+        return 1
     except NonFiniteLossError as err:
         if getattr(rank_zero_only, "rank", 0) == 0:  # every rank raises it together: report once
             print(f"error: {one_line(err)}", file=sys.stderr)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,29 @@ def _first_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _quoting_hint(overrides: Sequence[str], i: int) -> str:
+    """How to quote the value of ``overrides[i]`` that Hydra could not parse, as a shell word. A word
+    without '=' after a ``key=value`` is most likely the rest of a value the shell split at a space;
+    a value with quotes, brackets, ``~`` or non-ASCII letters must be quoted for Hydra too."""
+    item = overrides[i]
+    if "=" not in item and i > 0 and "=" in overrides[i - 1]:
+        key, value = overrides[i - 1].split("=", 1)
+        quoted = _hydra_quoted(key, f"{value} {item}")
+        return f"; if it is the rest of {key}'s value, the shell split it at a space: quote it, {quoted}"
+    key, sep, value = item.partition("=")
+    # a value meant as Hydra syntax (quoted, a list, a dict, an interpolation, a sweep function) gets no hint
+    if not sep or value.lstrip()[:1] in ("'", '"', "[", "{", "$") or re.match(r"\s*\w+\(", value):
+        return ""
+    return f"; quote the value for Hydra, inside the shell's quotes: {_hydra_quoted(key, value)}"
+
+
+def _hydra_quoted(key: str, value: str) -> str:
+    """``key="value"`` (Hydra's quoted string, which takes any character but an unescaped quote), as
+    one shell word."""
+    inner = value.strip().replace('"', '\\"')
+    return shlex.quote(f'{key.strip()}="{inner}"')
+
+
 def parse_overrides(overrides: Sequence[str]) -> list[Any]:
     """Hydra's parse of ``key=value`` strings (one-line ConfigError for a syntax error)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -85,11 +110,11 @@ def parse_overrides(overrides: Sequence[str]) -> list[Any]:
 
     parsed = []
     parser = OverridesParser.create()
-    for item in overrides:
+    for i, item in enumerate(overrides):
         try:
             parsed += parser.parse_overrides([item])
         except HydraException as err:
-            raise ConfigError(f"cannot parse override '{item}': {_first_line(err)}") from None
+            raise ConfigError(f"cannot parse override '{item}': {_first_line(err)}{_quoting_hint(overrides, i)}") from None
     return parsed
 
 
@@ -311,6 +336,25 @@ def finalize(cfg: DictConfig, allow_missing: bool = False, evaluation: bool = Fa
     if validate_tree:
         validate(cfg)
     return cfg
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """One-line :class:`ConfigError` unless ``path`` is a folder this process can write in, or can
+    be created: the nearest existing ancestor is probed with a temporary file (which also catches a
+    read-only file system, where the permission bits alone would say yes to root)."""
+    import tempfile
+
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write {what} {path}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write {what} {path}: {existing}: {err.strerror or err}") from None
 
 
 def recipe_source(recipe: str | Path | None) -> tuple[str, list[str], list[Path]]:

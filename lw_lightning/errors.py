@@ -14,3 +14,7 @@ class ConfigError(ValueError):
 
 class UnreadableImageError(RuntimeError):
     """An image file that PIL cannot decode (the message names the file)."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); earlier checkpoints are intact."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -19,12 +20,16 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from .callbacks.model_summary import ModelSummary
 from .callbacks.perf import FlopsPerSample
 from .callbacks.predictions import PredictionWriter
 from .callbacks.save_config import SaveConfig
 from .callbacks.sigterm import SigtermCheckpoint, StoppedBySignal
+from .checkpoint_io import AtomicCheckpointIO
 from .config import ConfigError, to_yaml
+from .console import drop_lightning_noise, evaluation_restore
 from .models.checkpoint import check_state_dict, legacy_configs, read_weights
+from .run_lock import hold_run_folder
 from .runtime import warn_if_gpu_recipe_on_cpu, warn_if_low_precision_on_cpu
 
 log = logging.getLogger(__name__)
@@ -94,6 +99,12 @@ def build(cfg: DictConfig, command: str) -> tuple[pl.Trainer, pl.LightningModule
     else:
         callbacks.append(RequireTrainingBatches())
     trainer_kw: dict[str, Any] = {}
+    if command == "fit" and cfg.trainer.get("enable_model_summary", True) is not False:
+        # ours (a true FLOP count or none), after FlopsPerSample; Lightning adds its own unless told not to
+        callbacks.append(ModelSummary())
+        trainer_kw["enable_model_summary"] = False
+    if not cfg.trainer.get("plugins"):
+        trainer_kw["plugins"] = [AtomicCheckpointIO()]  # a checkpoint is replaced only by a complete file
     if cfg.trainer.get("default_root_dir") is None and cfg.get("output_dir"):
         # fast_dev_run drops the logger: keep its checkpoints under output_dir, not the cwd
         trainer_kw["default_root_dir"] = str(cfg.output_dir)
@@ -316,6 +327,7 @@ def run(cfg: DictConfig, command: str) -> RunResult:
     after writing ``last.ckpt`` (see :mod:`lw_lightning.callbacks.sigterm`)."""
     if command not in COMMANDS:
         raise ConfigError(f"unknown command '{command}'")
+    drop_lightning_noise()
     ckpt_path, cfg = _resolve_ckpt_path(cfg, command)
     # an unreadable checkpoint fails before anything is built; the run dir does not exist yet
     ckpt = _read_checkpoint(ckpt_path) if ckpt_path is not None else None
@@ -336,28 +348,33 @@ def run(cfg: DictConfig, command: str) -> RunResult:
     existed = log_dir is not None and Path(log_dir).exists()
     new_folders = _missing_folders(Path(log_dir)) if log_dir is not None else []
     started = time.time()
-    try:
-        # Lightning reads ckpt_path again itself: weights only, as _read_checkpoint did
-        with legacy_configs():
-            if command == "fit":
-                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-                check_training_batches(trainer)  # if on_fit_start could not tell yet
-            else:
-                getattr(trainer, command)(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:
-        stopper = next((c for c in trainer.callbacks if isinstance(c, SigtermCheckpoint)), None)  # type: ignore[attr-defined]
-        if stopper is None:  # validate / test / predict: nothing to save, but not a success either
-            raise StoppedBySignal(f"{command} stopped by SIGTERM before it finished; no results", None) from None
-        raise stopper.report(trainer) from None
-    except BaseException:
-        if log_dir is not None and not existed and trainer.is_global_zero and _nothing_kept(Path(log_dir), trainer, command):
-            # a failed start (a user mistake found while setting up, a crash before the first step):
-            # leave no empty run folder behind
-            shutil.rmtree(log_dir, ignore_errors=True)
-            for folder in new_folders[1:]:  # runs/<name>/, runs/: those this run created, if empty
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
-        raise
+    with contextlib.ExitStack() as held:
+        if command == "fit" and log_dir is not None:
+            # taken before the try: a folder that another fit holds is never cleaned up below
+            held.enter_context(hold_run_folder(log_dir))
+        try:
+            # Lightning reads ckpt_path again itself: weights only, as _read_checkpoint did
+            with legacy_configs():
+                if command == "fit":
+                    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                    check_training_batches(trainer)  # if on_fit_start could not tell yet
+                else:
+                    with evaluation_restore():
+                        getattr(trainer, command)(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            stopper = next((c for c in trainer.callbacks if isinstance(c, SigtermCheckpoint)), None)  # type: ignore[attr-defined]
+            if stopper is None:  # validate / test / predict: nothing to save, but not a success either
+                raise StoppedBySignal(f"{command} stopped by SIGTERM before it finished; no results", None) from None
+            raise stopper.report(trainer) from None
+        except BaseException:
+            if log_dir is not None and not existed and trainer.is_global_zero and _nothing_kept(Path(log_dir), trainer, command):
+                # a failed start (a user mistake found while setting up, a crash before the first step):
+                # leave no empty run folder behind
+                shutil.rmtree(log_dir, ignore_errors=True)
+                for folder in new_folders[1:]:  # runs/<name>/, runs/: those this run created, if empty
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
+            raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
         if isinstance(cb, FlopsPerSample) and cb.flops is not None:

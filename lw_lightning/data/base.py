@@ -47,6 +47,11 @@ class BaseDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"data.{name} must be a positive number of samples, got {value!r}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
