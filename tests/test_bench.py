@@ -206,3 +206,71 @@ def test_decoder_resize_table_has_each_decoder_and_item(tmp_path, capsys):
         assert (
             on > 0 and off > 0.5 and (on - 0.5) / (off + 0.5) - 0.01 <= ratio <= (on + 0.5) / (off - 0.5) + 0.01
         )  # ms shown rounded
+
+
+def _speedup_rows(groups: list[dict]) -> list[dict]:
+    """Result rows of the images suite (full-res ViT first per size) with made-up timings."""
+    rows = []
+    for g in groups:
+        n, times = (g["size"] // 14) ** 2, {f"infer_b{b}_s": 1.0 for b in g["batch_sizes"]}
+        rows.append(dict(size=g["size"], model="ViT full", k=None, flops=n * 1e6, **times))
+        for i, k in enumerate(g["ks"]):
+            frac = k if isinstance(k, float) else k / n
+            rows.append(
+                dict(size=g["size"], model=f"LookWhere {k}", k=k, flops=n * frac * 1e6, **dict.fromkeys(times, 0.5 - 0.1 * i))
+            )
+    return rows
+
+
+def _shown(handle) -> tuple:
+    """What a legend entry draws: its colour, its marker and its line style where it draws a line."""
+    from matplotlib.colors import to_hex
+    from matplotlib.lines import Line2D
+
+    if isinstance(handle, Line2D):
+        line = handle.get_linestyle() if handle.get_linestyle() not in ("None", "none", "") else None
+        marker = handle.get_marker() if handle.get_marker() not in ("None", "none", "", None) else None
+        return to_hex(handle.get_color()), marker, line
+    return to_hex(handle.get_facecolor()), "patch", None
+
+
+SMOKE = [{"size": 112, "ks": [0.25], "batch_sizes": [1, 2]}, {"size": 224, "ks": [0.05, 0.1], "batch_sizes": [1, 2]}]
+GPU = [
+    {"size": 224, "ks": [128], "batch_sizes": [1, 256]},
+    {"size": 518, "ks": [0.05, 0.1], "batch_sizes": [1, 64]},
+    {"size": 994, "ks": [0.05, 0.1], "batch_sizes": [1, 32]},
+]
+
+
+@pytest.mark.parametrize(
+    "groups, lines, measures",
+    [
+        # bench=smoke: each k at one resolution only, so one point per k and measure: no lines
+        (SMOKE, False, {"FLOPs", "time b=1", "time b=2"}),
+        # bench=gpu: k=128 at one resolution, the fractions at two: lines, whose styles tell measures apart
+        (GPU, True, {"FLOPs", "time b=1", "time, throughput batch"}),
+    ],
+)
+def test_speedup_plot_legend_entries_each_mean_something(groups, lines, measures):
+    import matplotlib.pyplot as plt
+    from matplotlib.legend import Legend
+
+    from benchmarks.report import speedup_figure
+
+    cfg = parse_bench_config({"images": {"preset": "tiny", "groups": groups}})
+    fig = speedup_figure(_speedup_rows(groups), cfg)
+    ax = fig.axes[0]
+    # a line style on a single point draws nothing: only series of two or more points have one
+    for line in ax.get_lines():
+        if line.get_linestyle() not in ("None", "none", ""):
+            assert len(line.get_xdata()) >= 2, line.get_label()
+    assert any(line.get_linestyle() not in ("None", "none", "") for line in ax.get_lines()) == lines
+    legends = [child for child in ax.get_children() if isinstance(child, Legend)]
+    texts = [t.get_text() for legend in legends for t in legend.get_texts()]
+    shown = [_shown(h) for legend in legends for h in legend.legend_handles]
+    assert len(set(shown)) == len(shown), list(zip(texts, shown))  # no two entries look the same
+    assert any(line is not None for _, _, line in shown) == lines  # line styles in a legend only where lines are drawn
+    # one entry per k (its colour) and one per measure (its marker, and line style where drawn)
+    ks = {f"k={k:.0%}" if isinstance(k, float) else f"k={k}" for g in groups for k in g["ks"]}
+    assert set(texts) == ks | measures
+    plt.close(fig)
