@@ -172,7 +172,9 @@ def overhead_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
             str(r["batch_size"]),
             f"{r['lightning_steps_s']:.2f}",
             f"{r['plain_steps_s']:.2f}",
-            f"{r['slowdown'] * 100:+.1f}%",
+            f"{r['slowdown'] * 100:+.1f}%"
+            if r["slowdown"] is not None
+            else f"not measured ({r['steps']} timed steps < {r['min_steps']})",
             ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["lightning_all"], r["plain_all"])),
         ]
         for r in rows

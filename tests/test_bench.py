@@ -274,3 +274,41 @@ def test_speedup_plot_legend_entries_each_mean_something(groups, lines, measures
     ks = {f"k={k:.0%}" if isinstance(k, float) else f"k={k}" for g in groups for k in g["ks"]}
     assert set(texts) == ks | measures
     plt.close(fig)
+
+
+@pytest.mark.parametrize("steps", [4, 11])
+def test_overhead_is_not_measured_from_too_few_steps(monkeypatch, steps):
+    """bench=smoke times 4 steps after 2 warm-up steps: too few to hold one of Lightning's logger
+    writes (every 10 steps) in its share, so the overhead is reported as not measured (null), not
+    as a number; from the minimum on it is measured."""
+    import benchmarks.overhead as overhead
+    from benchmarks.report import overhead_md
+
+    # the rounds' rates as a noisy short run gave them (+5115.6%); no training here
+    monkeypatch.setattr(overhead, "lightning_round", lambda suite, batches, env: 1.0)
+    monkeypatch.setattr(overhead, "plain_round", lambda suite, batches, env: 52.156)
+    cfg = parse_bench_config(
+        {
+            "overhead": {
+                "model": {"arch": "lookwhere", "preset": "tiny", "img_size": [28, 28]},
+                "steps": steps,
+                "warmup_steps": 2,
+                "rounds": 1,
+            }
+        }
+    )
+    logged: list[str] = []
+    (row,) = overhead.run_overhead(cfg.overhead, None, logged.append)
+    md = overhead_md([row], cfg)
+    if steps < overhead.MIN_STEPS:
+        assert overhead.MIN_STEPS == 11  # one whole logging period of 10 intervals between the ends of 11 steps
+        assert row["slowdown"] is None and json.loads(json.dumps(row))["slowdown"] is None  # null in results.json
+        assert row["min_steps"] == 11
+        assert logged[-1] == (
+            "Lightning step-time overhead not measured: too few timed steps (4 after 2 warm-up steps; at least 11 needed)"
+        )
+        assert "not measured (4 timed steps < 11)" in md and "%" not in md
+    else:
+        assert row["slowdown"] == pytest.approx(51.156)
+        assert logged[-1] == "Lightning step-time overhead +5115.6% (1.00 vs 52.16 steps/s, 11 timed steps)"
+        assert "+5115.6%" in md
