@@ -7,7 +7,8 @@ torchmetrics accuracy; TensorBoard logger, ``log_every_n_steps=10``); checkpoint
 and the progress bar are off, as nothing of them happens inside a training epoch anyway.
 The rate is measured between the ends of consecutive steps after ``warmup_steps``, so every
 per-step cost (loader, hooks, logging, optimizer, scheduler) is inside it. Rounds alternate
-Lightning and plain; the median round of each is reported.
+Lightning and plain; the median round of each is reported. Fewer than :data:`MIN_STEPS` timed
+steps measure no overhead: it is reported as not measured (null).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ from lw_lightning.modules.optim import param_groups, resolve_warmup, warmup_cosi
 
 from .common import Env
 from .config import OverheadSuite
+
+#: Lightning writes the logged metrics to the logger after every ``LOG_EVERY_N_STEPS``-th step.
+LOG_EVERY_N_STEPS = 10
+#: Timed steps (warm-up excluded) below which the overhead is not measured. The rate spans the
+#: ``steps - 1`` intervals between the ends of the timed steps, and the logger write after a
+#: step's end falls in the next interval: any ``LOG_EVERY_N_STEPS`` consecutive intervals hold
+#: exactly one write, fewer hold none or more than its share. So at least one whole logging
+#: period: ``LOG_EVERY_N_STEPS + 1`` step ends.
+MIN_STEPS = LOG_EVERY_N_STEPS + 1
 
 
 class _Batches(Dataset):
@@ -88,7 +98,7 @@ def lightning_round(suite: OverheadSuite, batches: list, env: Env) -> float:
             max_steps=len(batches),
             max_epochs=1,
             logger=pl.loggers.TensorBoardLogger(tmp, name="overhead"),
-            log_every_n_steps=10,
+            log_every_n_steps=LOG_EVERY_N_STEPS,
             callbacks=[clock],
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -134,6 +144,17 @@ def run_overhead(suite: OverheadSuite, env: Env, log: Callable[[str], None] = pr
             rates[name].append(fn(suite, batches, env))
             log(f"overhead round {r + 1}: {name} {rates[name][-1]:.2f} steps/s")
     light, plain = statistics.median(rates["lightning"]), statistics.median(rates["plain"])
+    measured = suite.steps >= MIN_STEPS
+    if measured:
+        log(
+            f"Lightning step-time overhead {(plain / light - 1) * 100:+.1f}% "
+            f"({light:.2f} vs {plain:.2f} steps/s, {suite.steps} timed steps)"
+        )
+    else:
+        log(
+            f"Lightning step-time overhead not measured: too few timed steps ({suite.steps} after "
+            f"{suite.warmup_steps} warm-up steps; at least {MIN_STEPS} needed)"
+        )
     model = ", ".join(f"{k}={v}" for k, v in suite.model.items())
     return [
         dict(
@@ -146,6 +167,7 @@ def run_overhead(suite: OverheadSuite, env: Env, log: Callable[[str], None] = pr
             plain_steps_s=plain,
             lightning_all=rates["lightning"],
             plain_all=rates["plain"],
-            slowdown=plain / light - 1.0,
+            min_steps=MIN_STEPS,
+            slowdown=plain / light - 1.0 if measured else None,  # null: not measured
         )
     ]

@@ -172,7 +172,9 @@ def overhead_md(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
             str(r["batch_size"]),
             f"{r['lightning_steps_s']:.2f}",
             f"{r['plain_steps_s']:.2f}",
-            f"{r['slowdown'] * 100:+.1f}%",
+            f"{r['slowdown'] * 100:+.1f}%"
+            if r["slowdown"] is not None
+            else f"not measured ({r['steps']} timed steps < {r['min_steps']})",
             ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["lightning_all"], r["plain_all"])),
         ]
         for r in rows
@@ -272,57 +274,107 @@ def compare_md(
 
 
 def plot_speedup(rows: list[dict[str, Any]], cfg: BenchConfig, path: Path) -> Path | None:
-    """Speedup of LookWhere over the full-res ViT vs resolution (latency, throughput, FLOPs)."""
+    """:func:`speedup_figure` saved as a PNG; None without LookWhere rows."""
+    import matplotlib.pyplot as plt
+
+    fig = speedup_figure(rows, cfg)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+#: line style and marker of each measure of :func:`speedup_figure`; the marker tells measures
+#: apart where a k has a single point (no line to style)
+SPEEDUP_STYLES = {"flops": (":", "s"), "latency": ("-", "o"), "throughput": ("--", "^")}
+
+
+def _time_label(batches: set[int], role: str) -> str:
+    return f"time b={batches.pop()}" if len(batches) == 1 else f"time, {role} batch"
+
+
+def speedup_figure(rows: list[dict[str, Any]], cfg: BenchConfig) -> Any:
+    """Speedup of LookWhere over the full-res ViT vs resolution (FLOPs, latency, throughput); None
+    without LookWhere rows. Colour is k, marker and line style the measure, each with its own
+    legend. A k measured at one resolution is a point with no line, and then the measures'
+    legend shows no line styles either (they would say nothing)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    series: dict[Any, dict[str, list[tuple[int, float]]]] = {}
+    latency_b, throughput_b = set(), set()
     for group in cfg.images.groups:
         grp = [r for r in rows if r["size"] == group.size]
         if not grp:
             continue
         full = grp[0]
         b1, bt = group.batch_sizes[0], group.batch_sizes[-1]
+        latency_b.add(b1)
         for r in grp[1:]:
             if "embed all" in r["model"]:
                 continue
-            k = r["k"]
-            label = f"k={k:.0%}" if isinstance(k, float) else f"k={k}"
-            s = series.setdefault(label, {})
-            s.setdefault("FLOPs", []).append((group.size, full["flops"] / r["flops"]))
-            s.setdefault(f"time b={b1}", []).append((group.size, full.get(f"infer_b{b1}_s", NAN) / r.get(f"infer_b{b1}_s", NAN)))
+            s = series.setdefault(r["k"], {})
+            s.setdefault("flops", []).append((group.size, full["flops"] / r["flops"]))
+            s.setdefault("latency", []).append((group.size, full.get(f"infer_b{b1}_s", NAN) / r.get(f"infer_b{b1}_s", NAN)))
             if bt != b1:
-                s.setdefault("time, throughput batch", []).append(
+                throughput_b.add(bt)
+                s.setdefault("throughput", []).append(
                     (group.size, full.get(f"infer_b{bt}_s", NAN) / r.get(f"infer_b{bt}_s", NAN))
                 )
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    styles = {"FLOPs": ":", "time b=1": "-", "time, throughput batch": "--"}
-    for i, (label, s) in enumerate(sorted(series.items())):
-        colour = f"C{i}"
-        for kind, pts in s.items():
+    labels = {
+        "flops": "FLOPs",
+        "latency": _time_label(latency_b, "latency"),
+        "throughput": _time_label(throughput_b, "throughput"),
+    }
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    # counts before fractions, each ascending (a config may mix them: 128 at 224 px, 5% above)
+    ks = sorted(series, key=lambda k: (isinstance(k, float), k))
+    kinds = [kind for kind in SPEEDUP_STYLES if any(kind in series[k] for k in ks)]
+    lines = False
+    for i, k in enumerate(ks):
+        for kind, pts in series[k].items():
             pts = sorted(pts)
+            line, marker = SPEEDUP_STYLES[kind]
+            lines |= len(pts) > 1
             ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                styles.get(kind, "-."),
-                marker="o",
-                color=colour,
-                label=f"{label}: {kind}",
+                [p[0] for p in pts], [p[1] for p in pts], linestyle=line if len(pts) > 1 else "none", marker=marker, color=f"C{i}"
             )
+    k_legend = ax.legend(
+        [Patch(color=f"C{i}") for i in range(len(ks))],
+        [f"k={k:.0%}" if isinstance(k, float) else f"k={k}" for k in ks],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),  # beside the axes: no point hidden under a legend
+        title="LookWhere",
+        title_fontsize=7,
+    )
+    ax.add_artist(k_legend)
+    ax.legend(
+        [
+            Line2D([], [], color="0.3", marker=SPEEDUP_STYLES[kind][1], linestyle=SPEEDUP_STYLES[kind][0] if lines else "none")
+            for kind in kinds
+        ],
+        [labels[kind] for kind in kinds],
+        fontsize=7,
+        loc="lower left",
+        bbox_to_anchor=(1.01, 0.0),
+        title="speedup in",
+        title_fontsize=7,
+    )
     ax.set_xlabel("input resolution (px)")
     ax.set_ylabel("speedup over full-res ViT (×)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
     ax.set_title(f"LookWhere-{cfg.images.preset} vs ViT-{cfg.images.preset}/14")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 SECTIONS = {

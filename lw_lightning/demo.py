@@ -177,7 +177,7 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
     )
     png = output_dir / "demo_selection_maps.png"
     _save_selection_png(lw_module, lw_test.datamodule, png)
-    print(f"\nselection maps (heat = selector map, yellow = selected patches, green = sign box): {png}")
+    print(f"\nselection maps (red heat over the grey image = selector map, yellow = selected patches, green = sign box): {png}")
     total = time.perf_counter() - t_start
     print(f"stage times: teacher {t_a:.0f}s, distillation {t_b:.0f}s, fine-tuning {t_c:.0f}s; total {total:.0f}s")
     summary = {

@@ -5,6 +5,8 @@
 * TokenLearner (images and ViViT): the input, then each learned token's attention map over it
   (:func:`token_map_row`).
 
+Every heat layer is drawn by :func:`heat_layer`, over the image in grey (see there why).
+
 The LightningModules build their pictures with these functions in their ``example_images`` hook,
 which the :class:`~lw_lightning.callbacks.images.SelectionImages` callback calls; grids are
 torchvision's ``make_grid``.
@@ -29,7 +31,7 @@ BOX_RGB = (0, 255, 0)
 
 #: what the layers of :func:`selection_overlay` mean: (text, colour, swatch kind) for :func:`legend_strip`
 SELECTION_LEGEND: tuple[tuple[str, tuple[int, int, int], str], ...] = (
-    ("heat = selector map (redder: ranked higher)", HEAT_RGB, "fill"),
+    ("heat = selector map over the grey image (redder: ranked higher)", HEAT_RGB, "fill"),
     ("yellow = selected patches", SELECTED_RGB, "outline"),
     ("green = sign box (ground truth)", BOX_RGB, "outline"),
 )
@@ -43,27 +45,38 @@ def denormalize(image: Tensor) -> np.ndarray:
     return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+def heat_layer(rgb: np.ndarray, heat: Tensor, alpha: float = 0.6) -> Image.Image:
+    """(H,W,3) uint8 image and its (H,W) ``heat`` (any range, min-max stretched) -> the image in
+    grey with the heat blended over it in :data:`HEAT_RGB`, up to ``alpha`` where it is highest.
+
+    The image goes grey because its own colours would read as heat: the synthetic backgrounds
+    take every hue and the signs (and the motion target) are red, so no heat colour is absent
+    from them. In grey, the heat is the only colour fill and the outlines the only other colours."""
+    h = heat.detach().float().cpu()
+    h = ((h - h.min()) / (h.max() - h.min() + 1e-8)).numpy()[..., None]
+    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+    out = luma[..., None] * (1 - alpha * h) + np.array(HEAT_RGB, dtype=np.float32) * (alpha * h)
+    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+
+
 def selection_overlay(
     image: Tensor,
     selector_map: Tensor | None,
     selected: Tensor | None,
     patch: int,
     box: Sequence[float] | None = None,
-    alpha: float = 0.45,
+    alpha: float = 0.6,
 ) -> Image.Image:
-    """The image with the selector map as a red heat layer, selected patches outlined in yellow
-    and the ground-truth box (x0,y0,x1,y1; ignored when negative) in green."""
+    """The image with the selector map as a heat layer (:func:`heat_layer`), selected patches
+    outlined in yellow and the ground-truth box (x0,y0,x1,y1; ignored when negative) in green."""
     rgb = denormalize(image)
     h, w = rgb.shape[:2]
     gh, gw = h // patch, w // patch
-    out = rgb.astype(np.float32)
     if selector_map is not None:
         m = selector_map.detach().float().cpu().reshape(gh, gw)
-        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
-        heat = np.kron(m.numpy(), np.ones((patch, patch), dtype=np.float32))[..., None]
-        red = np.array(HEAT_RGB, dtype=np.float32)
-        out = out * (1 - alpha * heat) + red * (alpha * heat)
-    img = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+        img = heat_layer(rgb, torch.kron(m, torch.ones(patch, patch)), alpha)
+    else:
+        img = Image.fromarray(rgb)
     draw = ImageDraw.Draw(img)
     if selected is not None:
         for idx in selected.detach().cpu().tolist():
@@ -133,15 +146,11 @@ def _minmax_uint8(x: Tensor) -> np.ndarray:
 
 
 def heat_overlay(frame: Tensor, heat: Tensor, alpha: float = 0.6) -> Image.Image:
-    """``frame`` (3,H,W) any range, ``heat`` (h,w) any range -> RGB picture, heat upsampled in red."""
-    rgb = _minmax_uint8(frame).transpose(1, 2, 0).astype(np.float32)
-    h, w = rgb.shape[:2]
-    m = heat.detach().float().cpu()[None, None]
-    m = torch.nn.functional.interpolate(m, size=(h, w), mode="nearest")[0, 0]
-    m = ((m - m.min()) / (m.max() - m.min() + 1e-8)).numpy()[..., None]
-    red = np.array([255.0, 30.0, 30.0], dtype=np.float32)
-    out = rgb * (1 - alpha * m) + red * (alpha * m)
-    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    """``frame`` (3,H,W) any range, ``heat`` (h,w) any range -> RGB picture, heat upsampled
+    (nearest) over the frame by :func:`heat_layer`."""
+    rgb = _minmax_uint8(frame).transpose(1, 2, 0)
+    m = torch.nn.functional.interpolate(heat.detach().float().cpu()[None, None], size=rgb.shape[:2], mode="nearest")
+    return heat_layer(rgb, m[0, 0], alpha)
 
 
 def token_map_row(frame: Tensor, maps: Tensor, cell: int = 64) -> list[Image.Image]:

@@ -1,5 +1,5 @@
 """Pictures of where video LookWhere looks: per clip, one row of temporal slices, each the slice's
-central frame with the selector map over that slice (heat), the kept tubelets (yellow) and, on
+central frame in grey with the selector map over that slice (heat), the kept tubelets (yellow) and, on
 synthetic motion, the target's box (green)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor
 from .viz import BOX_RGB, HEAT_RGB, SELECTED_RGB, picture_grid, selection_overlay
 
 VIDEO_SELECTION_LEGEND: tuple[tuple[str, tuple[int, int, int], str], ...] = (
-    ("heat = selector map over the slice", HEAT_RGB, "fill"),
+    ("heat = selector map over the slice (frame in grey)", HEAT_RGB, "fill"),
     ("yellow = kept tubelets", SELECTED_RGB, "outline"),
     ("green = target box (synthetic motion)", BOX_RGB, "outline"),
 )

@@ -206,3 +206,109 @@ def test_decoder_resize_table_has_each_decoder_and_item(tmp_path, capsys):
         assert (
             on > 0 and off > 0.5 and (on - 0.5) / (off + 0.5) - 0.01 <= ratio <= (on + 0.5) / (off - 0.5) + 0.01
         )  # ms shown rounded
+
+
+def _speedup_rows(groups: list[dict]) -> list[dict]:
+    """Result rows of the images suite (full-res ViT first per size) with made-up timings."""
+    rows = []
+    for g in groups:
+        n, times = (g["size"] // 14) ** 2, {f"infer_b{b}_s": 1.0 for b in g["batch_sizes"]}
+        rows.append(dict(size=g["size"], model="ViT full", k=None, flops=n * 1e6, **times))
+        for i, k in enumerate(g["ks"]):
+            frac = k if isinstance(k, float) else k / n
+            rows.append(
+                dict(size=g["size"], model=f"LookWhere {k}", k=k, flops=n * frac * 1e6, **dict.fromkeys(times, 0.5 - 0.1 * i))
+            )
+    return rows
+
+
+def _shown(handle) -> tuple:
+    """What a legend entry draws: its colour, its marker and its line style where it draws a line."""
+    from matplotlib.colors import to_hex
+    from matplotlib.lines import Line2D
+
+    if isinstance(handle, Line2D):
+        line = handle.get_linestyle() if handle.get_linestyle() not in ("None", "none", "") else None
+        marker = handle.get_marker() if handle.get_marker() not in ("None", "none", "", None) else None
+        return to_hex(handle.get_color()), marker, line
+    return to_hex(handle.get_facecolor()), "patch", None
+
+
+SMOKE = [{"size": 112, "ks": [0.25], "batch_sizes": [1, 2]}, {"size": 224, "ks": [0.05, 0.1], "batch_sizes": [1, 2]}]
+GPU = [
+    {"size": 224, "ks": [128], "batch_sizes": [1, 256]},
+    {"size": 518, "ks": [0.05, 0.1], "batch_sizes": [1, 64]},
+    {"size": 994, "ks": [0.05, 0.1], "batch_sizes": [1, 32]},
+]
+
+
+@pytest.mark.parametrize(
+    "groups, lines, measures",
+    [
+        # bench=smoke: each k at one resolution only, so one point per k and measure: no lines
+        (SMOKE, False, {"FLOPs", "time b=1", "time b=2"}),
+        # bench=gpu: k=128 at one resolution, the fractions at two: lines, whose styles tell measures apart
+        (GPU, True, {"FLOPs", "time b=1", "time, throughput batch"}),
+    ],
+)
+def test_speedup_plot_legend_entries_each_mean_something(groups, lines, measures):
+    import matplotlib.pyplot as plt
+    from matplotlib.legend import Legend
+
+    from benchmarks.report import speedup_figure
+
+    cfg = parse_bench_config({"images": {"preset": "tiny", "groups": groups}})
+    fig = speedup_figure(_speedup_rows(groups), cfg)
+    ax = fig.axes[0]
+    # a line style on a single point draws nothing: only series of two or more points have one
+    for line in ax.get_lines():
+        if line.get_linestyle() not in ("None", "none", ""):
+            assert len(line.get_xdata()) >= 2, line.get_label()
+    assert any(line.get_linestyle() not in ("None", "none", "") for line in ax.get_lines()) == lines
+    legends = [child for child in ax.get_children() if isinstance(child, Legend)]
+    texts = [t.get_text() for legend in legends for t in legend.get_texts()]
+    shown = [_shown(h) for legend in legends for h in legend.legend_handles]
+    assert len(set(shown)) == len(shown), list(zip(texts, shown))  # no two entries look the same
+    assert any(line is not None for _, _, line in shown) == lines  # line styles in a legend only where lines are drawn
+    # one entry per k (its colour) and one per measure (its marker, and line style where drawn)
+    ks = {f"k={k:.0%}" if isinstance(k, float) else f"k={k}" for g in groups for k in g["ks"]}
+    assert set(texts) == ks | measures
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("steps", [4, 11])
+def test_overhead_is_not_measured_from_too_few_steps(monkeypatch, steps):
+    """bench=smoke times 4 steps after 2 warm-up steps: too few to hold one of Lightning's logger
+    writes (every 10 steps) in its share, so the overhead is reported as not measured (null), not
+    as a number; from the minimum on it is measured."""
+    import benchmarks.overhead as overhead
+    from benchmarks.report import overhead_md
+
+    # the rounds' rates as a noisy short run gave them (+5115.6%); no training here
+    monkeypatch.setattr(overhead, "lightning_round", lambda suite, batches, env: 1.0)
+    monkeypatch.setattr(overhead, "plain_round", lambda suite, batches, env: 52.156)
+    cfg = parse_bench_config(
+        {
+            "overhead": {
+                "model": {"arch": "lookwhere", "preset": "tiny", "img_size": [28, 28]},
+                "steps": steps,
+                "warmup_steps": 2,
+                "rounds": 1,
+            }
+        }
+    )
+    logged: list[str] = []
+    (row,) = overhead.run_overhead(cfg.overhead, None, logged.append)
+    md = overhead_md([row], cfg)
+    if steps < overhead.MIN_STEPS:
+        assert overhead.MIN_STEPS == 11  # one whole logging period of 10 intervals between the ends of 11 steps
+        assert row["slowdown"] is None and json.loads(json.dumps(row))["slowdown"] is None  # null in results.json
+        assert row["min_steps"] == 11
+        assert logged[-1] == (
+            "Lightning step-time overhead not measured: too few timed steps (4 after 2 warm-up steps; at least 11 needed)"
+        )
+        assert "not measured (4 timed steps < 11)" in md and "%" not in md
+    else:
+        assert row["slowdown"] == pytest.approx(51.156)
+        assert logged[-1] == "Lightning step-time overhead +5115.6% (1.00 vs 52.16 steps/s, 11 timed steps)"
+        assert "+5115.6%" in md

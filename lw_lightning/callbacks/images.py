@@ -15,6 +15,9 @@ whose model has nothing to show (the full-resolution ViT), is skipped. What the 
 * TokenLearner-ViT (images): one row per sample: the image, then each learned token's attention
   map over the patch grid (of the first TokenLearner). Tag ``images/tokenlearner``.
 
+Heat layers are red over the image in grey (:func:`lw_lightning.viz.heat_layer`), so the image's own
+colours cannot pass for heat.
+
 Pictures are built on global rank 0 only (no collective operations inside), every
 ``every_n_epochs`` validation epochs and after a ``validate`` run.
 """
