@@ -1,10 +1,14 @@
-"""``predict`` of segmentation: masks as palette PNGs at the original image size (the tiny ADE20K
-copy, demo_seg)."""
+"""``predict`` for every kind of module: segmentation masks as palette PNGs at the original image
+size (the tiny ADE20K copy, demo_seg), the distilled selectors' choices (demo_distill,
+demo_vlw_distill)."""
 
 from __future__ import annotations
 
 import csv
+import importlib
+import inspect
 import os
+import pkgutil
 import shutil
 from pathlib import Path
 
@@ -17,10 +21,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+import lw_lightning.modules
 from lw_lightning.cli import main
 from lw_lightning.data import ade20k
 from lw_lightning.data.ade20k import FOLDER
+from lw_lightning.modules.distill import LookWhereDistill
 from lw_lightning.modules.segmentation import Segmenter
+from lw_lightning.modules.video_distill import VideoLookWhereDistill
 
 from .conftest import ROOT, tiny_overrides
 
@@ -47,6 +54,18 @@ def _run_data(run_dir: Path) -> pl.LightningDataModule:
     data = instantiate(OmegaConf.load(run_dir / "config.yaml").data, _convert_="all")
     data.setup("predict")
     return data
+
+
+def test_every_lightning_module_has_a_predict_step():
+    """Lightning's default predict_step calls ``self(batch)``: a dict batch fails inside it."""
+    found = []
+    for info in pkgutil.iter_modules(lw_lightning.modules.__path__):
+        mod = importlib.import_module(f"lw_lightning.modules.{info.name}")
+        for _, cls in inspect.getmembers(mod, inspect.isclass):
+            if issubclass(cls, pl.LightningModule) and cls.__module__ == mod.__name__ and cls.__name__ != "SafeCheckpointModule":
+                found.append(cls)
+    assert {c.__name__ for c in found} >= {"ImageClassifier", "Segmenter", "LookWhereDistill", "VideoLookWhereDistill"}
+    assert [c.__name__ for c in found if c.predict_step is pl.LightningModule.predict_step] == []
 
 
 # ---------------------------------------------------------------------------------- segmentation
@@ -167,3 +186,83 @@ def test_demo_seg_predict_writes_palette_masks(tmp_path, capsys):
         # one colour per class (background 0 black), as the synthetic masks store them
         assert len(palette) == 4 and palette[0].tolist() == [0, 0, 0] and len({tuple(c) for c in palette}) == 4
         np.testing.assert_array_equal(values.astype(np.int64), expected[i])
+
+
+# ---------------------------------------------------------------------------------- distillation
+
+
+def test_distill_predict_writes_the_selected_patches(tmp_path, capsys):
+    args = [
+        "experiment=demo_distill",
+        *tiny_overrides(tmp_path, "lookwhere"),
+        "module.teacher.checkpoint=null",
+        "module.teacher.preset=tiny",
+        "module.teacher.img_size=[112,112]",
+        "module.k_min=4",
+        "module.k_max=16",
+        "module.val_k=8",
+    ]
+    assert main(["fit", *args, *SHORT]) == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    assert main(["predict", *args, "ckpt_path=last"]) == 0, capsys.readouterr().err[-2000:]
+    run_dir = tmp_path / "runs" / "demo_distill" / "version_0"
+
+    module = LookWhereDistill.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    data = _run_data(run_dir)
+    with torch.no_grad():
+        expected = module.student(next(iter(data.predict_dataloader()))["image"], k=8)["selected"]
+    rows = _rows(run_dir / "predictions.csv")
+    assert list(rows[0]) == ["index", "source", "selected"]
+    assert [r["source"] for r in rows] == [f"predict/{i}" for i in range(8)]
+    assert [[int(j) for j in r["selected"].split()] for r in rows] == expected.tolist()
+
+
+def test_video_distill_predict_writes_the_selected_tubelets(tmp_path, capsys):
+    args = [
+        "experiment=demo_vlw_distill",
+        f"output_dir={tmp_path / 'runs'}",
+        "data.num_frames=8",
+        "data.img_size=32",
+        "data.num_train=4",
+        "data.num_val=4",
+        "data.num_test=4",
+        "data.batch_size=4",
+        "data.cache=false",
+        "module.model.num_frames=8",
+        "module.model.img_size=32",
+        "module.model.selector_num_frames=4",
+        "module.model.selector_img_size=16",
+        "module.teacher.checkpoint=null",
+        "module.teacher.model={preset: tiny, num_frames: 8, img_size: 32, tubelet: [2, 8, 8]}",
+        "module.val_k=4",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+    assert main(["fit", *args, *SHORT]) == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    assert main(["predict", *args, "ckpt_path=last"]) == 0, capsys.readouterr().err[-2000:]
+    run_dir = tmp_path / "runs" / "demo_vlw_distill" / "version_0"
+
+    module = VideoLookWhereDistill.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    data = _run_data(run_dir)
+    with torch.no_grad():
+        expected = module.student(next(iter(data.predict_dataloader()))["video"], k=4)["selected"]
+    rows = _rows(run_dir / "predictions.csv")
+    assert list(rows[0]) == ["index", "source", "selected"]
+    assert [[int(j) for j in r["selected"].split()] for r in rows] == expected.tolist()
+
+
+class NoPredict(pl.LightningModule):
+    """A module of one's own (``--config-dir`` recipe) without a predict_step."""
+
+    def __init__(self, model: dict, num_classes: int = 4, **kwargs) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, num_classes)
+
+
+def test_a_module_without_predict_step_is_one_line_exit_2(tmp_path, capsys):
+    code = main(["predict", "experiment=demo_vit", *tiny_overrides(tmp_path), "module._target_=tests.test_predict.NoPredict"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: predict: tests.test_predict.NoPredict has no predict_step"), err
+    assert not (tmp_path / "runs").exists()  # nothing written

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 COLUMNS = {
     "classification": ["index", "source", "label", "pred", "pred_name", "score", "selected", "token_peaks"],
     "segmentation": ["index", "source", "mask", "selected"],
+    "selection": ["index", "source", "selected"],
 }
 
 
@@ -42,8 +43,11 @@ def predict_dataset(trainer: pl.Trainer) -> Any:
 
 
 def output_kind(out: dict[str, Any]) -> str:
-    """``segmentation`` (masks) or ``classification`` (a predicted class)."""
-    return "segmentation" if "masks" in out or "mask_path" in out else "classification"
+    """``segmentation`` (masks), ``classification`` (a predicted class) or ``selection`` (only
+    where a selector looks: the distillation modules)."""
+    if "masks" in out or "mask_path" in out:
+        return "segmentation"
+    return "classification" if "pred" in out else "selection"
 
 
 def save_mask(path: Path, values: np.ndarray, palette: np.ndarray) -> None:
@@ -77,10 +81,12 @@ class PredictionWriter(BasePredictionWriter):
       are rendered at the input size), holding the predicted class of each pixel as the dataset
       stores its labels (class c + ``label_offset`` of the DataModule: ADE20K 1..150, 0 being its
       "other") with the DataModule's ``label_palette()``. Empty for an unreadable file.
+    * selection (distillation): ``index, source, selected``.
 
     ``source`` names the sample: its image or video file relative to the data root, or
     ``<split>/<index>`` for synthetic data. ``selected``: the patch (or tubelet) indices the
-    selector keeps, row-major, highest score first; empty for models without a selector.
+    selector keeps, row-major, highest score first; empty for models without a selector and for
+    unreadable files of the selection output.
 
     Masks are saved batch by batch and dropped from the outputs the loop keeps (full-size maps of
     a whole validation set would not fit in memory); the CSV is written at the end. Under DDP
@@ -179,6 +185,9 @@ class PredictionWriter(BasePredictionWriter):
         selected = _indices(out["selected"][i]) if "selected" in out else ""
         if kind == "segmentation":
             return {"mask": out["mask_path"][i], "selected": selected}
+        if kind == "selection":
+            valid = "valid" not in out or bool(out["valid"][i])
+            return {"selected": selected if valid else ""}
         pred = int(out["pred"][i])
         names = self.class_names
         return {
