@@ -376,6 +376,9 @@ def run(cfg: DictConfig, command: str) -> RunResult:
         if isinstance(cb, FlopsPerSample) and cb.flops is not None:
             metrics["perf/gflops_per_sample"] = cb.flops / 1e9
     result = RunResult(metrics, trainer, module, datamodule, log_dir)
+    writer = next((c for c in trainer.callbacks if isinstance(c, PredictionWriter)), None)  # type: ignore[attr-defined]
+    if writer is not None and (written := writer.written()):
+        result.extras["written"] = written  # named by the command's final line
     if trainer.is_global_zero and not trainer.fast_dev_run:
         _write_summary(cfg, command, result, ckpt_path, time.time() - started)
     return result

@@ -1,6 +1,6 @@
 """``predict`` for every kind of module: segmentation masks as palette PNGs at the original image
 size (the tiny ADE20K copy, demo_seg), the distilled selectors' choices (demo_distill,
-demo_vlw_distill)."""
+demo_vlw_distill), and the final line naming what was written."""
 
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ def _run_data(run_dir: Path) -> pl.LightningDataModule:
     data = instantiate(OmegaConf.load(run_dir / "config.yaml").data, _convert_="all")
     data.setup("predict")
     return data
+
+
+def _final_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
 
 
 def test_every_lightning_module_has_a_predict_step():
@@ -115,6 +119,8 @@ def test_ade20k_predict_writes_palette_masks_at_the_original_size(ade_run, capsy
     root, args, run_dir = ade_run
     capsys.readouterr()
     assert main(["predict", *args, "ckpt_path=last"]) == 0, capsys.readouterr().err[-2000:]
+    line = _final_line(capsys)
+    assert f"{run_dir / 'predictions.csv'}" in line and f"3 masks in {run_dir / 'predictions' / 'masks'}/" in line, line
 
     # what the model computes: logits resized to each image's original size, argmax
     module = Segmenter.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
@@ -156,6 +162,7 @@ def test_ade20k_predict_leaves_an_unreadable_image_without_a_mask(ade_run, tmp_p
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert main(["predict", *args, f"data.root={copy}", f"ckpt_path={ckpt}", "name=damaged"]) == 0
     out = run_dir.parents[1] / "damaged" / "version_0"
+    assert "2 masks in" in _final_line(capsys)
     rows = _rows(out / "predictions.csv")
     assert [r["mask"] for r in rows] == ["predictions/masks/ADE_val_00000001.png", "", "predictions/masks/ADE_val_00000003.png"]
     assert sorted(p.name for p in (out / "predictions" / "masks").iterdir()) == ["ADE_val_00000001.png", "ADE_val_00000003.png"]
@@ -167,6 +174,8 @@ def test_demo_seg_predict_writes_palette_masks(tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", *args, "ckpt_path=last"]) == 0, capsys.readouterr().err[-2000:]
     run_dir = tmp_path / "runs" / "demo_seg" / "version_0"
+    line = _final_line(capsys)
+    assert line.startswith(f"predict done: wrote {run_dir / 'predictions.csv'} and 8 masks in "), line
 
     module = Segmenter.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     data = _run_data(run_dir)
@@ -206,6 +215,7 @@ def test_distill_predict_writes_the_selected_patches(tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", *args, "ckpt_path=last"]) == 0, capsys.readouterr().err[-2000:]
     run_dir = tmp_path / "runs" / "demo_distill" / "version_0"
+    assert _final_line(capsys) == f"predict done: wrote {run_dir / 'predictions.csv'}  [run dir: {run_dir}]"
 
     module = LookWhereDistill.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     data = _run_data(run_dir)
@@ -242,6 +252,7 @@ def test_video_distill_predict_writes_the_selected_tubelets(tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", *args, "ckpt_path=last"]) == 0, capsys.readouterr().err[-2000:]
     run_dir = tmp_path / "runs" / "demo_vlw_distill" / "version_0"
+    assert _final_line(capsys) == f"predict done: wrote {run_dir / 'predictions.csv'}  [run dir: {run_dir}]"
 
     module = VideoLookWhereDistill.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     data = _run_data(run_dir)

@@ -107,6 +107,8 @@ class PredictionWriter(BasePredictionWriter):
         self.mask_dir = mask_dir
         self.folder = Path(output_dir or ".")
         self.path: Path | None = None  # the CSV, once written (rank 0)
+        self.masks_written = 0  # rows with a mask, over all ranks (rank 0)
+        self.kind: str | None = None  # output_kind of the last predict (rank 0)
         self._offset = 0
         self._palette: np.ndarray | None = None
         self._names: set[str] = set()  # mask files written by this rank in this predict
@@ -160,7 +162,7 @@ class PredictionWriter(BasePredictionWriter):
         rows = []
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         dataset = predict_dataset(trainer)
-        kind = output_kind(batches[0]) if batches else "classification"
+        kind = self.kind = output_kind(batches[0]) if batches else "classification"
         for out in batches:
             for i in range(out["index"].shape[0]):
                 index = int(out["index"][i])
@@ -179,6 +181,7 @@ class PredictionWriter(BasePredictionWriter):
             writer = csv.DictWriter(f, fieldnames=COLUMNS[kind])
             writer.writeheader()
             writer.writerows(rows)
+        self.masks_written = sum(1 for r in rows if r.get("mask"))
 
     def _fields(self, kind: str, out: dict[str, Any], i: int) -> dict[str, Any]:
         """Row ``i`` of one batch's outputs, after ``index`` and ``source``."""
@@ -198,3 +201,12 @@ class PredictionWriter(BasePredictionWriter):
             "selected": selected,
             "token_peaks": _indices(out["token_peaks"][i]) if "token_peaks" in out else "",
         }
+
+    def written(self) -> str | None:
+        """What this predict wrote, for the command's final line (rank 0): the CSV and, for
+        segmentation, how many masks in which folder."""
+        if self.path is None:
+            return None
+        if self.kind != "segmentation":
+            return str(self.path)
+        return f"{self.path} and {self.masks_written} masks in {self.folder / self.mask_dir}/"
