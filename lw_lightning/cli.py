@@ -244,6 +244,8 @@ def run_job(command: str, cfg: Any, argv: list[str] | None = None) -> int:
             f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if not k.startswith("train/") or command == "fit"
         )
         where = f"  [run dir: {result.log_dir}]" if result.log_dir else ""
+        if result.extras.get("written"):  # predict: the files it wrote, in place of metrics it has none of
+            shown = f"wrote {result.extras['written']}" + (f"  {shown}" if shown else "")
         print(f"{command} done: {shown or 'no metrics'}{where}")
     return 0
 

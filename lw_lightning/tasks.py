@@ -320,6 +320,17 @@ def check_training_batches(trainer: pl.Trainer) -> None:
     )
 
 
+def check_predicts(module: pl.LightningModule) -> None:
+    """A one-line error for a module without its own ``predict_step``: Lightning's default calls
+    ``forward`` on the batch dict, which fails deep inside the model (or asks for a forward)."""
+    if type(module).predict_step is pl.LightningModule.predict_step:
+        name = f"{type(module).__module__}.{type(module).__qualname__}"
+        raise ConfigError(
+            f"predict: {name} has no predict_step, so there is nothing to write; the modules of the recipes in "
+            "conf/experiment have one (classifiers, segmenters, LookWhere distillation)"
+        )
+
+
 def run(cfg: DictConfig, command: str) -> RunResult:
     """Seed, build, and run ``command`` (fit / validate / test / predict).
 
@@ -337,6 +348,8 @@ def run(cfg: DictConfig, command: str) -> RunResult:
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer, module, datamodule = build(cfg, command)
+    if command == "predict":
+        check_predicts(module)
     warn_if_low_precision_on_cpu(trainer)
     info = _inspect_checkpoint(ckpt_path, ckpt, module) if ckpt_path is not None and ckpt is not None else None
     del ckpt  # Lightning loads it again itself; release the mapping
@@ -380,6 +393,9 @@ def run(cfg: DictConfig, command: str) -> RunResult:
         if isinstance(cb, FlopsPerSample) and cb.flops is not None:
             metrics["perf/gflops_per_sample"] = cb.flops / 1e9
     result = RunResult(metrics, trainer, module, datamodule, log_dir)
+    writer = next((c for c in trainer.callbacks if isinstance(c, PredictionWriter)), None)  # type: ignore[attr-defined]
+    if writer is not None and (written := writer.written()):
+        result.extras["written"] = written  # named by the command's final line
     if trainer.is_global_zero and not trainer.fast_dev_run:
         _write_summary(cfg, command, result, ckpt_path, time.time() - started)
     return result

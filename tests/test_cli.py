@@ -228,6 +228,8 @@ def test_test_command_from_checkpoint_and_predict_csv(tmp_path, capsys):
     assert main(["predict", *common, "name=pred"]) == 0
     files = list((tmp_path / "runs" / "pred").glob("version_*/predictions.csv"))
     assert len(files) == 1
+    # the final line names the file it wrote
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"predict done: wrote {files[0]}  [run dir: ")
     rows = list(csv.DictReader(files[0].open()))
     assert [int(r["index"]) for r in rows] == list(range(8))
     assert [r["source"] for r in rows] == [f"predict/{i}" for i in range(8)]  # synthetic: split/index

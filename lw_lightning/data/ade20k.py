@@ -17,7 +17,9 @@ the *original-resolution* label map (padded with 255 to the batch's largest) and
 the unpadded labels, so a module crops its logits to ``image_size``, resizes them (bilinear) to
 ``label_size`` and scores them against ``masks[i]``: the mIoU of the benchmark protocol.
 
-The validation split serves as ``val``, ``test`` and ``predict``.
+The validation split serves as ``val``, ``test`` and ``predict``. ``predict`` writes masks the way
+the annotations are stored (class c as c + 1, :attr:`ADE20KDataModule.label_offset`) with the
+benchmark palette, at the original size: the challenge's submission format.
 Run ``python -m lw_lightning.data.ade20k --make-tiny DIR`` to write a small copy.
 """
 
@@ -276,6 +278,13 @@ class ADE20KDataModule(BaseDataModule):
         self.ignore_index = IGNORE_INDEX
         self.class_names = [f"class_{i}" for i in range(NUM_CLASSES)]
         self._root: Path | None = None
+
+    #: annotation PNGs store class c as c + 1 (0 = "other"): predicted masks are written that way
+    label_offset = 1
+
+    def label_palette(self) -> np.ndarray:
+        """(151, 3): black for 0 ("other"), then the benchmark colour of each class."""
+        return np.vstack([np.zeros((1, 3), dtype=np.uint8), palette()])
 
     def dataset_root(self) -> Path:
         if self._root is None:

@@ -21,12 +21,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
+from .palette import indexed_palette
 from .resumable import EpochShardSampler, ResumableDataLoader
 from .workers import loader_worker_init
 
@@ -36,6 +38,9 @@ class BaseDataModule(pl.LightningDataModule):
 
     num_classes: int
     class_names: list[str]
+    #: segmentation: what the dataset's label files store for class c is c + label_offset (ADE20K:
+    #: 1, its 0 is "other"); predicted masks are written in that convention
+    label_offset: int = 0
 
     def __init__(
         self,
@@ -72,6 +77,11 @@ class BaseDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     collate_fn: Callable[[list[Any]], Any] | None = None
+
+    def label_palette(self) -> np.ndarray:
+        """(n, 3) uint8 colours of the stored label values 0..n-1 (predicted mask PNGs): one per
+        class, PASCAL VOC's table unless the dataset has its own."""
+        return indexed_palette(self.num_classes + self.label_offset)
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def _world(self) -> tuple[int, int]:

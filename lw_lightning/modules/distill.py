@@ -193,6 +193,17 @@ class LookWhereDistill(SafeCheckpointModule):
             key = "val/loss" if name == "total" else ("val/map_recall" if name == "map_recall" else f"val/loss_{name}")
             self.log(key, metric, on_step=False, on_epoch=True, prog_bar=name in ("total", "map_recall"))
 
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Where the student looks: ``selected``, the patches it keeps at the validation k per
+        image (flat row-major indices, highest selector score first). Only the selector runs;
+        ``valid`` marks the files that could be decoded."""
+        images = batch["image"]
+        sel = self.student.selector(images, self.student.grid(images))
+        result = {"index": batch["index"], "selected": self.student.select(sel["map"], self._eval_k(images))}
+        if "valid" in batch:
+            result["valid"] = batch["valid"]
+        return result
+
     def configure_optimizers(self):
         hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,7 +33,8 @@ class Segmenter(SafeCheckpointModule):
     cropping them to ``image_size[i]``, the valid region of a bottom/right-padded input).
 
     Evaluation samples the DataModule could not decode (``valid=False``) are excluded from mIoU,
-    pixel accuracy and loss, and counted in ``{stage}/corrupt_images``.
+    pixel accuracy and loss, and counted in ``{stage}/corrupt_images``; ``predict`` gives them no
+    mask (:meth:`predict_step`).
 
     Args mirror :class:`~lw_lightning.modules.classification.ImageClassifier`; ``freeze_backbone``
     trains the head only (linear probe).
@@ -88,19 +91,24 @@ class Segmenter(SafeCheckpointModule):
             out = self.net(images, dense=True)
         return self.head(out["dense"]), out
 
+    @staticmethod
+    def _resized(logits: Tensor, batch: dict, i: int, size: tuple[int, int]) -> Tensor:
+        """Image ``i``'s logits (1, C, *size): cropped to its valid region when it was padded
+        bottom/right inside the batch, then resized (bilinear)."""
+        li = logits[i : i + 1].float()
+        padded = batch["image"].shape[-2:]
+        if "image_size" in batch and tuple(batch["image_size"][i].tolist()) != tuple(padded):
+            h, w = (int(v) for v in batch["image_size"][i])
+            li = F.interpolate(li, size=padded, mode="bilinear", align_corners=False)[..., :h, :w]
+        return F.interpolate(li, size=size, mode="bilinear", align_corners=False)
+
     def _loss_and_preds(self, logits: Tensor, batch: dict) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Upsample logits to label size; CE over labelled pixels; (pred, target) pairs."""
         ignore = self.hparams.ignore_index
         if "masks" in batch:
             pairs, total, count = [], logits.new_zeros((), dtype=torch.float32), 0
-            padded = batch["image"].shape[-2:]
             for i, mask in enumerate(batch["masks"]):
-                li = logits[i : i + 1].float()
-                if "image_size" in batch and tuple(batch["image_size"][i].tolist()) != tuple(padded):
-                    # image padded bottom/right inside the batch: drop the padding before resizing
-                    h, w = (int(v) for v in batch["image_size"][i])
-                    li = F.interpolate(li, size=padded, mode="bilinear", align_corners=False)[..., :h, :w]
-                up = F.interpolate(li, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+                up = self._resized(logits, batch, i, tuple(mask.shape[-2:]))
                 valid = int((mask != ignore).sum())
                 if valid:
                     total = total + F.cross_entropy(up, mask.unsqueeze(0), ignore_index=ignore, reduction="sum")
@@ -151,6 +159,41 @@ class Segmenter(SafeCheckpointModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        """``masks``: per image the argmax of the logits, resized to the image's original size
+        (:meth:`original_size`), as (H, W) class indices 0..num_classes-1 on the CPU (the
+        prediction writer stores them as PNGs in the dataset's own label values); None for a
+        file that could not be decoded. ``selected``: LookWhere's patches at ``eval_k``."""
+        logits, out = self(batch["image"], k=self.hparams.eval_k)
+        valid = batch.get("valid")
+        # uint8 when it fits: a batch of full-size maps is kept until the writer has saved it
+        dtype = torch.uint8 if self.hparams.num_classes <= 256 else torch.int32
+        masks: list[Tensor | None] = []
+        for i in range(logits.shape[0]):
+            if valid is not None and not bool(valid[i]):
+                masks.append(None)  # its input was a placeholder: no prediction
+                continue
+            masks.append(self._resized(logits, batch, i, self.original_size(batch, i)).argmax(1)[0].to(dtype).cpu())
+        result: dict[str, Any] = {"index": batch["index"], "masks": masks}
+        if "selected" in out:
+            result["selected"] = out["selected"]
+        return result
+
+    @staticmethod
+    def original_size(batch: dict, i: int) -> tuple[int, int]:
+        """(H, W) of image ``i`` as the dataset holds it: its label's size (ADE20K evaluation
+        batches keep labels at the original resolution; the synthetic data renders images at the
+        input size), else the valid region of the model's input."""
+        if "label_size" in batch:
+            h, w = batch["label_size"][i].tolist()
+        elif "mask" in batch:
+            h, w = batch["mask"].shape[-2:]
+        elif "image_size" in batch:
+            h, w = batch["image_size"][i].tolist()
+        else:
+            h, w = batch["image"].shape[-2:]
+        return int(h), int(w)
 
     def configure_optimizers(self):
         hp = self.hparams

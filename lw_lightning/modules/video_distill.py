@@ -207,6 +207,20 @@ class VideoLookWhereDistill(SafeCheckpointModule):
             )
             self.log(key, metric, on_step=False, on_epoch=True, prog_bar=name in ("total", "map_recall"), batch_size=bsz)
 
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Where the student looks: ``selected``, the tubelets it keeps at the validation k per
+        clip (flat indices over (t, h, w), highest selector score first; of the first view when
+        the data gives several, as the pictures show). Only the selector runs; ``valid`` marks
+        the clips that could be decoded."""
+        video = batch["video"]
+        if video.ndim == 6:  # evaluation views [B, V, C, T, H, W]
+            video = video[:, 0]
+        sel = self.student.selector(video)
+        result = {"index": batch["index"], "selected": self.student.select(sel["map"], distill_flops_k(self))}
+        if "valid" in batch:
+            result["valid"] = batch["valid"]
+        return result
+
     def configure_optimizers(self):
         hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
