@@ -390,3 +390,25 @@ def test_randaugment_posterize_at_max_magnitude_does_not_crash() -> None:
     assert out.size == (30, 20) and np.asarray(out).max() == 0  # 0 bits kept: black, as in old Pillow / TF
     op.magnitude = 5  # 2 bits: 200 -> 192
     assert np.asarray(op(img)).max() == 192
+
+
+def test_kaggle_csvs_with_a_byte_order_mark_and_unknown_wnids(tmp_path: Path, copies: dict[str, Path]) -> None:
+    """Excel's "CSV UTF-8" starts LOC_val_solution.csv with a BOM (was: 'expected the header ...');
+    a wnid that is not an ImageNet-1k class is one line naming the file and the line."""
+    root = tmp_path / "c"
+    shutil.copytree(copies["kaggle"], root)
+    for name in ("LOC_val_solution.csv", "LOC_synset_mapping.txt"):
+        text = (root / name).read_text().replace("\n", "\r\n")
+        (root / name).write_bytes(text.encode("utf-8-sig"))
+    d = dm(root)
+    d.setup("validate")
+    samples = d.datasets["val"].samples
+    assert len(samples) == 8 and [y for _, y in samples] == [expected_val_label(p) for p, _ in samples]
+    assert d.class_names[0] == "tench, Tinca tinca"  # not '\ufefftench'
+    solution = root / "LOC_val_solution.csv"
+    rows = solution.read_text(encoding="utf-8-sig").splitlines()
+    rows[2] = rows[2].replace(rows[2].split(",")[1].split()[0], "n99999999", 1)  # line 3 of the file
+    solution.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError) as err:
+        dm(root).setup("validate")
+    assert str(err.value) == f"{solution}:3: 'n99999999' is not one of the 1000 ImageNet-1k wnids"

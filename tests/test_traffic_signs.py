@@ -252,3 +252,13 @@ def test_train_transform_deterministic_under_seed(root: Path) -> None:
     torch.manual_seed(6)
     c = ds[3]["image"]
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_annotations_with_a_byte_order_mark(tmp_path: Path, root: Path) -> None:
+    """A BOM (an editor's "UTF-8 with BOM") was read into the first image's name, which then
+    went missing: 'error: ... 1 kept image(s) are missing'."""
+    copy = tmp_path / "c"
+    shutil.copytree(root, copy)
+    ann = copy / "Set1" / "annotations.txt"
+    ann.write_bytes(b"\xef\xbb\xbf" + ann.read_bytes())
+    assert [s.path for s in load_set(copy, "Set1")] == [copy / s.path.relative_to(root) for s in load_set(root, "Set1")]

@@ -40,6 +40,7 @@ from torchvision.transforms.v2 import functional as F
 from ..errors import ConfigError, UnreadableImageError
 from .base import BaseDataModule
 from .images import SkippingDataset, describe_dir, load_rgb, report_skipped
+from .text import read_text
 from .transforms import IGNORE_INDEX, ade20k_eval_transform, ade20k_train_transform
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def read_object_info(path: Path) -> list[str]:
     indices and names ("22 \\t...", "bed "); names list synonyms separated by ", ".
     """
     names: dict[int, str] = {}
-    for n, line in enumerate(path.read_text().splitlines()[1:], start=2):
+    for n, line in enumerate(read_text(path).splitlines()[1:], start=2):
         if not line.strip():
             continue
         cols = [c.strip() for c in line.split("\t")]

@@ -43,6 +43,7 @@ from ..errors import ConfigError
 from .base import BaseDataModule
 from .images import SkippingDataset, describe_dir, load_rgb, report_skipped
 from .synthetic_signs import CLASS_NAMES, render_sign
+from .text import TEXT_ENCODING
 from .transforms import traffic_signs_transform
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ def parse_annotations(path: str | Path) -> list[AnnotatedImage]:
     """Parse an ``annotations.txt`` (grammar in the module docstring); errors name file:line."""
     path = Path(path)
     out = []
-    for n, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    # utf-8-sig: a byte-order mark would otherwise become part of the first image's name
+    for n, raw in enumerate(path.read_bytes().decode(TEXT_ENCODING, errors="replace").splitlines(), start=1):
         line = raw.strip()  # also drops the '\r' of CRLF files
         if not line:
             continue

@@ -101,7 +101,7 @@ def list_samples(layout: ImageNetLayout, split: str, wnid_to_index: dict[str, in
             label = index_of(d.name, d)
             samples.extend((f, label) for f in image_files(d))
     elif layout.val_solution is not None:
-        solution = read_val_solution(layout.val_solution)
+        solution = read_val_solution(layout.val_solution, wnid_to_index)
         for f in image_files(folder):
             if f.stem not in solution:
                 raise ConfigError(f"{f}: no row for '{f.stem}' in {layout.val_solution}")

@@ -32,6 +32,9 @@ from .layout import (
 
 log = logging.getLogger(__name__)
 
+#: splits whose every annotated clip must carry a label (test labels may be withheld, as in K400)
+LABELLED_SPLITS = ("train", "val")
+
 
 # ------------------------------------------------------------------------------------------------
 # DataModule
@@ -219,7 +222,8 @@ class KineticsDataModule(BaseDataModule):
         lookup = {normalize_label(n): i for i, n in enumerate(self.class_names)}
         key = normalize_label(name)
         if key not in lookup:
-            raise ConfigError(f"{where}: label {name!r} is not one of the {len(lookup)} training classes")
+            known = f"data.label_map {self.root / self.label_map}" if self.label_map else "the training labels"
+            raise ConfigError(f"{where}: label {name!r} is not in {known} ({len(lookup)} classes)")
         return lookup[key]
 
     # -- records ----------------------------------------------------------------------------------
@@ -247,12 +251,18 @@ class KineticsDataModule(BaseDataModule):
             raise ConfigError(f"no {split} annotations: expected {self.root}/annotations/{'|'.join(SPLIT_ALIASES[split])}.csv")
         if self._clip_index is None:
             self._clip_index = index_clip_files(self.root)
+        rows = read_annotation_csv(ann)
+        labelled = split in LABELLED_SPLITS  # the test CSV of K400 withholds its labels
+        if labelled and rows and "label" not in rows[0]:
+            raise ConfigError(f"{ann} has no 'label' column (header: {', '.join(rows[0])})")
         items = []
-        for n, row in enumerate(read_annotation_csv(ann), 2):
+        for n, row in enumerate(rows, 2):
             try:
                 key = clip_key(row["youtube_id"], int(float(row["time_start"])), int(float(row["time_end"])))
             except ValueError:
                 raise ConfigError(f"{ann}:{n}: bad time_start/time_end {row['time_start']!r}, {row['time_end']!r}") from None
+            if labelled and not row.get("label"):
+                raise ConfigError(f"{ann}:{n}: no label (every {split} row needs one)")
             label = self._class_index(row["label"], f"{ann}:{n}") if row.get("label") else -1
             path = self._clip_index.get(key)
             name = f"{key[0]}_{key[1]:06d}_{key[2]:06d}"
@@ -276,9 +286,7 @@ class KineticsDataModule(BaseDataModule):
         if ann is None:
             raise ConfigError(f"no {split} list file under {self.root} (expected {split}.txt with '<path> <label>' lines)")
         items = []
-        for rel, label in read_list_file(ann):
-            if label >= self.num_classes:
-                raise ConfigError(f"{ann}: label {label} >= {self.num_classes} classes")
+        for rel, label in read_list_file(ann, self.num_classes, split if split in LABELLED_SPLITS else None):
             items.append(VideoRecord(str(self.root / rel), label, Path(rel).stem))
         return items, str(ann)
 
