@@ -296,3 +296,15 @@ def test_palette_is_the_benchmark_colour_table_and_colorize_blacks_out_ignore():
     assert len({tuple(c) for c in pal.tolist()}) >= 148  # two repeats in the official table
     rgb = colorize(torch.tensor([[0, 255], [149, 2]]))
     assert rgb.shape == (2, 2, 3) and rgb[0, 1].tolist() == [0, 0, 0] and rgb[1, 0].tolist() == [92, 0, 255]
+
+
+def test_upper_case_extensions_pair_up(tmp_path: Path, root: Path) -> None:
+    copy = tmp_path / "c"
+    shutil.copytree(root, copy)
+    base = copy / FOLDER
+    (base / "images/validation/ADE_val_00000001.jpg").rename(base / "images/validation/ADE_val_00000001.JPG")
+    (base / "annotations/validation/ADE_val_00000002.png").rename(base / "annotations/validation/ADE_val_00000002.PNG")
+    d = dm(copy)
+    d.setup("validate")
+    ds = d.datasets["val"]
+    assert len(ds) == 3 and ds.missing == 0 and all(ds[i]["valid"] for i in range(3))

@@ -70,7 +70,7 @@ def test_devkit_ids_follow_meta_mat_not_sorted_order(copies: dict[str, Path]) ->
     gt = (root / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read_text().split()
     layout = find_layout(root)
     assert layout.val_flat and layout.devkit is not None and layout.val_solution is None
-    samples = list_samples(layout, "val", {w: i for i, w in enumerate(canonical_wnids())})
+    samples, _ = list_samples(layout, "val", {w: i for i, w in enumerate(canonical_wnids())})
     labels = [y for _, y in samples]
     naive = [int(gt[int(p.stem[-8:]) - 1]) - 1 for p, _ in samples]  # "label = gt - 1": the trap
     assert labels == [expected_val_label(p) for p, _ in samples]
@@ -412,3 +412,39 @@ def test_kaggle_csvs_with_a_byte_order_mark_and_unknown_wnids(tmp_path: Path, co
     with pytest.raises(ConfigError) as err:
         dm(root).setup("validate")
     assert str(err.value) == f"{solution}:3: 'n99999999' is not one of the 1000 ImageNet-1k wnids"
+
+
+def test_labelled_val_images_without_a_file_are_counted(tmp_path: Path, copies: dict[str, Path], caplog) -> None:
+    """A flat val labelled by LOC_val_solution.csv / the devkit lists images the copy lacks: their
+    number is logged as val/missing_images next to the accuracy (was: left out in silence)."""
+    from pytorch_lightning import Trainer
+
+    from lw_lightning.modules.classification import ImageClassifier
+
+    root = tmp_path / "c"
+    shutil.copytree(copies["kaggle"], root)
+    (root / "ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000003.JPEG").unlink()
+    module = ImageClassifier({"arch": "vit", "preset": "tiny", "img_size": [28, 28], "patch_size": 14}, num_classes=1000)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with caplog.at_level("WARNING"):
+        metrics = trainer.validate(module, datamodule=dm(root, eval_batch_size=4), verbose=False)[0]
+    # the copy's CSV also lists ILSVRC2012_val_00049999, which no copy of it holds
+    assert metrics["val/missing_images"] == 2.0 and metrics["val/corrupt_images"] == 0.0
+    assert "2 of 9 annotated images have no file (ILSVRC2012_val_00000003, ILSVRC2012_val_00049999)" in caplog.text
+    metrics = trainer.test(module, datamodule=dm(copies["devkit"]), verbose=False)[0]
+    assert metrics["test/missing_images"] == 50_000 - 8  # the devkit labels all 50,000
+    metrics = trainer.validate(module, datamodule=dm(copies["folders"]), verbose=False)[0]
+    assert metrics["val/missing_images"] == 0.0  # class folders: the files are the list
+
+
+def test_upper_case_extensions_are_images(tmp_path: Path, copies: dict[str, Path]) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(copies["folders"], root)
+    folder = root / "train" / TINY_WNIDS[3]
+    files = sorted(folder.iterdir())
+    files[0].rename(files[0].with_suffix(".JPG"))
+    files[1].rename(files[1].with_suffix(".jpg"))
+    files[2].rename(files[2].with_suffix(".Png"))  # a JPEG named .Png: decoded by its bytes
+    d = dm(root)
+    d.setup("fit")
+    assert {p.suffix for p, _ in d.datasets["train"].samples if p.parent == folder} == {".JPG", ".jpg", ".Png", ".JPEG"}

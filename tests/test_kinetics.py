@@ -184,14 +184,31 @@ def test_csv_layout_batches(kinetics_root):
     assert len(data.datasets["test"]) == 4
 
 
-def test_missing_files_are_dropped_and_counted(root, caplog):
+def test_missing_training_clips_are_skipped_with_one_warning(root, caplog):
     victims = sorted((root / "train").iterdir())[:3]
     for v in victims:
         v.unlink()
+    data = dm(root)
     with caplog.at_level(logging.WARNING):
-        records = dm(root).records("train")
-    assert len(records) == 8 - 3
-    assert "3 of 8 annotated clips have no video file" in caplog.text
+        records = data.records("train")
+    assert len(records) == 8 - 3 and data.missing["train"] == 3
+    ann = root / "annotations" / "train.csv"
+    assert f"{ann} (train): 3 of 8 annotated videos have no file (" in caplog.text
+    assert all(v.stem in caplog.text for v in victims)  # named
+    assert caplog.text.count("have no file") == 1 and "training skips them" in caplog.text
+
+
+def test_upper_case_extensions_are_found(root):
+    """Was: 'no video file' for every .MP4, and the clips silently left out of the metrics."""
+    clips = sorted((root / "val").iterdir())
+    clips[0].rename(clips[0].with_suffix(".MP4"))
+    clips[1].rename(clips[1].with_suffix(".Mp4"))
+    data = dm(root)
+    records = data.records("val")
+    assert len(records) == 4 and data.missing["val"] == 0
+    assert {Path(r.path).suffix for r in records} == {".MP4", ".Mp4", ".mp4"}
+    ds = data.build_dataset("val")
+    assert all(ds[i]["valid"] for i in range(len(ds)))  # and they decode
 
 
 def test_label_folders_and_replacement_files_resolve_by_name(root):
@@ -401,3 +418,33 @@ def test_cli_trains_on_an_excel_csv_with_a_label_map(root, tmp_path, capsys, mon
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {root / 'annotations' / 'train.csv'}:")
     assert f"is not in data.label_map {root / 'classes.txt'} (3 classes)" in err
+
+
+def test_missing_eval_clips_are_counted_next_to_the_accuracy(root, tmp_path, capsys, monkeypatch):
+    """An annotated test clip without a file: 'test/missing_videos=1.0000' in the printed summary and
+    in summary_test.json (was: a log line only, and 'corrupt_videos=0' over fewer clips)."""
+    import json
+
+    from lw_lightning.cli import main
+
+    victim = sorted((root / "test").iterdir())[2]
+    victim.unlink()
+    corrupt(sorted((root / "test").iterdir())[0])
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    args = [
+        "experiment=demo_video",
+        f"data.root={root}",
+        f"output_dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "data.eval_batch_size=2",
+        "data.test_clips=1",
+        "data.test_crops=1",
+        "callbacks.images=null",
+    ]
+    capsys.readouterr()
+    assert main(["test", *args]) == 0
+    out = capsys.readouterr().out
+    assert "test/missing_videos=1.0000" in out and "test/corrupt_videos=1.0000" in out and "test/acc1=" in out
+    summary = json.loads(next(tmp_path.rglob("summary_test.json")).read_text())["metrics"]
+    assert summary["test/missing_videos"] == 1.0 and summary["test/corrupt_videos"] == 1.0

@@ -262,3 +262,16 @@ def test_annotations_with_a_byte_order_mark(tmp_path: Path, root: Path) -> None:
     ann = copy / "Set1" / "annotations.txt"
     ann.write_bytes(b"\xef\xbb\xbf" + ann.read_bytes())
     assert [s.path for s in load_set(copy, "Set1")] == [copy / s.path.relative_to(root) for s in load_set(root, "Set1")]
+
+
+def test_image_named_with_an_upper_case_extension_is_found(tmp_path: Path, root: Path) -> None:
+    """annotations.txt says x.jpg, the file is x.JPG (was: 'error: ... 1 kept image(s) are missing')."""
+    copy = tmp_path / "c"
+    shutil.copytree(root, copy)
+    image = copy / "Set2" / "Set2Part0" / "1277320000Image000002.jpg"
+    image.rename(image.with_suffix(".JPG"))
+    samples = load_set(copy, "Set2")
+    assert len(samples) == len(load_set(root, "Set2")) and image.with_suffix(".JPG") in [s.path for s in samples]
+    d = dm(copy)
+    d.setup("test")
+    assert d.datasets["test"].missing == 0  # a kept image without a file is an error (see above), never left out

@@ -103,13 +103,18 @@ class SkippingDataset(Dataset):
         seed: seed of the replacement-index RNG.
         max_retries: bad files tolerated in a row for one sample before giving up.
         root: data root; :meth:`source` names files relative to it.
+        missing: annotated images of the split that have no file (not among the samples; the
+            modules report the count, ``data/missing.py``).
     """
 
-    def __init__(self, train: bool, seed: int = 0, max_retries: int = 10, root: str | Path | None = None) -> None:
+    def __init__(
+        self, train: bool, seed: int = 0, max_retries: int = 10, root: str | Path | None = None, missing: int = 0
+    ) -> None:
         self.train = train
         self.seed = seed
         self.max_retries = max_retries
         self.root = Path(root) if root is not None else None
+        self.missing = missing
         self.skipped = SkipCounter()
 
     def load(self, index: int) -> dict[str, Any]:
@@ -212,3 +217,17 @@ def describe_dir(path: Path, limit: int = 6) -> str:
 def image_files(folder: Path, exts: tuple[str, ...] = (".jpeg", ".jpg", ".png")) -> list[Path]:
     """Sorted image files directly inside ``folder`` (extension matched case-insensitively)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def name_key(name: str) -> str:
+    """A file name with its extension lower-cased: how an annotation's file name is matched to a
+    file (cameras and Windows tools write ``.JPG``; the stem stays case-sensitive)."""
+    path = Path(name)
+    return path.stem + path.suffix.lower()
+
+
+def files_by_name(folder: Path) -> dict[str, Path]:
+    """:func:`name_key` -> file, for the files directly inside ``folder`` ({} when it is absent)."""
+    if not folder.is_dir():
+        return {}
+    return {name_key(p.name): p for p in sorted(folder.iterdir()) if p.is_file()}

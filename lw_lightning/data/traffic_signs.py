@@ -41,7 +41,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import ConfigError
 from .base import BaseDataModule
-from .images import SkippingDataset, describe_dir, load_rgb, report_skipped
+from .images import SkippingDataset, describe_dir, files_by_name, load_rgb, name_key, report_skipped
 from .synthetic_signs import CLASS_NAMES, render_sign
 from .text import TEXT_ENCODING
 from .transforms import traffic_signs_transform
@@ -148,12 +148,14 @@ def load_set(root: Path, set_name: str) -> list[SignSample]:
     if not ann.is_file():
         raise ConfigError(f"data.root={root}: {EXPECTED}; found {describe_dir(root)} (no {set_name}/annotations.txt)")
     dirs = (root / set_name, root / set_name / f"{set_name}Part0")
+    files = [files_by_name(d) for d in dirs]  # the extension in any case: x.jpg is found as x.JPG
     samples, missing = [], []
     for entry in parse_annotations(ann):
         decided = speed_limit_label(entry.signs)
         if decided is None:
             continue
-        path = next((d / entry.filename for d in dirs if (d / entry.filename).is_file()), None)
+        key = name_key(entry.filename)
+        path = next((found[key] for found in files if key in found), None)
         if path is None:
             missing.append(entry.filename)
             continue

@@ -27,7 +27,7 @@ from ..models.vit import gather_tokens
 from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
 from .safe_checkpoint import SafeCheckpointModule
-from .valid import keep_valid
+from .valid import keep_valid, log_missing
 
 PARTS = ("cls", "patch", "map")
 
@@ -192,6 +192,9 @@ class LookWhereDistill(SafeCheckpointModule):
             metric.update(parts[name], weight=bsz)
             key = "val/loss" if name == "total" else ("val/map_recall" if name == "map_recall" else f"val/loss_{name}")
             self.log(key, metric, on_step=False, on_epoch=True, prog_bar=name in ("total", "map_recall"))
+
+    def on_validation_epoch_end(self) -> None:
+        log_missing(self, "val", "images")
 
     def configure_optimizers(self):
         hp = self.hparams

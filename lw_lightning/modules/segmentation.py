@@ -17,7 +17,7 @@ from ..models.lookwhere import LookWhere, build_model
 from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
 from .safe_checkpoint import SafeCheckpointModule
-from .valid import keep_valid
+from .valid import keep_valid, log_missing
 
 
 class Segmenter(SafeCheckpointModule):
@@ -31,7 +31,8 @@ class Segmenter(SafeCheckpointModule):
     cropping them to ``image_size[i]``, the valid region of a bottom/right-padded input).
 
     Evaluation samples the DataModule could not decode (``valid=False``) are excluded from mIoU,
-    pixel accuracy and loss, and counted in ``{stage}/corrupt_images``.
+    pixel accuracy and loss, and counted in ``{stage}/corrupt_images`` (annotated images without a
+    file: ``{stage}/missing_images``).
 
     Args mirror :class:`~lw_lightning.modules.classification.ImageClassifier`; ``freeze_backbone``
     trains the head only (linear probe).
@@ -151,6 +152,12 @@ class Segmenter(SafeCheckpointModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        log_missing(self, "val", "images")
+
+    def on_test_epoch_end(self) -> None:
+        log_missing(self, "test", "images")
 
     def configure_optimizers(self):
         hp = self.hparams

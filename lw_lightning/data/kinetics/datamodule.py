@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from ...errors import ConfigError
 from ..base import BaseDataModule
+from ..missing import warn_missing
 from ..video_augment import VideoAugment
 from ..video_io import DECODERS, torchcodec_problem
 from .clip_transform import ClipTransform
@@ -131,6 +132,8 @@ class KineticsDataModule(BaseDataModule):
         self._layout: str | None = None
         self._classes: list[str] | None = None
         self._clip_index: dict[tuple[str, int, int], Path] | None = None
+        #: split -> annotated clips without a video file (set by :meth:`records`)
+        self.missing: dict[str, int] = {}
 
     # -- layout discovery -------------------------------------------------------------------------
     def _split_path(self, split: str, suffixes: Sequence[str], parent: Path | None = None) -> Path | None:
@@ -165,7 +168,7 @@ class KineticsDataModule(BaseDataModule):
         if self.layout_arg != "auto":
             return self.layout_arg
         if "train" in self.annotations:
-            return "csv" if self.annotations["train"].endswith(".csv") else "list"
+            return "csv" if self.annotations["train"].lower().endswith(".csv") else "list"
         if self._split_path("train", [".csv"], self.root / "annotations"):
             return "csv"
         train_dir = self._split_path("train", [""])
@@ -228,7 +231,9 @@ class KineticsDataModule(BaseDataModule):
 
     # -- records ----------------------------------------------------------------------------------
     def records(self, split: str) -> list[VideoRecord]:
-        """Annotated clips of ``split`` whose files exist (missing ones logged and dropped)."""
+        """Annotated clips of ``split`` whose files exist; the number of the others goes to
+        ``self.missing[split]`` and one warning (``data/missing.py``)."""
+        stage = split
         split = "test" if split == "predict" else split
         src = self.test_split if split == "test" else split
         if self.layout == "csv":
@@ -238,9 +243,9 @@ class KineticsDataModule(BaseDataModule):
         else:
             items, where = self._list_records(src)
         present = [r for r in items if os.path.isfile(r.path)]
-        dropped = len(items) - len(present)
-        if dropped:
-            log.warning("kinetics %s: %d of %d annotated clips have no video file; dropped", src, dropped, len(items))
+        absent = [r.name for r in items if not os.path.isfile(r.path)]
+        self.missing[stage] = len(absent)
+        warn_missing(where, stage, absent, len(items), "videos")
         if not present:
             raise ConfigError(f"kinetics {src}: none of the {len(items)} clips of {where} were found under {self.root}")
         return present
@@ -301,7 +306,7 @@ class KineticsDataModule(BaseDataModule):
         if split == "test" and any(r.label < 0 for r in records):
             raise ConfigError(f"kinetics {self.test_split} annotations carry no labels; evaluate with data.test_split=val")
         clips, crops = self.views[split]
-        return KineticsDataset(records, False, num_clips=clips, num_crops=crops, **common)  # type: ignore[arg-type]
+        return KineticsDataset(records, False, num_clips=clips, num_crops=crops, missing=self.missing[split], **common)  # type: ignore[arg-type]
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """uint8 clips from the workers -> flipped / colour-jittered / normalised float clips, batched on the device."""

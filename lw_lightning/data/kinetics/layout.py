@@ -13,7 +13,8 @@ from ...errors import ConfigError
 from ..text import open_text, read_text
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi")
-FILENAME_RE = re.compile(r"^(.{11})_(\d{6})_(\d{6})\.(mp4|webm|mkv|avi)$")
+#: the extension in any case: cameras and Windows tools write ``.MP4``
+FILENAME_RE = re.compile(r"^(.{11})_(\d{6})_(\d{6})\.(?i:mp4|webm|mkv|avi)$")
 #: accepted directory / file stems per split (K700 CSVs say "validate")
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)}
 LAYOUTS = ("csv", "folders", "list")
