@@ -448,3 +448,71 @@ def test_upper_case_extensions_are_images(tmp_path: Path, copies: dict[str, Path
     d = dm(root)
     d.setup("fit")
     assert {p.suffix for p, _ in d.datasets["train"].samples if p.parent == folder} == {".JPG", ".jpg", ".Png", ".JPEG"}
+
+
+#: EXIF Orientation -> how the stored pixels are turned to show the picture upright (the EXIF spec)
+SHOWN = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+UNDO = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
+
+
+def save_as_phone(upright: Image.Image, path: Path, orientation: int) -> Image.Image:
+    """Save ``upright`` as a camera does: the pixels as the sensor read them plus an EXIF Orientation
+    that says how to turn them for display. Returns the stored image."""
+    turn = SHOWN[orientation]
+    stored = upright.transpose(UNDO.get(turn, turn)) if turn is not None else upright.copy()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif, quality=95)
+    return stored
+
+
+def quadrant_means(img: Image.Image) -> list[float]:
+    """Mean brightness of the top-left, top-right, bottom-left, bottom-right quarters."""
+    a = np.asarray(img.convert("L"), dtype=np.float64)
+    h, w = a.shape[0] // 2, a.shape[1] // 2
+    return [a[:h, :w].mean(), a[:h, w:].mean(), a[h:, :w].mean(), a[h:, w:].mean()]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path: Path, copies: dict[str, Path], orientation: int) -> None:
+    """A phone JPEG (Orientation=6: stored sideways) is fed upright, as the videos are."""
+    from lw_lightning.data.images import header_size
+
+    pixels = np.full((48, 64, 3), 20, dtype=np.int16)
+    pixels[:24, :32] = 245  # top-left quarter white
+    pixels[:24, 32:] = 130  # top-right grey: tells a flip from a turn
+    noise = np.random.default_rng(orientation).integers(-5, 6, pixels.shape)  # a real scan to cut below
+    upright = Image.fromarray((pixels + noise).clip(0, 255).astype(np.uint8))
+    path = tmp_path / "phone.jpg"
+    stored = save_as_phone(upright, path, orientation)
+    with Image.open(path) as im:
+        assert im.getexif()[0x0112] == orientation and im.size == stored.size
+    got = load_rgb(path)
+    assert got.size == (64, 48) and header_size(path) == (64, 48)
+    tl, tr, bl, br = quadrant_means(got)
+    assert tl > 235 and 120 < tr < 140 and bl < 30 and br < 30
+    # through the dataset: the tagged file in place of a val image equals the upright picture
+    root = tmp_path / "c"
+    shutil.copytree(copies["folders"], root)
+    target = root / "val" / TINY_WNIDS[1] / "ILSVRC2012_val_00000002.JPEG"
+    save_as_phone(upright, target, orientation)
+    (tmp_path / "plain").mkdir()
+    upright.save(tmp_path / "plain" / "x.jpg", quality=95)
+    d = dm(root, image_size=32)
+    d.setup("validate")
+    val = d.datasets["val"]
+    item = val[[p for p, _ in val.samples].index(target)]
+    expected = val.transform(load_rgb(tmp_path / "plain" / "x.jpg"))
+    assert (item["image"] - expected).abs().mean() < 0.05  # the same picture (JPEG noise aside)
+    target.write_bytes(target.read_bytes()[:-300])  # the scan data cut, the header (with EXIF) intact
+    i = [p for p, _ in val.samples].index(target)
+    assert not val[i]["valid"] and val.placeholder_size(i) == (64, 48)  # the placeholder is upright too

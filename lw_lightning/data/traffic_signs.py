@@ -41,7 +41,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import ConfigError
 from .base import BaseDataModule
-from .images import SkippingDataset, describe_dir, files_by_name, load_rgb, name_key, report_skipped
+from .images import SkippingDataset, describe_dir, files_by_name, load_upright, name_key, report_skipped, turn_box
 from .synthetic_signs import CLASS_NAMES, render_sign
 from .text import TEXT_ENCODING
 from .transforms import traffic_signs_transform
@@ -203,17 +203,21 @@ class TrafficSignsDataset(SkippingDataset):
         return self.samples[index].path
 
     def load(self, index: int) -> dict[str, Any]:
-        return self._sample(index, load_rgb(self.image_path(index)))
+        image, turn = load_upright(self.image_path(index))
+        return self._sample(index, image, turn)
 
     def placeholder(self, index: int, size: tuple[int, int]) -> dict[str, Any]:
         return self._sample(index, Image.new("RGB", size))
 
-    def _sample(self, index: int, pil_image: Image.Image) -> dict[str, Any]:
+    def _sample(self, index: int, pil_image: Image.Image, turn: Image.Transpose | None = None) -> dict[str, Any]:
         s = self.samples[index]
         image = tv_tensors.Image(F.pil_to_tensor(pil_image))
         sample: dict[str, Any] = {"image": image}
-        if s.box is not None:
-            sample["box"] = tv_tensors.BoundingBoxes([s.box], format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        box = s.box
+        if box is not None and turn is not None:  # the box lies on the stored pixels: turned with them
+            box = turn_box(box, turn, pil_image.size)
+        if box is not None:
+            sample["box"] = tv_tensors.BoundingBoxes([box], format="XYXY", canvas_size=tuple(image.shape[-2:]))
         out = self.transform(sample)
         box = out["box"][0].as_subclass(torch.Tensor).float() if s.box is not None else torch.full((4,), -1.0)
         return {"image": out["image"].as_subclass(torch.Tensor), "label": torch.tensor(s.label), "box": box, "index": torch.tensor(index)}
