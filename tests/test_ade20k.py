@@ -296,3 +296,39 @@ def test_palette_is_the_benchmark_colour_table_and_colorize_blacks_out_ignore():
     assert len({tuple(c) for c in pal.tolist()}) >= 148  # two repeats in the official table
     rgb = colorize(torch.tensor([[0, 255], [149, 2]]))
     assert rgb.shape == (2, 2, 3) and rgb[0, 1].tolist() == [0, 0, 0] and rgb[1, 0].tolist() == [92, 0, 255]
+
+
+def test_upper_case_extensions_pair_up(tmp_path: Path, root: Path) -> None:
+    copy = tmp_path / "c"
+    shutil.copytree(root, copy)
+    base = copy / FOLDER
+    (base / "images/validation/ADE_val_00000001.jpg").rename(base / "images/validation/ADE_val_00000001.JPG")
+    (base / "annotations/validation/ADE_val_00000002.png").rename(base / "annotations/validation/ADE_val_00000002.PNG")
+    d = dm(copy)
+    d.setup("validate")
+    ds = d.datasets["val"]
+    assert len(ds) == 3 and ds.missing == 0 and all(ds[i]["valid"] for i in range(3))
+
+
+def test_exif_orientation_turns_the_image_and_its_mask_together(tmp_path: Path, root: Path) -> None:
+    """A val JPEG stored sideways with Orientation=6 ("turn 90° clockwise"), its annotation drawn on
+    the stored pixels (as ADE20K's were): both come out upright and still on the same pixels."""
+    copy = tmp_path / "c"
+    shutil.copytree(root, copy)
+    stored = np.full((40, 60, 3), 10, dtype=np.uint8)
+    stored[:, :30] = 240  # stored left half bright ...
+    labels = np.full((40, 60), 2, dtype=np.uint8)
+    labels[:, :30] = 1  # ... and class 1 (0 after reduce_zero_label), the right half class 2 (1)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(copy / FOLDER / "images/validation/ADE_val_00000001.jpg", exif=exif, quality=95)
+    Image.fromarray(labels).save(copy / FOLDER / "annotations/validation/ADE_val_00000001.png")
+    d = dm(copy)
+    d.setup("validate")
+    item = d.datasets["val"][0]
+    mask = item["mask"]  # evaluation keeps the original-resolution label
+    assert item["valid"] and tuple(mask.shape) == (60, 40)  # upright: portrait
+    # turned clockwise, the stored left half is the top half: bright, class 0; the bottom: dark, class 1
+    assert bool((mask[:30] == 0).all()) and bool((mask[30:] == 1).all())
+    image = item["image"]  # resized to the 56x56 crop, normalised
+    assert image[:, :26].mean() > 1.0 and image[:, 30:].mean() < -1.0

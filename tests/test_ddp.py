@@ -215,3 +215,32 @@ def test_lightning_keeps_our_sharded_loaders_and_shards_foreign_ones():
     foreign = DataLoader(list(range(7)), batch_size=2)
     sharded = prepare(foreign, shuffle=False, mode=RunningStage.VALIDATING)
     assert sharded is not foreign and isinstance(sharded.sampler, DistributedSampler)
+
+
+@pytest.mark.slow
+def test_ddp_counts_missing_and_corrupt_videos_once(kinetics_root, tmp_path):
+    """2 ranks: an annotated val clip without a file is counted once (every rank holds the split's
+    count, 'max' keeps it), an unreadable one once (on the rank that reads it): as in one process."""
+    import shutil
+
+    from .test_kinetics import corrupt
+
+    root = Path(shutil.copytree(kinetics_root, tmp_path / "kinetics"))
+    clips = sorted((root / "val").iterdir())
+    clips[0].unlink()
+    corrupt(clips[1])
+    args = [
+        "experiment=demo_video",
+        f"data.root={root}",
+        f"output_dir={tmp_path / 'runs'}",
+        "data.eval_batch_size=2",
+        "callbacks.images=null",
+        "callbacks.flops=null",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+    single = run(load_config(None, [*args, "name=single"]), "validate").metrics
+    _cli(["validate", *args, *DDP2, "name=ddp"])
+    ddp = json.loads((tmp_path / "runs" / "ddp" / "version_0" / "summary_validate.json").read_text())["metrics"]
+    for key in ("val/missing_videos", "val/corrupt_videos"):
+        assert ddp[key] == single[key] == 1.0, key

@@ -70,7 +70,7 @@ def test_devkit_ids_follow_meta_mat_not_sorted_order(copies: dict[str, Path]) ->
     gt = (root / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read_text().split()
     layout = find_layout(root)
     assert layout.val_flat and layout.devkit is not None and layout.val_solution is None
-    samples = list_samples(layout, "val", {w: i for i, w in enumerate(canonical_wnids())})
+    samples, _ = list_samples(layout, "val", {w: i for i, w in enumerate(canonical_wnids())})
     labels = [y for _, y in samples]
     naive = [int(gt[int(p.stem[-8:]) - 1]) - 1 for p, _ in samples]  # "label = gt - 1": the trap
     assert labels == [expected_val_label(p) for p, _ in samples]
@@ -390,3 +390,129 @@ def test_randaugment_posterize_at_max_magnitude_does_not_crash() -> None:
     assert out.size == (30, 20) and np.asarray(out).max() == 0  # 0 bits kept: black, as in old Pillow / TF
     op.magnitude = 5  # 2 bits: 200 -> 192
     assert np.asarray(op(img)).max() == 192
+
+
+def test_kaggle_csvs_with_a_byte_order_mark_and_unknown_wnids(tmp_path: Path, copies: dict[str, Path]) -> None:
+    """Excel's "CSV UTF-8" starts LOC_val_solution.csv with a BOM (was: 'expected the header ...');
+    a wnid that is not an ImageNet-1k class is one line naming the file and the line."""
+    root = tmp_path / "c"
+    shutil.copytree(copies["kaggle"], root)
+    for name in ("LOC_val_solution.csv", "LOC_synset_mapping.txt"):
+        text = (root / name).read_text().replace("\n", "\r\n")
+        (root / name).write_bytes(text.encode("utf-8-sig"))
+    d = dm(root)
+    d.setup("validate")
+    samples = d.datasets["val"].samples
+    assert len(samples) == 8 and [y for _, y in samples] == [expected_val_label(p) for p, _ in samples]
+    assert d.class_names[0] == "tench, Tinca tinca"  # not '\ufefftench'
+    solution = root / "LOC_val_solution.csv"
+    rows = solution.read_text(encoding="utf-8-sig").splitlines()
+    rows[2] = rows[2].replace(rows[2].split(",")[1].split()[0], "n99999999", 1)  # line 3 of the file
+    solution.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError) as err:
+        dm(root).setup("validate")
+    assert str(err.value) == f"{solution}:3: 'n99999999' is not one of the 1000 ImageNet-1k wnids"
+
+
+def test_labelled_val_images_without_a_file_are_counted(tmp_path: Path, copies: dict[str, Path], caplog) -> None:
+    """A flat val labelled by LOC_val_solution.csv / the devkit lists images the copy lacks: their
+    number is logged as val/missing_images next to the accuracy (was: left out in silence)."""
+    from pytorch_lightning import Trainer
+
+    from lw_lightning.modules.classification import ImageClassifier
+
+    root = tmp_path / "c"
+    shutil.copytree(copies["kaggle"], root)
+    (root / "ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000003.JPEG").unlink()
+    module = ImageClassifier({"arch": "vit", "preset": "tiny", "img_size": [28, 28], "patch_size": 14}, num_classes=1000)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with caplog.at_level("WARNING"):
+        metrics = trainer.validate(module, datamodule=dm(root, eval_batch_size=4), verbose=False)[0]
+    # the copy's CSV also lists ILSVRC2012_val_00049999, which no copy of it holds
+    assert metrics["val/missing_images"] == 2.0 and metrics["val/corrupt_images"] == 0.0
+    assert "2 of 9 annotated images have no file (ILSVRC2012_val_00000003, ILSVRC2012_val_00049999)" in caplog.text
+    metrics = trainer.test(module, datamodule=dm(copies["devkit"]), verbose=False)[0]
+    assert metrics["test/missing_images"] == 50_000 - 8  # the devkit labels all 50,000
+    metrics = trainer.validate(module, datamodule=dm(copies["folders"]), verbose=False)[0]
+    assert metrics["val/missing_images"] == 0.0  # class folders: the files are the list
+
+
+def test_upper_case_extensions_are_images(tmp_path: Path, copies: dict[str, Path]) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(copies["folders"], root)
+    folder = root / "train" / TINY_WNIDS[3]
+    files = sorted(folder.iterdir())
+    files[0].rename(files[0].with_suffix(".JPG"))
+    files[1].rename(files[1].with_suffix(".jpg"))
+    files[2].rename(files[2].with_suffix(".Png"))  # a JPEG named .Png: decoded by its bytes
+    d = dm(root)
+    d.setup("fit")
+    assert {p.suffix for p, _ in d.datasets["train"].samples if p.parent == folder} == {".JPG", ".jpg", ".Png", ".JPEG"}
+
+
+#: EXIF Orientation -> how the stored pixels are turned to show the picture upright (the EXIF spec)
+SHOWN = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+UNDO = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
+
+
+def save_as_phone(upright: Image.Image, path: Path, orientation: int) -> Image.Image:
+    """Save ``upright`` as a camera does: the pixels as the sensor read them plus an EXIF Orientation
+    that says how to turn them for display. Returns the stored image."""
+    turn = SHOWN[orientation]
+    stored = upright.transpose(UNDO.get(turn, turn)) if turn is not None else upright.copy()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif, quality=95)
+    return stored
+
+
+def quadrant_means(img: Image.Image) -> list[float]:
+    """Mean brightness of the top-left, top-right, bottom-left, bottom-right quarters."""
+    a = np.asarray(img.convert("L"), dtype=np.float64)
+    h, w = a.shape[0] // 2, a.shape[1] // 2
+    return [a[:h, :w].mean(), a[:h, w:].mean(), a[h:, :w].mean(), a[h:, w:].mean()]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path: Path, copies: dict[str, Path], orientation: int) -> None:
+    """A phone JPEG (Orientation=6: stored sideways) is fed upright, as the videos are."""
+    from lw_lightning.data.images import header_size
+
+    pixels = np.full((48, 64, 3), 20, dtype=np.int16)
+    pixels[:24, :32] = 245  # top-left quarter white
+    pixels[:24, 32:] = 130  # top-right grey: tells a flip from a turn
+    noise = np.random.default_rng(orientation).integers(-5, 6, pixels.shape)  # a real scan to cut below
+    upright = Image.fromarray((pixels + noise).clip(0, 255).astype(np.uint8))
+    path = tmp_path / "phone.jpg"
+    stored = save_as_phone(upright, path, orientation)
+    with Image.open(path) as im:
+        assert im.getexif()[0x0112] == orientation and im.size == stored.size
+    got = load_rgb(path)
+    assert got.size == (64, 48) and header_size(path) == (64, 48)
+    tl, tr, bl, br = quadrant_means(got)
+    assert tl > 235 and 120 < tr < 140 and bl < 30 and br < 30
+    # through the dataset: the tagged file in place of a val image equals the upright picture
+    root = tmp_path / "c"
+    shutil.copytree(copies["folders"], root)
+    target = root / "val" / TINY_WNIDS[1] / "ILSVRC2012_val_00000002.JPEG"
+    save_as_phone(upright, target, orientation)
+    (tmp_path / "plain").mkdir()
+    upright.save(tmp_path / "plain" / "x.jpg", quality=95)
+    d = dm(root, image_size=32)
+    d.setup("validate")
+    val = d.datasets["val"]
+    item = val[[p for p, _ in val.samples].index(target)]
+    expected = val.transform(load_rgb(tmp_path / "plain" / "x.jpg"))
+    assert (item["image"] - expected).abs().mean() < 0.05  # the same picture (JPEG noise aside)
+    target.write_bytes(target.read_bytes()[:-300])  # the scan data cut, the header (with EXIF) intact
+    i = [p for p, _ in val.samples].index(target)
+    assert not val[i]["valid"] and val.placeholder_size(i) == (64, 48)  # the placeholder is upright too

@@ -184,14 +184,31 @@ def test_csv_layout_batches(kinetics_root):
     assert len(data.datasets["test"]) == 4
 
 
-def test_missing_files_are_dropped_and_counted(root, caplog):
+def test_missing_training_clips_are_skipped_with_one_warning(root, caplog):
     victims = sorted((root / "train").iterdir())[:3]
     for v in victims:
         v.unlink()
+    data = dm(root)
     with caplog.at_level(logging.WARNING):
-        records = dm(root).records("train")
-    assert len(records) == 8 - 3
-    assert "3 of 8 annotated clips have no video file" in caplog.text
+        records = data.records("train")
+    assert len(records) == 8 - 3 and data.missing["train"] == 3
+    ann = root / "annotations" / "train.csv"
+    assert f"{ann} (train): 3 of 8 annotated videos have no file (" in caplog.text
+    assert all(v.stem in caplog.text for v in victims)  # named
+    assert caplog.text.count("have no file") == 1 and "training skips them" in caplog.text
+
+
+def test_upper_case_extensions_are_found(root):
+    """Was: 'no video file' for every .MP4, and the clips silently left out of the metrics."""
+    clips = sorted((root / "val").iterdir())
+    clips[0].rename(clips[0].with_suffix(".MP4"))
+    clips[1].rename(clips[1].with_suffix(".Mp4"))
+    data = dm(root)
+    records = data.records("val")
+    assert len(records) == 4 and data.missing["val"] == 0
+    assert {Path(r.path).suffix for r in records} == {".MP4", ".Mp4", ".mp4"}
+    ds = data.build_dataset("val")
+    assert all(ds[i]["valid"] for i in range(len(ds)))  # and they decode
 
 
 def test_label_folders_and_replacement_files_resolve_by_name(root):
@@ -313,3 +330,121 @@ def test_source_is_the_clip_file_relative_to_the_root(kinetics_root):
         src = sample_source(ds, i)
         assert not src.startswith("/") and (kinetics_root / src).resolve() == Path(rec.path).resolve()
         assert Path(src).stem == rec.name  # <youtube_id>_<start>_<end>: the clip id
+
+
+def _excel_csv(path: Path) -> None:
+    """Rewrite a CSV as Excel's "CSV UTF-8" saves it: a byte-order mark first, CRLF line ends."""
+    text = path.read_text().replace("\r\n", "\n").replace("\n", "\r\n")
+    path.write_bytes(text.encode("utf-8-sig"))
+
+
+def test_csv_with_a_byte_order_mark_reads_its_labels(root):
+    for split in ("train", "val"):
+        _excel_csv(root / "annotations" / f"{split}.csv")
+    assert (root / "annotations" / "train.csv").read_bytes().startswith(b"\xef\xbb\xbflabel,")
+    truth = {Path(name_of(r)).stem: r["label"] for r in read_annotation_csv(root / "annotations" / "val.csv")}
+    assert set(truth.values()) == set(CLASS_NAMES)  # the label column is found, not '\ufefflabel'
+    data = dm(root)
+    assert data.class_names == CLASS_NAMES
+    assert {r.name: data.class_names[r.label] for r in data.records("val")} == truth
+    (root / "classes.txt").write_bytes(("\n".join(reversed(CLASS_NAMES)) + "\n").encode("utf-8-sig"))
+    mapped = dm(root, label_map="classes.txt")
+    assert mapped.class_names == list(reversed(CLASS_NAMES))
+    assert {r.name: mapped.class_names[r.label] for r in mapped.records("train")} == {
+        Path(name_of(r)).stem: r["label"] for r in read_annotation_csv(root / "annotations" / "train.csv")
+    }
+
+
+def test_every_label_is_checked_against_the_label_map(root):
+    ann = root / "annotations" / "train.csv"
+    lines = ann.read_text().splitlines()
+    lines.insert(3, "juggling balls,abcdefghijk,0,10,train,0")  # line 4 of the file
+    ann.write_text("\n".join(lines) + "\n")
+    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    with pytest.raises(ConfigError) as err:
+        dm(root, label_map="classes.txt").records("train")
+    assert str(err.value) == f"{ann}:4: label 'juggling balls' is not in data.label_map {root / 'classes.txt'} (4 classes)"
+    lines[3] = ",abcdefghijk,0,10,train,0"  # a training row without a label
+    ann.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=rf"^{ann}:4: no label \(every train row needs one\)$"):
+        dm(root, label_map="classes.txt").records("train")
+    ann.write_text("youtube_id,time_start,time_end,split\nabcdefghijk,0,10,train\n")  # no label column at all
+    with pytest.raises(ConfigError, match=r"train.csv has no 'label' column \(header: youtube_id, time_start, time_end, split\)"):
+        dm(root, label_map="classes.txt").records("train")
+
+
+def test_list_file_labels_are_checked_with_their_line(kinetics_root, tmp_path):
+    root = tmp_path / "lists"
+    shutil.copytree(kinetics_root / "train", root / "videos")
+    rows = read_annotation_csv(kinetics_root / "annotations" / "train.csv")
+    lines = [f"videos/{name_of(r)} {CLASS_NAMES.index(r['label'])}" for r in rows]
+    (root / "train.txt").write_bytes(("\n".join(lines) + "\n").encode("utf-8-sig"))  # a BOM too
+    assert len(dm(root).records("train")) == 8  # the first path is not '\ufeffvideos/...'
+    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    for bad, needle in (
+        (f"videos/{name_of(rows[2])} 4", "label 4 is not a class index 0..3"),
+        (f"videos/{name_of(rows[2])} -1", "label -1 is not a class index 0..3"),
+        (f"videos/{name_of(rows[2])}", "no label (every train line needs one)"),
+    ):
+        (root / "train.txt").write_text("\n".join([*lines[:2], bad, *lines[3:]]) + "\n")
+        with pytest.raises(ConfigError) as err:
+            dm(root, label_map="classes.txt").records("train")
+        assert str(err.value) == f"{root / 'train.txt'}:3: {needle}"
+
+
+def test_cli_trains_on_an_excel_csv_with_a_label_map(root, tmp_path, capsys, monkeypatch):
+    """Was: 'error: .../train.csv has no labels', and with data.label_map an IndexError traceback."""
+    from lw_lightning.cli import main
+
+    for split in ("train", "val", "test"):
+        _excel_csv(root / "annotations" / f"{split}.csv")
+    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    common = [
+        "experiment=demo_video",
+        f"data.root={root}",
+        f"output_dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "trainer.fast_dev_run=true",
+    ]
+    assert main(["fit", *common]) == 0
+    assert main(["fit", *common, "data.label_map=classes.txt"]) == 0
+    (root / "classes.txt").write_text("\n".join(CLASS_NAMES[:3]) + "\n")
+    capsys.readouterr()
+    assert main(["fit", *common, "data.label_map=classes.txt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {root / 'annotations' / 'train.csv'}:")
+    assert f"is not in data.label_map {root / 'classes.txt'} (3 classes)" in err
+
+
+def test_missing_eval_clips_are_counted_next_to_the_accuracy(root, tmp_path, capsys, monkeypatch):
+    """An annotated test clip without a file: 'test/missing_videos=1.0000' in the printed summary and
+    in summary_test.json (was: a log line only, and 'corrupt_videos=0' over fewer clips)."""
+    import json
+
+    from lw_lightning.cli import main
+
+    victim = sorted((root / "test").iterdir())[2]
+    victim.unlink()
+    corrupt(sorted((root / "test").iterdir())[0])
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    args = [
+        "experiment=demo_video",
+        f"data.root={root}",
+        f"output_dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "data.eval_batch_size=2",
+        "data.test_clips=1",
+        "data.test_crops=1",
+        "callbacks.images=null",
+    ]
+    capsys.readouterr()
+    assert main(["test", *args]) == 0
+    out = capsys.readouterr().out
+    assert "test/missing_videos=1.0000" in out and "test/corrupt_videos=1.0000" in out and "test/acc1=" in out
+    summary = json.loads(next(tmp_path.rglob("summary_test.json")).read_text())["metrics"]
+    assert summary["test/missing_videos"] == 1.0 and summary["test/corrupt_videos"] == 1.0

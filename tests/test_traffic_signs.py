@@ -252,3 +252,79 @@ def test_train_transform_deterministic_under_seed(root: Path) -> None:
     torch.manual_seed(6)
     c = ds[3]["image"]
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_annotations_with_a_byte_order_mark(tmp_path: Path, root: Path) -> None:
+    """A BOM (an editor's "UTF-8 with BOM") was read into the first image's name, which then
+    went missing: 'error: ... 1 kept image(s) are missing'."""
+    copy = tmp_path / "c"
+    shutil.copytree(root, copy)
+    ann = copy / "Set1" / "annotations.txt"
+    ann.write_bytes(b"\xef\xbb\xbf" + ann.read_bytes())
+    assert [s.path for s in load_set(copy, "Set1")] == [copy / s.path.relative_to(root) for s in load_set(root, "Set1")]
+
+
+def test_image_named_with_an_upper_case_extension_is_found(tmp_path: Path, root: Path) -> None:
+    """annotations.txt says x.jpg, the file is x.JPG (was: 'error: ... 1 kept image(s) are missing')."""
+    copy = tmp_path / "c"
+    shutil.copytree(root, copy)
+    image = copy / "Set2" / "Set2Part0" / "1277320000Image000002.jpg"
+    image.rename(image.with_suffix(".JPG"))
+    samples = load_set(copy, "Set2")
+    assert len(samples) == len(load_set(root, "Set2")) and image.with_suffix(".JPG") in [s.path for s in samples]
+    d = dm(copy)
+    d.setup("test")
+    assert d.datasets["test"].missing == 0  # a kept image without a file is an error (see above), never left out
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_turn_box_follows_every_exif_orientation(tmp_path: Path, orientation: int) -> None:
+    """A white box drawn on the stored pixels of a tagged (lossless) file is where turn_box says,
+    once the image is turned upright."""
+    import numpy as np
+    from PIL import Image
+
+    from lw_lightning.data.images import load_upright, turn_box
+
+    stored = np.zeros((30, 50, 3), dtype=np.uint8)
+    box = (7.0, 4.0, 19.0, 10.0)  # x0, y0, x1, y1: pixels 7..18 x 4..9
+    stored[4:10, 7:19] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "s.png", exif=exif)
+    upright, turn = load_upright(tmp_path / "s.png")
+    assert turn is not None
+    ys, xs = np.nonzero(np.asarray(upright)[..., 0])
+    assert turn_box(box, turn, upright.size) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_exif_orientation_turns_the_image_and_its_box_together(tmp_path: Path, root: Path) -> None:
+    """A Set2 image re-saved with Orientation=6: it is fed upright (portrait) and the deciding sign's
+    box, annotated on the stored pixels, is turned with it onto the same sign."""
+    import numpy as np
+    from PIL import Image
+
+    copy = tmp_path / "c"
+    shutil.copytree(root, copy)
+    plain = dm(root, val_fraction=0.0)
+    plain.setup("test")
+    i = next(i for i, s in enumerate(plain.datasets["test"].samples) if s.box is not None)
+    path = copy / plain.datasets["test"].samples[i].path.relative_to(root)
+    with Image.open(path) as im:
+        stored = np.asarray(im.convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90° clockwise to show"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    d = dm(copy, val_fraction=0.0, image_size=[160, 120])  # the upright (portrait) size: no resampling
+    d.setup("test")
+    ds = d.datasets["test"]
+    item = ds[i]
+    x0, y0, x1, y1 = ds.samples[i].box  # on the stored 160x120 pixels
+    assert item["box"].tolist() == pytest.approx([120 - y1, x0, 120 - y0, x1], abs=1e-3)
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    shown = ((item["image"] * std + mean) * 255).permute(1, 2, 0).numpy()
+    upright = np.rot90(stored, k=-1).astype(np.float64)  # the stored pixels turned clockwise
+    assert np.abs(shown - upright).mean() < 4  # the same picture, upright (JPEG re-encoding aside)
+    r0, r1, c0, c1 = round(y0), round(y1), round(x0), round(x1)
+    sign = np.rot90(stored[r0:r1, c0:c1], k=-1).astype(np.float64)  # the annotated pixels, turned
+    assert np.abs(shown[c0:c1, 120 - r1 : 120 - r0] - sign).mean() < 6  # are inside the turned box

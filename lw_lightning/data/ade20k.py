@@ -41,7 +41,8 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import ConfigError, UnreadableImageError
 from .base import BaseDataModule
-from .images import SkippingDataset, describe_dir, load_rgb, report_skipped
+from .images import SkippingDataset, describe_dir, load_upright, report_skipped
+from .text import read_text
 from .transforms import IGNORE_INDEX, ade20k_eval_transform, ade20k_train_transform
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def read_object_info(path: Path) -> list[str]:
     indices and names ("22 \\t...", "bed "); names list synonyms separated by ", ".
     """
     names: dict[int, str] = {}
-    for n, line in enumerate(path.read_text().splitlines()[1:], start=2):
+    for n, line in enumerate(read_text(path).splitlines()[1:], start=2):
         if not line.strip():
             continue
         cols = [c.strip() for c in line.split("\t")]
@@ -138,10 +139,12 @@ def list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return [(images[s], anns[s]) for s in sorted(images)]
 
 
-def load_label(path: Path) -> np.ndarray:
+def load_label(path: Path, turn: Image.Transpose | None = None) -> np.ndarray:
     """Annotation PNG -> uint8 (H, W) with reduce_zero_label applied (0 -> 255, k -> k-1).
 
-    The PNG's raw indices are read as they are (mode L or P); never ``convert()`` them.
+    The PNG's raw indices are read as they are (mode L or P); never ``convert()`` them. ``turn`` is
+    the EXIF turn of its image (``images.load_upright``): the mask lies on the image's stored pixels
+    and is turned with them (a transpose moves indices exactly).
     """
     try:
         with Image.open(path) as img:
@@ -150,7 +153,7 @@ def load_label(path: Path) -> np.ndarray:
                     f"{path}: annotation mode {img.mode}; ADEChallengeData2016 annotations are single-channel class "
                     "indices (the full ADE20K release encodes classes in RGB and is a different dataset)"
                 )
-            raw = np.array(img, dtype=np.uint8)
+            raw = np.array(img.transpose(turn) if turn is not None else img, dtype=np.uint8)
     except OSError as err:
         raise UnreadableImageError(f"cannot decode annotation {path}: {err}") from err
     if raw.max(initial=0) > NUM_CLASSES:
@@ -178,10 +181,12 @@ class ADE20KDataset(SkippingDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         img_path, ann_path = self.pairs[index]
-        image = F.pil_to_tensor(load_rgb(img_path))
-        label = torch.from_numpy(load_label(ann_path))
+        upright, turn = load_upright(img_path)
+        image = F.pil_to_tensor(upright)
+        label = torch.from_numpy(load_label(ann_path, turn))
         if label.shape != image.shape[-2:]:
-            raise ConfigError(f"{ann_path}: size {tuple(label.shape)} differs from its image {tuple(image.shape[-2:])}")
+            turned = " (both turned by the image's EXIF Orientation: annotations lie on the stored pixels)" if turn else ""
+            raise ConfigError(f"{ann_path}: size {tuple(label.shape)} differs from its image {tuple(image.shape[-2:])}{turned}")
         return self._sample(index, image, label)
 
     def placeholder(self, index: int, size: tuple[int, int]) -> dict[str, Any]:

@@ -1,4 +1,11 @@
-"""Shared image-file plumbing: decoding, the unreadable-file policy, and root-layout errors.
+"""Shared image-file plumbing: decoding, EXIF orientation, the unreadable-file policy, and root-layout errors.
+
+Orientation: a camera stores the pixels as the sensor read them and an EXIF Orientation tag that
+says how to turn them for display (a phone held upright: 6, "turn 90° clockwise"). Every image is
+decoded upright (:func:`load_upright`, ``ImageOps.exif_transpose``), as the videos are. Annotations
+drawn on an image (ADE20K masks, Traffic Signs boxes) lie on its *stored* pixels (the datasets'
+annotation tools ignored the tag, ``docs/datasets.md``), so they are turned with their image
+(:func:`turn_box`, ``Image.transpose`` of the mask) and stay on the same pixels.
 
 Policy for files that cannot be decoded (truncated, not an image, missing), the same as for
 corrupt videos (``docs/bad_inputs.md``):
@@ -22,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..errors import UnreadableImageError
@@ -47,8 +54,33 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode any image PIL understands as 8-bit RGB.
+#: EXIF Orientation -> the transpose that shows the stored pixels upright (ImageOps.exif_transpose's table)
+EXIF_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: the turns that swap width and height
+SWAPS_SIDES = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90)
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_turn(img: Image.Image) -> Image.Transpose | None:
+    """The transpose that ``img``'s EXIF Orientation asks for; None when it is upright as stored."""
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: the pixels are still good, shown as stored
+        return None
+    return EXIF_TURNS.get(orientation)
+
+
+def load_upright(path: str | Path) -> tuple[Image.Image, Image.Transpose | None]:
+    """Decode any image PIL understands as 8-bit RGB, turned upright by its EXIF Orientation; also
+    return the turn applied (None: none), for annotations that lie on the stored pixels.
 
     The decoder is chosen from the file's bytes, not its extension: ImageNet holds a PNG named
     ``.JPEG``, CMYK JPEGs and grayscale files, all of which ``convert('RGB')`` handles; 16-bit
@@ -56,10 +88,34 @@ def load_rgb(path: str | Path) -> Image.Image:
     """
     try:
         with Image.open(path) as img:
-            return to_rgb(img)
+            turn = exif_turn(img)
+            # only when needed: exif_transpose copies an image that has nothing to turn
+            return to_rgb(ImageOps.exif_transpose(img) if turn is not None else img), turn
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # FileNotFoundError and PIL's UnidentifiedImageError are OSErrors too
         raise UnreadableImageError(f"cannot decode image {path}: {_first_line(err)}") from err
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """:func:`load_upright`'s image: 8-bit RGB, upright."""
+    return load_upright(path)[0]
+
+
+def turn_box(box: tuple[float, float, float, float], turn: Image.Transpose, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """An ``(x0, y0, x1, y1)`` box on the stored pixels, on the image turned by ``turn``, whose
+    upright ``size`` is (width, height). Coordinates are continuous (0..width), as in XYXY boxes."""
+    w, h = (size[1], size[0]) if turn in SWAPS_SIDES else size  # the stored width and height
+    point = {
+        Image.Transpose.FLIP_LEFT_RIGHT: lambda x, y: (w - x, y),
+        Image.Transpose.FLIP_TOP_BOTTOM: lambda x, y: (x, h - y),
+        Image.Transpose.ROTATE_180: lambda x, y: (w - x, h - y),
+        Image.Transpose.TRANSPOSE: lambda x, y: (y, x),
+        Image.Transpose.ROTATE_90: lambda x, y: (y, w - x),  # counter-clockwise
+        Image.Transpose.ROTATE_270: lambda x, y: (h - y, x),  # clockwise
+        Image.Transpose.TRANSVERSE: lambda x, y: (h - y, w - x),
+    }[turn]
+    (ax, ay), (bx, by) = point(box[0], box[1]), point(box[2], box[3])
+    return (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
 
 
 def _first_line(err: BaseException) -> str:
@@ -68,10 +124,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def header_size(path: str | Path) -> tuple[int, int] | None:
-    """(width, height) from an image file's header without decoding it, or None when unreadable."""
+    """Upright (width, height) from an image file's header without decoding it, or None when unreadable."""
     try:
         with Image.open(path) as img:
-            return img.size
+            w, h = img.size
+            return (h, w) if exif_turn(img) in SWAPS_SIDES else (w, h)
     except Exception:  # any failure means "no usable header": the caller falls back
         return None
 
@@ -103,13 +160,18 @@ class SkippingDataset(Dataset):
         seed: seed of the replacement-index RNG.
         max_retries: bad files tolerated in a row for one sample before giving up.
         root: data root; :meth:`source` names files relative to it.
+        missing: annotated images of the split that have no file (not among the samples; the
+            modules report the count, ``data/missing.py``).
     """
 
-    def __init__(self, train: bool, seed: int = 0, max_retries: int = 10, root: str | Path | None = None) -> None:
+    def __init__(
+        self, train: bool, seed: int = 0, max_retries: int = 10, root: str | Path | None = None, missing: int = 0
+    ) -> None:
         self.train = train
         self.seed = seed
         self.max_retries = max_retries
         self.root = Path(root) if root is not None else None
+        self.missing = missing
         self.skipped = SkipCounter()
 
     def load(self, index: int) -> dict[str, Any]:
@@ -212,3 +274,17 @@ def describe_dir(path: Path, limit: int = 6) -> str:
 def image_files(folder: Path, exts: tuple[str, ...] = (".jpeg", ".jpg", ".png")) -> list[Path]:
     """Sorted image files directly inside ``folder`` (extension matched case-insensitively)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def name_key(name: str) -> str:
+    """A file name with its extension lower-cased: how an annotation's file name is matched to a
+    file (cameras and Windows tools write ``.JPG``; the stem stays case-sensitive)."""
+    path = Path(name)
+    return path.stem + path.suffix.lower()
+
+
+def files_by_name(folder: Path) -> dict[str, Path]:
+    """:func:`name_key` -> file, for the files directly inside ``folder`` ({} when it is absent)."""
+    if not folder.is_dir():
+        return {}
+    return {name_key(p.name): p for p in sorted(folder.iterdir()) if p.is_file()}

@@ -41,8 +41,9 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import ConfigError
 from .base import BaseDataModule
-from .images import SkippingDataset, describe_dir, load_rgb, report_skipped
+from .images import SkippingDataset, describe_dir, files_by_name, load_upright, name_key, report_skipped, turn_box
 from .synthetic_signs import CLASS_NAMES, render_sign
+from .text import TEXT_ENCODING
 from .transforms import traffic_signs_transform
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ def parse_annotations(path: str | Path) -> list[AnnotatedImage]:
     """Parse an ``annotations.txt`` (grammar in the module docstring); errors name file:line."""
     path = Path(path)
     out = []
-    for n, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    # utf-8-sig: a byte-order mark would otherwise become part of the first image's name
+    for n, raw in enumerate(path.read_bytes().decode(TEXT_ENCODING, errors="replace").splitlines(), start=1):
         line = raw.strip()  # also drops the '\r' of CRLF files
         if not line:
             continue
@@ -146,12 +148,14 @@ def load_set(root: Path, set_name: str) -> list[SignSample]:
     if not ann.is_file():
         raise ConfigError(f"data.root={root}: {EXPECTED}; found {describe_dir(root)} (no {set_name}/annotations.txt)")
     dirs = (root / set_name, root / set_name / f"{set_name}Part0")
+    files = [files_by_name(d) for d in dirs]  # the extension in any case: x.jpg is found as x.JPG
     samples, missing = [], []
     for entry in parse_annotations(ann):
         decided = speed_limit_label(entry.signs)
         if decided is None:
             continue
-        path = next((d / entry.filename for d in dirs if (d / entry.filename).is_file()), None)
+        key = name_key(entry.filename)
+        path = next((found[key] for found in files if key in found), None)
         if path is None:
             missing.append(entry.filename)
             continue
@@ -199,17 +203,21 @@ class TrafficSignsDataset(SkippingDataset):
         return self.samples[index].path
 
     def load(self, index: int) -> dict[str, Any]:
-        return self._sample(index, load_rgb(self.image_path(index)))
+        image, turn = load_upright(self.image_path(index))
+        return self._sample(index, image, turn)
 
     def placeholder(self, index: int, size: tuple[int, int]) -> dict[str, Any]:
         return self._sample(index, Image.new("RGB", size))
 
-    def _sample(self, index: int, pil_image: Image.Image) -> dict[str, Any]:
+    def _sample(self, index: int, pil_image: Image.Image, turn: Image.Transpose | None = None) -> dict[str, Any]:
         s = self.samples[index]
         image = tv_tensors.Image(F.pil_to_tensor(pil_image))
         sample: dict[str, Any] = {"image": image}
-        if s.box is not None:
-            sample["box"] = tv_tensors.BoundingBoxes([s.box], format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        box = s.box
+        if box is not None and turn is not None:  # the box lies on the stored pixels: turned with them
+            box = turn_box(box, turn, pil_image.size)
+        if box is not None:
+            sample["box"] = tv_tensors.BoundingBoxes([box], format="XYXY", canvas_size=tuple(image.shape[-2:]))
         out = self.transform(sample)
         box = out["box"][0].as_subclass(torch.Tensor).float() if s.box is not None else torch.full((4,), -1.0)
         return {"image": out["image"].as_subclass(torch.Tensor), "label": torch.tensor(s.label), "box": box, "index": torch.tensor(index)}

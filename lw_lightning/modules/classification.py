@@ -19,7 +19,7 @@ from ..models.lookwhere import LookWhere, build_model
 from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
 from .safe_checkpoint import SafeCheckpointModule
-from .valid import keep_valid
+from .valid import keep_valid, log_missing
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -65,7 +65,8 @@ class ImageClassifier(SafeCheckpointModule):
     itself is always trained from scratch.
 
     Evaluation samples the DataModule could not decode (``valid=False``) are excluded from every
-    metric and counted in ``{stage}/corrupt_images``; ``predict`` gives them ``pred=-1``.
+    metric and counted in ``{stage}/corrupt_images``; ``predict`` gives them ``pred=-1``. Annotated
+    images without a file are counted in ``{stage}/missing_images`` (``modules/valid.py``).
     """
 
     def __init__(
@@ -239,9 +240,11 @@ class ImageClassifier(SafeCheckpointModule):
         plt.close(fig)
 
     def on_validation_epoch_end(self) -> None:
+        log_missing(self, "val", "images")
         self._log_k_curve("val")
 
     def on_test_epoch_end(self) -> None:
+        log_missing(self, "test", "images")
         self._log_k_curve("test")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -27,7 +27,7 @@ from ..models.vit import gather_tokens
 from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
 from .safe_checkpoint import SafeCheckpointModule
-from .valid import keep_valid
+from .valid import keep_valid, log_missing
 
 PARTS = ("cls", "patch", "map")
 
@@ -203,6 +203,9 @@ class LookWhereDistill(SafeCheckpointModule):
         if "valid" in batch:
             result["valid"] = batch["valid"]
         return result
+
+    def on_validation_epoch_end(self) -> None:
+        log_missing(self, "val", "images")
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -19,7 +19,7 @@ from ..models.lookwhere import LookWhere, build_model
 from ..viz import image_model_pictures
 from .optim import adamw_warmup_cosine
 from .safe_checkpoint import SafeCheckpointModule
-from .valid import keep_valid
+from .valid import keep_valid, log_missing
 
 
 class Segmenter(SafeCheckpointModule):
@@ -33,8 +33,8 @@ class Segmenter(SafeCheckpointModule):
     cropping them to ``image_size[i]``, the valid region of a bottom/right-padded input).
 
     Evaluation samples the DataModule could not decode (``valid=False``) are excluded from mIoU,
-    pixel accuracy and loss, and counted in ``{stage}/corrupt_images``; ``predict`` gives them no
-    mask (:meth:`predict_step`).
+    pixel accuracy and loss, and counted in ``{stage}/corrupt_images`` (annotated images without a
+    file: ``{stage}/missing_images``); ``predict`` gives them no mask (:meth:`predict_step`).
 
     Args mirror :class:`~lw_lightning.modules.classification.ImageClassifier`; ``freeze_backbone``
     trains the head only (linear probe).
@@ -194,6 +194,12 @@ class Segmenter(SafeCheckpointModule):
         else:
             h, w = batch["image"].shape[-2:]
         return int(h), int(w)
+
+    def on_validation_epoch_end(self) -> None:
+        log_missing(self, "val", "images")
+
+    def on_test_epoch_end(self) -> None:
+        log_missing(self, "test", "images")
 
     def configure_optimizers(self):
         hp = self.hparams

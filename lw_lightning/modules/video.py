@@ -18,6 +18,7 @@ from ..viz import video_token_pictures
 from .classification import accuracy_metrics
 from .optim import param_groups, scheduled
 from .safe_checkpoint import SafeCheckpointModule
+from .valid import log_missing
 
 STAGES = ("train", "val", "test")
 VIEW_AVERAGES = ("softmax", "logits")
@@ -30,8 +31,8 @@ class VideoClassifier(SafeCheckpointModule):
     Evaluation averages the softmax (or, ``view_average="logits"``, the logits as scenic's
     ``test_step``) over a video's V views (clips × crops) and logs top-1/top-5 per video (``{stage}/acc1``, ``{stage}/acc5``) and per view (``{stage}/clip_acc1``, ``…clip_acc5``).
     Videos the DataModule could not decode (``valid=False``) are excluded from accuracy and counted
-    in ``{stage}/corrupt_videos``; training logs how many corrupt videos were replaced
-    (``train/corrupt_resampled``).
+    in ``{stage}/corrupt_videos``, annotated videos without a file in ``{stage}/missing_videos``;
+    training logs how many corrupt videos were replaced (``train/corrupt_resampled``).
 
     Args:
         model: :class:`~lw_lightning.models.vivit.ViViTConfig` fields, e.g. ``{preset: base, num_tokens: 8}``;
@@ -162,6 +163,12 @@ class VideoClassifier(SafeCheckpointModule):
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        log_missing(self, "val", "videos")
+
+    def on_test_epoch_end(self) -> None:
+        log_missing(self, "test", "videos")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         video = batch["video"] if batch["video"].ndim == 6 else batch["video"].unsqueeze(1)

@@ -33,7 +33,7 @@ from ..models.vit import gather_tokens
 from .distill import PARTS, LossWeights, draw_k, export_student, map_recall
 from .optim import adamw_warmup_cosine
 from .safe_checkpoint import SafeCheckpointModule
-from .valid import keep_valid
+from .valid import keep_valid, log_missing
 
 SOURCES = ("video", "image")
 
@@ -220,6 +220,9 @@ class VideoLookWhereDistill(SafeCheckpointModule):
         if "valid" in batch:
             result["valid"] = batch["valid"]
         return result
+
+    def on_validation_epoch_end(self) -> None:
+        log_missing(self, "val", "videos")
 
     def configure_optimizers(self):
         hp = self.hparams

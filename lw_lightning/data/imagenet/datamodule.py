@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from ...errors import ConfigError
 from ..base import BaseDataModule
 from ..images import report_skipped
+from ..missing import warn_missing
 from ..transforms import imagenet_eval_transform, imagenet_train_transform
 from .dataset import ImageNetDataset
 from .labels import (
@@ -103,7 +104,11 @@ class ImageNetDataModule(BaseDataModule):
 
     def build_dataset(self, split: str) -> Dataset:
         wnid_to_index = {w: i for i, w in enumerate(self.wnids)}
-        samples = list_samples(self.layout(), "train" if split == "train" else "val", wnid_to_index)
+        layout = self.layout()
+        samples, missing = list_samples(layout, "train" if split == "train" else "val", wnid_to_index)
+        if missing:  # a flat val whose label file lists images this copy lacks
+            labels = layout.val_solution or layout.devkit[0]  # type: ignore[index]
+            warn_missing(str(labels), split, missing, len(samples) + len(missing), "images")
         if split == "train":
             transform = imagenet_train_transform(
                 self.image_size, self.auto_augment, self.re_prob, self.scale, interpolation=self.interpolation
@@ -111,7 +116,8 @@ class ImageNetDataModule(BaseDataModule):
         else:
             transform = imagenet_eval_transform(self.image_size, self.crop_pct, self.interpolation)
         return ImageNetDataset(
-            samples, transform, train=split == "train", seed=self.seed, max_retries=self.max_retries, root=self.layout().root
+            samples, transform, train=split == "train", seed=self.seed, max_retries=self.max_retries, root=layout.root,
+            missing=len(missing),
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -17,9 +17,9 @@ class ImageNetDataset(SkippingDataset):
 
     def __init__(
         self, samples: list[tuple[Path, int]], transform: Any, train: bool, seed: int = 0, max_retries: int = 10,
-        root: str | Path | None = None,
+        root: str | Path | None = None, missing: int = 0,
     ) -> None:
-        super().__init__(train, seed, max_retries, root)
+        super().__init__(train, seed, max_retries, root, missing)
         self.samples = samples
         self.transform = transform
 

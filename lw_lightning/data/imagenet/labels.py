@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 from timm.data import ImageNetInfo
 
 from ...errors import ConfigError
+from ..text import open_text, read_text
 
 NUM_CLASSES = 1000
 
@@ -38,7 +39,7 @@ def default_class_names() -> list[str]:
 def read_synset_mapping(path: Path) -> tuple[list[str], list[str]]:
     """``LOC_synset_mapping.txt``: lines ``n01440764 tench, Tinca tinca`` -> (wnids, names)."""
     wnids, names = [], []
-    for line in path.read_text().splitlines():
+    for line in read_text(path).splitlines():
         if line.strip():
             wnid, _, name = line.strip().partition(" ")
             wnids.append(wnid)
@@ -46,16 +47,21 @@ def read_synset_mapping(path: Path) -> tuple[list[str], list[str]]:
     return wnids, names
 
 
-def read_val_solution(path: Path) -> dict[str, str]:
-    """``LOC_val_solution.csv`` -> {image id: wnid}; the label is the first token of the boxes."""
+def read_val_solution(path: Path, wnids: Collection[str] | None = None) -> dict[str, str]:
+    """``LOC_val_solution.csv`` -> {image id: wnid}; the label is the first token of the boxes.
+
+    With ``wnids``, a label that is not one of them is a :class:`ConfigError` naming the line.
+    """
     out = {}
-    with path.open(newline="") as f:
+    with open_text(path, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
             raise ConfigError(f"{path}: expected the header 'ImageId,PredictionString', got {reader.fieldnames}")
         for row in reader:
-            tokens = row["PredictionString"].split()
+            tokens = (row["PredictionString"] or "").split()
             if tokens:
+                if wnids is not None and tokens[0] not in wnids:
+                    raise ConfigError(f"{path}:{reader.line_num}: '{tokens[0]}' is not one of the 1000 ImageNet-1k wnids")
                 out[row["ImageId"].strip()] = tokens[0]
     return out
 
@@ -101,7 +107,7 @@ def read_devkit_labels(gt_file: Path, meta_file: Path) -> dict[int, str]:
     """Devkit ground truth -> {val image number (1-based): wnid}, IDs mapped through meta.mat."""
     id_to_wnid = read_devkit_meta(meta_file)
     out = {}
-    for n, line in enumerate(gt_file.read_text().split(), start=1):
+    for n, line in enumerate(read_text(gt_file).split(), start=1):
         ilsvrc_id = int(line)
         if ilsvrc_id not in id_to_wnid:
             raise ConfigError(f"{gt_file}: line {n} holds ILSVRC2012_ID {ilsvrc_id}, which {meta_file} does not define")

@@ -84,8 +84,9 @@ def find_layout(root: str | Path) -> ImageNetLayout:
     return layout
 
 
-def list_samples(layout: ImageNetLayout, split: str, wnid_to_index: dict[str, int]) -> list[tuple[Path, int]]:
-    """(path, class index) pairs of ``split`` ("train" or "val"), sorted by path."""
+def list_samples(layout: ImageNetLayout, split: str, wnid_to_index: dict[str, int]) -> tuple[list[tuple[Path, int]], list[str]]:
+    """(path, class index) pairs of ``split`` ("train" or "val"), sorted by path, and the ids of
+    the images its label file lists without a file (flat val only: class folders list nothing)."""
     folder = layout.train_dir if split == "train" else layout.val_dir
     if folder is None:
         raise ConfigError(f"data.root={layout.root}: no {split}/ folder ({EXPECTED})")
@@ -96,16 +97,19 @@ def list_samples(layout: ImageNetLayout, split: str, wnid_to_index: dict[str, in
         return wnid_to_index[wnid]
 
     samples: list[tuple[Path, int]] = []
+    missing: list[str] = []
     if split == "train" or not layout.val_flat:
         for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
             label = index_of(d.name, d)
             samples.extend((f, label) for f in image_files(d))
     elif layout.val_solution is not None:
-        solution = read_val_solution(layout.val_solution)
+        solution = read_val_solution(layout.val_solution, wnid_to_index)
         for f in image_files(folder):
             if f.stem not in solution:
                 raise ConfigError(f"{f}: no row for '{f.stem}' in {layout.val_solution}")
             samples.append((f, index_of(solution[f.stem], layout.val_solution)))
+        held = {f.stem for f, _ in samples}
+        missing = sorted(set(solution) - held)
     else:
         assert layout.devkit is not None
         gt = read_devkit_labels(*layout.devkit)
@@ -114,6 +118,8 @@ def list_samples(layout: ImageNetLayout, split: str, wnid_to_index: dict[str, in
             if m is None or int(m.group(1)) not in gt:
                 raise ConfigError(f"{f}: not an ILSVRC2012_val_<8 digits> file covered by {layout.devkit[0]}")
             samples.append((f, index_of(gt[int(m.group(1))], layout.devkit[1])))
+        held = {f.stem for f, _ in samples}
+        missing = [name for name in (f"ILSVRC2012_val_{n:08d}" for n in sorted(gt)) if name not in held]
     if not samples:
         raise ConfigError(f"{folder}: found 0 images ({EXPECTED})")
-    return samples
+    return samples, missing

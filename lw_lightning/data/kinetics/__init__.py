@@ -15,7 +15,10 @@ Accepted on-disk layouts (``layout="auto"`` picks the first that matches under `
   separates the label, so paths may hold spaces).
 
 Class index: position in ``label_map`` (one name per line) when given, else in the sorted set of
-training labels. Missing files are dropped at setup with a logged count. A video that fails to
+training labels; every train/val annotation must carry one of them (a ``ConfigError`` names the file
+and line otherwise). Annotation files are read as ``utf-8-sig`` (Excel's byte-order mark). Annotated
+clips without a file (extensions match in any case) are left out at setup with one warning; an
+evaluation reports their number as ``{stage}/missing_videos`` (``data/missing.py``). A video that fails to
 decode (with decord or torchcodec, then PyAV) is, in training, replaced by a seeded random other video (at most ``max_resample`` times;
 each replacement is counted in the batch as ``resampled`` and logged); in validation/test it is
 returned with ``valid=False`` and zero frames, and the module counts and excludes it.

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from ...errors import ConfigError
 from ..base import BaseDataModule
+from ..missing import warn_missing
 from ..video_augment import VideoAugment
 from ..video_io import DECODERS, torchcodec_problem
 from .clip_transform import ClipTransform
@@ -31,6 +32,9 @@ from .layout import (
 )
 
 log = logging.getLogger(__name__)
+
+#: splits whose every annotated clip must carry a label (test labels may be withheld, as in K400)
+LABELLED_SPLITS = ("train", "val")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,6 +132,8 @@ class KineticsDataModule(BaseDataModule):
         self._layout: str | None = None
         self._classes: list[str] | None = None
         self._clip_index: dict[tuple[str, int, int], Path] | None = None
+        #: split -> annotated clips without a video file (set by :meth:`records`)
+        self.missing: dict[str, int] = {}
 
     # -- layout discovery -------------------------------------------------------------------------
     def _split_path(self, split: str, suffixes: Sequence[str], parent: Path | None = None) -> Path | None:
@@ -162,7 +168,7 @@ class KineticsDataModule(BaseDataModule):
         if self.layout_arg != "auto":
             return self.layout_arg
         if "train" in self.annotations:
-            return "csv" if self.annotations["train"].endswith(".csv") else "list"
+            return "csv" if self.annotations["train"].lower().endswith(".csv") else "list"
         if self._split_path("train", [".csv"], self.root / "annotations"):
             return "csv"
         train_dir = self._split_path("train", [""])
@@ -219,12 +225,15 @@ class KineticsDataModule(BaseDataModule):
         lookup = {normalize_label(n): i for i, n in enumerate(self.class_names)}
         key = normalize_label(name)
         if key not in lookup:
-            raise ConfigError(f"{where}: label {name!r} is not one of the {len(lookup)} training classes")
+            known = f"data.label_map {self.root / self.label_map}" if self.label_map else "the training labels"
+            raise ConfigError(f"{where}: label {name!r} is not in {known} ({len(lookup)} classes)")
         return lookup[key]
 
     # -- records ----------------------------------------------------------------------------------
     def records(self, split: str) -> list[VideoRecord]:
-        """Annotated clips of ``split`` whose files exist (missing ones logged and dropped)."""
+        """Annotated clips of ``split`` whose files exist; the number of the others goes to
+        ``self.missing[split]`` and one warning (``data/missing.py``)."""
+        stage = split
         split = "test" if split == "predict" else split
         src = self.test_split if split == "test" else split
         if self.layout == "csv":
@@ -234,9 +243,9 @@ class KineticsDataModule(BaseDataModule):
         else:
             items, where = self._list_records(src)
         present = [r for r in items if os.path.isfile(r.path)]
-        dropped = len(items) - len(present)
-        if dropped:
-            log.warning("kinetics %s: %d of %d annotated clips have no video file; dropped", src, dropped, len(items))
+        absent = [r.name for r in items if not os.path.isfile(r.path)]
+        self.missing[stage] = len(absent)
+        warn_missing(where, stage, absent, len(items), "videos")
         if not present:
             raise ConfigError(f"kinetics {src}: none of the {len(items)} clips of {where} were found under {self.root}")
         return present
@@ -247,12 +256,18 @@ class KineticsDataModule(BaseDataModule):
             raise ConfigError(f"no {split} annotations: expected {self.root}/annotations/{'|'.join(SPLIT_ALIASES[split])}.csv")
         if self._clip_index is None:
             self._clip_index = index_clip_files(self.root)
+        rows = read_annotation_csv(ann)
+        labelled = split in LABELLED_SPLITS  # the test CSV of K400 withholds its labels
+        if labelled and rows and "label" not in rows[0]:
+            raise ConfigError(f"{ann} has no 'label' column (header: {', '.join(rows[0])})")
         items = []
-        for n, row in enumerate(read_annotation_csv(ann), 2):
+        for n, row in enumerate(rows, 2):
             try:
                 key = clip_key(row["youtube_id"], int(float(row["time_start"])), int(float(row["time_end"])))
             except ValueError:
                 raise ConfigError(f"{ann}:{n}: bad time_start/time_end {row['time_start']!r}, {row['time_end']!r}") from None
+            if labelled and not row.get("label"):
+                raise ConfigError(f"{ann}:{n}: no label (every {split} row needs one)")
             label = self._class_index(row["label"], f"{ann}:{n}") if row.get("label") else -1
             path = self._clip_index.get(key)
             name = f"{key[0]}_{key[1]:06d}_{key[2]:06d}"
@@ -276,9 +291,7 @@ class KineticsDataModule(BaseDataModule):
         if ann is None:
             raise ConfigError(f"no {split} list file under {self.root} (expected {split}.txt with '<path> <label>' lines)")
         items = []
-        for rel, label in read_list_file(ann):
-            if label >= self.num_classes:
-                raise ConfigError(f"{ann}: label {label} >= {self.num_classes} classes")
+        for rel, label in read_list_file(ann, self.num_classes, split if split in LABELLED_SPLITS else None):
             items.append(VideoRecord(str(self.root / rel), label, Path(rel).stem))
         return items, str(ann)
 
@@ -293,7 +306,7 @@ class KineticsDataModule(BaseDataModule):
         if split == "test" and any(r.label < 0 for r in records):
             raise ConfigError(f"kinetics {self.test_split} annotations carry no labels; evaluate with data.test_split=val")
         clips, crops = self.views[split]
-        return KineticsDataset(records, False, num_clips=clips, num_crops=crops, **common)  # type: ignore[arg-type]
+        return KineticsDataset(records, False, num_clips=clips, num_crops=crops, missing=self.missing[split], **common)  # type: ignore[arg-type]
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """uint8 clips from the workers -> flipped / colour-jittered / normalised float clips, batched on the device."""

@@ -33,11 +33,12 @@ class KineticsDataset(Dataset):
     def __init__(
         self, records: list[VideoRecord], train: bool, transform: ClipTransform, num_frames: int, frame_stride: int,
         num_clips: int = 1, num_crops: int = 1, out_of_bounds: str = "loop", max_resample: int = 10,
-        root: str | Path | None = None, augment: VideoAugment | None = None, decoder: str = "decord",
+        root: str | Path | None = None, augment: VideoAugment | None = None, decoder: str = "decord", missing: int = 0,
     ) -> None:
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.records = records
+        self.missing = missing  # annotated clips without a file, not in ``records`` (data/missing.py)
         self.decoder = decoder
         self.root = Path(root) if root is not None else None  # source() names files relative to it
         self.train = train

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ConfigError
+from ..text import open_text, read_text
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi")
-FILENAME_RE = re.compile(r"^(.{11})_(\d{6})_(\d{6})\.(mp4|webm|mkv|avi)$")
+#: the extension in any case: cameras and Windows tools write ``.MP4``
+FILENAME_RE = re.compile(r"^(.{11})_(\d{6})_(\d{6})\.(?i:mp4|webm|mkv|avi)$")
 #: accepted directory / file stems per split (K700 CSVs say "validate")
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)}
 LAYOUTS = ("csv", "folders", "list")
@@ -59,7 +61,7 @@ def index_clip_files(root: Path) -> dict[tuple[str, int, int], Path]:
 
 def read_annotation_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a Kinetics CSV (header-driven; ``label`` may be absent, as in the K400 test CSV)."""
-    with open(path, newline="") as f:
+    with open_text(path, newline="") as f:
         reader = csv.DictReader(f)
         fields = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in ("youtube_id", "time_start", "time_end") if c not in fields]
@@ -68,19 +70,29 @@ def read_annotation_csv(path: Path) -> list[dict[str, str]]:
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
-def read_list_file(path: Path) -> list[tuple[str, int]]:
-    """``<path> <int label>`` lines (a line with only a path gets label -1)."""
+def read_list_file(path: Path, num_classes: int | None = None, split: str | None = None) -> list[tuple[str, int]]:
+    """``<path> <int label>`` lines (a line with only a path gets label -1).
+
+    With ``num_classes`` every label must be a class index, and with ``split`` every line needs
+    one: a bad line is a :class:`ConfigError` naming the file and the line (a label outside the
+    classes would otherwise surface as an IndexError in the loss).
+    """
     items = []
-    with open(path) as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             parts = line.rsplit(None, 1)
             if len(parts) == 2 and re.fullmatch(r"-?\d+", parts[1]):
-                items.append((parts[0], int(parts[1])))
+                label = int(parts[1])
+                if num_classes is not None and not 0 <= label < num_classes:
+                    raise ConfigError(f"{path}:{n}: label {label} is not a class index 0..{num_classes - 1}")
+                items.append((parts[0], label))
             elif len(parts) == 2 and Path(parts[0]).suffix.lower() not in VIDEO_EXTS:
                 raise ConfigError(f"{path}:{n}: expected '<path> <int label>', got {line!r}")
+            elif split is not None:
+                raise ConfigError(f"{path}:{n}: no label (every {split} line needs one)")
             else:
                 items.append((line, -1))
     return items
@@ -88,7 +100,7 @@ def read_list_file(path: Path) -> list[tuple[str, int]]:
 
 def read_label_map(path: Path) -> list[str]:
     """One class name per line (index = line number); blank lines ignored."""
-    names = [ln.strip().strip('"') for ln in path.read_text().splitlines() if ln.strip()]
+    names = [ln.strip().strip('"') for ln in read_text(path).splitlines() if ln.strip()]
     if len(set(map(normalize_label, names))) != len(names):
         raise ConfigError(f"label map {path} repeats a class name")
     return names
