@@ -204,6 +204,68 @@ def test_sigterm_stops_fit_at_batch_boundary_with_resumable_last_ckpt(tmp_path):
     assert resumed.log_dir == str(tmp_path / "runs" / "term" / "version_0")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_second_sigterm_stops_a_slow_step_at_once_keeping_the_previous_last_ckpt(tmp_path):
+    # a training step that outlasts a scheduler's grace time (10 min here): step 3, after last.ckpt at step 2
+    marker, err_file = tmp_path / "slow", tmp_path / "stderr"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lw_lightning",
+        "fit",
+        "experiment=demo_vit",
+        *_sigterm_overrides(tmp_path),
+        "callbacks.last_every_n_steps.every_n_train_steps=2",
+        "callbacks.slow._target_=tests.scale_helpers.SlowStep",
+        f"callbacks.slow.path={marker}",
+        "callbacks.slow.step=2",
+        "callbacks.slow.seconds=600",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with err_file.open("w") as err_out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err_out, text=True, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.is_file():
+            assert proc.poll() is None, err_file.read_text()[-2000:]
+            assert time.monotonic() < deadline, "training did not reach the slow step"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "waiting for the current step" not in err_file.read_text():
+            assert time.monotonic() < deadline, "no line after the first SIGTERM: " + err_file.read_text()[-2000:]
+            time.sleep(0.1)
+        assert proc.poll() is None  # still inside the slow step
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = err_file.read_text()
+    assert proc.returncode == SIGTERM_EXIT_STATUS == 143, err[-2000:]
+    assert elapsed < 30
+    first = [line for line in err.splitlines() if "got SIGTERM" in line]
+    assert first == [
+        "fit got SIGTERM: waiting for the current step to end, then saving last.ckpt and stopping "
+        "(a second SIGTERM stops at once, without saving)"
+    ]
+    last = tmp_path / "runs" / "term" / "version_0" / "checkpoints" / "last.ckpt"
+    second = [line for line in err.splitlines() if "second SIGTERM at" in line]
+    assert second == [
+        f"fit stopped at once by a second SIGTERM at global step 2, without saving: {last} is kept as it was; "
+        "resume with ckpt_path=last"
+    ]
+    assert "stopped by SIGTERM at global step" not in err  # no save at the end of the step
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and "state_dict" in ckpt
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # nothing half-written beside it
+
+
 # ---------------------------------------------------------------------------- pictures
 
 
