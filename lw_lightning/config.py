@@ -53,6 +53,7 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "bench": "options of the bench command",
     "notes": "free text kept with the run",
     "requires": "hardware the recipe is sized for: 'gpu' warns at start when no CUDA device is used",
+    "smoke": "true: the recipe as a CPU smoke test of its data path (tiny random model, 2 batches; lw_lightning/smoke.py)",
 }
 #: Top-level nodes typed by a dataclass (checked field by field).
 TOP_LEVEL_SCHEMAS = {"bench": "benchmarks.config.BenchConfig"}
@@ -223,10 +224,28 @@ def _exists(cfg: DictConfig, parts: Sequence[str]) -> int:
     return len(parts)
 
 
+def _smoke_switch(parsed: Sequence[Any]) -> bool:
+    """Whether the overrides turn ``smoke`` on (the last ``smoke=`` counts); one-line errors for
+    a value that is not true/false and for a sweep of it."""
+    on = False
+    for o in parsed:
+        if o.key_or_group != "smoke" or o.is_hydra_override() or o.is_delete():
+            continue
+        if o.is_sweep_override():
+            raise ConfigError(f"'{o.input_line}': smoke cannot be swept (it changes the recipe); run smoke=true on its own")
+        value = o.value()
+        if not isinstance(value, bool):
+            raise ConfigError(f"smoke={o.get_value_element_as_str()}: expected true or false")
+        on = value
+    return on
+
+
 def prepare_overrides(overrides: Sequence[str], config_name: str = RUN_CONFIG, dirs: Sequence[Path] = (CONF_DIR,)) -> list[str]:
     """Check ``overrides`` and return them as Hydra should get them: group options exist, keys the
-    recipe does not hold become ``++key=value`` when their node accepts them (else ConfigError)."""
+    recipe does not hold become ``++key=value`` when their node accepts them (else ConfigError).
+    ``smoke=true`` adds the recipe's smoke overrides (:mod:`lw_lightning.smoke`) before the others."""
     parsed = parse_overrides(overrides)
+    smoke = _smoke_switch(parsed) and config_name != BENCH_CONFIG
     base_overrides, plain = [], []
     rewritten: dict[int, str] = {}
     for o in parsed:
@@ -249,6 +268,17 @@ def prepare_overrides(overrides: Sequence[str], config_name: str = RUN_CONFIG, d
         if o.key_or_group.startswith("callbacks.") and o.key_or_group.endswith("._target_")
     }
     base = compose(config_name, base_overrides, dirs)
+    if smoke:
+        swept = next((o for o in parsed if all(o is not p for p in plain) and o.is_sweep_override()), None)
+        if swept is not None:
+            raise ConfigError(
+                f"'{swept.input_line}': smoke=true shrinks one recipe at a time; sweep {swept.key_or_group} without it"
+            )
+        from .smoke import smoke_overrides
+
+        # before the command line's own overrides, which win
+        extra = parse_overrides(smoke_overrides(base))
+        parsed, plain = [*extra, *parsed], [*extra, *plain]
     OmegaConf.set_struct(base, False)  # (struct mode raises on a missing key where we look)
     for o in plain:
         parts = o.key_or_group.split(".")
@@ -411,6 +441,14 @@ def validate(cfg: DictConfig) -> None:
     requires = cfg.get("requires")
     if requires is not None and requires not in REQUIREMENTS:
         raise ConfigError(f"unknown value requires={requires!r}: expected one of {', '.join(REQUIREMENTS)} or null")
+    smoke = cfg.get("smoke")
+    if smoke is not None and not isinstance(smoke, bool):
+        raise ConfigError(f"smoke={smoke!r}: expected true or false")
+    if smoke and cfg.get("ckpt_path") is not None:
+        raise ConfigError(
+            f"smoke=true builds a tiny random model, which cannot load ckpt_path={cfg.ckpt_path}: drop one of them "
+            "(to check a checkpoint quickly, limit the batches instead, e.g. trainer.limit_test_batches=2)"
+        )
     callbacks = cfg.get("callbacks")
     if callbacks is not None:
         if not isinstance(callbacks, DictConfig):

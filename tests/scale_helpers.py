@@ -87,3 +87,18 @@ class StepMarker(pl.Callback):
         tmp.write_text(str(trainer.global_step))
         tmp.replace(self.path)
         time.sleep(self.delay)
+
+
+class SlowStep(pl.Callback):
+    """Makes the training step after optimizer step ``step`` last ``seconds``: it writes ``path``
+    and sleeps between backward and the optimizer step (a step that outlasts a grace time)."""
+
+    def __init__(self, path: str, step: int, seconds: float) -> None:
+        self.path = Path(path)
+        self.step = step
+        self.seconds = seconds
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if trainer.global_step == self.step:
+            self.path.write_text(str(trainer.global_step))
+            time.sleep(self.seconds)

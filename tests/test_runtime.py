@@ -17,6 +17,7 @@ import torch
 from lw_lightning.callbacks.sigterm import SIGTERM_EXIT_STATUS
 from lw_lightning.cli import main
 from lw_lightning.config import TOP_LEVEL_KEYS, load_config
+from lw_lightning.runtime import warn_if_gpu_recipe_on_cpu
 from lw_lightning.tasks import find_last_checkpoint, run
 
 from .conftest import ROOT, tiny_overrides
@@ -75,20 +76,52 @@ def _fit_tiny(tmp_path: Path, *extra: str) -> None:
 
 
 def test_gpu_recipe_on_cpu_warns_once_with_the_smoke_test(tmp_path, capsys):
-    # a GPU-marked run (the STS recipe's values, tiny model so it runs here) without a CUDA device
-    _fit_tiny(tmp_path, "requires=gpu", "name=lookwhere_sts_994_k5")
+    # a GPU-marked run (the STS recipe's name, a ViT-B-wide model of one block so it runs here) without a CUDA device
+    _fit_tiny(tmp_path, "requires=gpu", "name=lookwhere_sts_994_k5", "module.model.preset=base", "module.model.depth=1")
     lines = [line for line in capsys.readouterr().err.splitlines() if GPU_WARNING in line]
     assert len(lines) == 1
-    assert lines[0].startswith("warning: recipe 'lookwhere_sts_994_k5' is sized for a GPU (vit-tiny at 112x112, batch 8, 32-true")
-    assert "trainer.fast_dev_run=true" in lines[0] and "limit_train_batches" in lines[0] and "takes minutes" in lines[0]
+    assert lines[0].startswith("warning: recipe 'lookwhere_sts_994_k5' is sized for a GPU (vit-base at 112x112, batch 8, 32-true")
+    assert "takes minutes" in lines[0] and lines[0].endswith(
+        "for a CPU smoke test of its data and code add smoke=true (a tiny model, 2 batches)"
+    )
 
 
 def test_demo_recipe_and_smoke_runs_do_not_warn(tmp_path, capsys):
     _fit_tiny(tmp_path)  # demo recipe: runs anywhere
-    _fit_tiny(tmp_path, "requires=gpu", "trainer.fast_dev_run=true")  # the CPU smoke test itself
-    _fit_tiny(tmp_path, "requires=gpu", "trainer.limit_train_batches=1")
+    _fit_tiny(tmp_path, "requires=gpu", "smoke=true")  # the CPU smoke test itself
+    _fit_tiny(tmp_path, "requires=gpu", "trainer.fast_dev_run=true", "module.model.preset=base", "module.model.depth=1")
+    _fit_tiny(tmp_path, "requires=gpu", "trainer.limit_train_batches=1", "module.model.preset=base", "module.model.depth=1")
     err = capsys.readouterr().err
     assert GPU_WARNING not in err and PRECISION_WARNING not in err
+
+
+def _sts_on_cpu(*extra: str):
+    return load_config("lookwhere_sts_994_k5", ["trainer.accelerator=cpu", *extra], allow_missing=True)
+
+
+def test_gpu_warning_on_evaluation_makes_no_training_claims(capsys):
+    for command, split in (("validate", "val"), ("test", "test"), ("predict", "predict")):
+        line = warn_if_gpu_recipe_on_cpu(_sts_on_cpu(), command)
+        assert line == (
+            "warning: recipe 'lookwhere_sts_994_k5' is sized for a GPU (lookwhere-base at 994x994, batch 16, bf16-mixed) "
+            f"and no CUDA device will be used: {command} runs it over every {split} batch on the CPU; "
+            f"for a quick check add trainer.limit_{split}_batches=2"
+        )
+    assert warn_if_gpu_recipe_on_cpu(_sts_on_cpu("trainer.limit_test_batches=2"), "test") is None
+    assert "training step" not in capsys.readouterr().err
+
+
+def test_gpu_warning_is_silent_for_a_model_shrunk_below_vit_b():
+    # the recipe's claims (minutes per training step, ViT-B at 994 px) are false for a smaller model
+    for extra in (["module.model.preset=tiny"], ["module.model.preset=small"], ["module.model.embed_dim=192"], ["smoke=true"]):
+        for command in ("fit", "test"):
+            assert warn_if_gpu_recipe_on_cpu(_sts_on_cpu(*extra), command) is None, extra
+    video = ["trainer.accelerator=cpu", "module.model.preset=tiny", "module.model.tokenlearner_loc=2"]
+    assert warn_if_gpu_recipe_on_cpu(load_config("vivit_b_tl8_k400", video, allow_missing=True), "fit") is None
+    # as wide as ViT-B or wider, it still warns (ViT-L at 512 px)
+    vit_l = load_config("tokenlearner_l16_in1k_512_tl16_at50", ["trainer.accelerator=cpu"], allow_missing=True)
+    assert "takes minutes" in warn_if_gpu_recipe_on_cpu(vit_l, "fit")
+    assert "takes minutes" in warn_if_gpu_recipe_on_cpu(_sts_on_cpu(), "fit")
 
 
 def test_bf16_on_cpu_warns_exactly_once(tmp_path, capsys):
@@ -202,6 +235,68 @@ def test_sigterm_stops_fit_at_batch_boundary_with_resumable_last_ckpt(tmp_path):
     resumed = run(load_config(DEMO, [*_sigterm_overrides(tmp_path), "ckpt_path=last", f"trainer.max_steps={step + 2}"]), "fit")
     assert resumed.trainer.global_step == step + 2
     assert resumed.log_dir == str(tmp_path / "runs" / "term" / "version_0")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_second_sigterm_stops_a_slow_step_at_once_keeping_the_previous_last_ckpt(tmp_path):
+    # a training step that outlasts a scheduler's grace time (10 min here): step 3, after last.ckpt at step 2
+    marker, err_file = tmp_path / "slow", tmp_path / "stderr"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lw_lightning",
+        "fit",
+        "experiment=demo_vit",
+        *_sigterm_overrides(tmp_path),
+        "callbacks.last_every_n_steps.every_n_train_steps=2",
+        "callbacks.slow._target_=tests.scale_helpers.SlowStep",
+        f"callbacks.slow.path={marker}",
+        "callbacks.slow.step=2",
+        "callbacks.slow.seconds=600",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with err_file.open("w") as err_out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err_out, text=True, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.is_file():
+            assert proc.poll() is None, err_file.read_text()[-2000:]
+            assert time.monotonic() < deadline, "training did not reach the slow step"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "waiting for the current step" not in err_file.read_text():
+            assert time.monotonic() < deadline, "no line after the first SIGTERM: " + err_file.read_text()[-2000:]
+            time.sleep(0.1)
+        assert proc.poll() is None  # still inside the slow step
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = err_file.read_text()
+    assert proc.returncode == SIGTERM_EXIT_STATUS == 143, err[-2000:]
+    assert elapsed < 30
+    first = [line for line in err.splitlines() if "got SIGTERM" in line]
+    assert first == [
+        "fit got SIGTERM: waiting for the current step to end, then saving last.ckpt and stopping "
+        "(a second SIGTERM stops at once, without saving)"
+    ]
+    last = tmp_path / "runs" / "term" / "version_0" / "checkpoints" / "last.ckpt"
+    second = [line for line in err.splitlines() if "second SIGTERM at" in line]
+    assert second == [
+        f"fit stopped at once by a second SIGTERM at global step 2, without saving: {last} is kept as it was; "
+        "resume with ckpt_path=last"
+    ]
+    assert "stopped by SIGTERM at global step" not in err  # no save at the end of the step
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and "state_dict" in ckpt
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # nothing half-written beside it
 
 
 # ---------------------------------------------------------------------------- pictures

@@ -15,12 +15,21 @@ since the last save. :class:`SigtermCheckpoint` builds on that flag:
   does), provided a training batch ended in this process (otherwise there is nothing new to
   save). The DDP path is not covered by a test.
 
+A step can outlast a scheduler's grace time (a ViT-B step on a CPU takes minutes), and the flag is
+read only after it. So the callback puts its own handler in front of Lightning's: the first
+SIGTERM also prints one line saying that the run waits for the current step to end and that a
+second SIGTERM stops at once; a second SIGTERM ends the process at once (``os._exit``, status 143)
+without saving, so ``last.ckpt`` stays the one written before.
+
 :func:`lw_lightning.tasks.run` turns the exception into :class:`StoppedBySignal`, which the CLI
 prints as one line and exit status 143 (128 + SIGTERM).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +56,10 @@ class SigtermCheckpoint(pl.Callback):
         self.saved_path: str | None = None
         self.saved_step: int | None = None
         self._trained = False  # a training batch ended in this process: there is state to save
+        self._signals = 0  # SIGTERMs received by this process
+        self._lightning_handler: Any = None  # the handler ours wraps, once installed
+        self._trainer: pl.Trainer | None = None
+        self._last_file: Path | None = None  # where ckpt_path=last looks (set with the handler)
 
     def last_path(self, trainer: pl.Trainer) -> Path:
         """Where ``ckpt_path=last`` looks: the ``save_last`` ModelCheckpoint's folder, or
@@ -70,6 +83,56 @@ class SigtermCheckpoint(pl.Callback):
         trainer.save_checkpoint(path, False)
         self.saved_path, self.saved_step = str(path), trainer.global_step
 
+    def _install(self, trainer: pl.Trainer) -> None:
+        """Put :meth:`_on_sigterm` in front of Lightning's SIGTERM handler (registered just before
+        the sanity check and the training loop start); once, from the main thread only."""
+        if self._lightning_handler is not None or threading.current_thread() is not threading.main_thread():
+            return
+        current = signal.getsignal(signal.SIGTERM)
+        if not callable(current):
+            return  # Lightning installed none: nothing to wrap
+        self._lightning_handler, self._trainer = current, trainer
+        # found now, on every rank: a signal handler must not ask trainer.log_dir (a collective under DDP)
+        self._last_file = self.last_path(trainer)
+        # Lightning's teardown puts back the handlers it found, which removes this one too
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install(trainer)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        trainer = self._trainer
+        assert trainer is not None
+        self._signals += 1
+        if self._signals == 1:
+            self._lightning_handler(signum, frame)  # sets the flag the loops read after the current step
+            _say(
+                trainer,
+                "fit got SIGTERM: waiting for the current step to end, then saving last.ckpt and stopping "
+                "(a second SIGTERM stops at once, without saving)",
+            )
+            return
+        if trainer.is_global_zero:
+            _say(trainer, self._stopped_at_once(trainer))
+        launcher = trainer.strategy.launcher
+        if launcher is not None:  # DDP processes this one started: they stop at once too
+            launcher.kill(signum)
+        # at once: no exception, no teardown, no save (the step in progress is abandoned)
+        os._exit(SIGTERM_EXIT_STATUS)
+
+    def _stopped_at_once(self, trainer: pl.Trainer) -> str:
+        """The line of a second SIGTERM: what ``ckpt_path=last`` will find."""
+        head = f"fit stopped at once by a second SIGTERM at global step {trainer.global_step}"
+        if self.saved_path is not None:
+            return f"{head}: {self.saved_path} (global step {self.saved_step}) was saved before; resume with ckpt_path=last"
+        last = self._last_file
+        if last is not None and last.is_file():
+            return f"{head}, without saving: {last} is kept as it was; resume with ckpt_path=last"
+        return f"{head}, without saving (no last.ckpt was written yet)"
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -91,3 +154,10 @@ class SigtermCheckpoint(pl.Callback):
         return StoppedBySignal(
             f"fit stopped by SIGTERM at {where}: saved {self.saved_path}; resume with ckpt_path=last", self.saved_path
         )
+
+
+def _say(trainer: pl.Trainer, line: str) -> None:
+    """One line on stderr from rank 0, from a signal handler: ``os.write`` (not ``print``, whose
+    buffered stream may be in use by the code the signal interrupted)."""
+    if trainer.is_global_zero:
+        os.write(2, (line + "\n").encode())

@@ -37,6 +37,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor
 
 from .tokenlearner import LayerNorm, TokenLearnerEncoder, build_token_learner
+from .vivit_presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,6 @@ EMBED_INITS = ("central", "average")
 CLASSIFIERS = ("gap", "token")
 #: block MLP activations: flax's / scenic's ``nn.gelu`` and HF's ``gelu_fast`` are the tanh form.
 ACTIVATIONS: dict[str, type[nn.Module] | partial] = {"gelu_tanh": partial(nn.GELU, approximate="tanh"), "gelu": nn.GELU}
-
-#: Named sizes. ``tiny`` is for tests and the CPU demo (trained from scratch).
-PRESETS: dict[str, dict] = {
-    "tiny": dict(img_size=32, num_frames=8, tubelet=[2, 8, 8], embed_dim=64, depth=4, num_heads=4, temporal_depth=1),
-    "base": dict(img_size=224, num_frames=32, tubelet=[2, 16, 16], embed_dim=768, depth=12, num_heads=12, temporal_depth=4),
-    "large": dict(img_size=224, num_frames=32, tubelet=[2, 16, 16], embed_dim=1024, depth=24, num_heads=16, temporal_depth=4),
-}
 
 
 @dataclass
