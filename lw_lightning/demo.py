@@ -153,7 +153,9 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
             )
         )
 
-    print(f"\n{'model':<20} {'patches':>8} {'% of N':>7} {'test acc':>9} {'MFLOPs/img':>11} {'vs full':>8}")
+    # the accuracies depend on the seed and on the float summation order (thread count, CPU kernels): say which
+    print(f"\ntest split, seed {seed if seed is not None else 0}, {torch.get_num_threads()} torch threads:")
+    print(f"{'model':<20} {'patches':>8} {'% of N':>7} {'test acc':>9} {'MFLOPs/img':>11} {'vs full':>8}")
     for name, kk, acc, flops in rows:
         print(f"{name:<20} {kk:>8} {100 * kk / n:>6.1f}% {100 * acc:>8.1f}% {flops / 1e6:>11.1f} {full_flops / flops:>7.1f}x")
 
@@ -182,6 +184,7 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
     print(f"stage times: teacher {t_a:.0f}s, distillation {t_b:.0f}s, fine-tuning {t_c:.0f}s; total {total:.0f}s")
     summary = {
         "seed": seed if seed is not None else 0,
+        "threads": torch.get_num_threads(),
         "num_classes": num_classes,
         "patches": n,
         "eval_k": eval_k,
@@ -200,10 +203,12 @@ def run_demo(args: argparse.Namespace, seed: int | None, output_dir: Path) -> di
 def seeds_table(summaries: list[dict]) -> str:
     """Markdown: test accuracy per model as mean and range over the runs' seeds, plus FLOPs."""
     seeds = ", ".join(str(s["seed"]) for s in summaries)
+    threads = sorted({s.get("threads") for s in summaries}, key=str)
+    setting = "" if threads == [None] else f" ({', '.join(str(t) for t in threads)} thread{'s' if threads != [1] else ''})"
     first = summaries[0]
     full_flops = first["rows"][0]["flops"]
     lines = [
-        f"| model | patches | test acc, mean (min–max) over seeds {seeds} | MFLOPs/img | fewer FLOPs |",
+        f"| model | patches | test acc, mean (min–max) over seeds {seeds}{setting} | MFLOPs/img | fewer FLOPs |",
         "|---|---|---|---|---|",
     ]
     for i, row in enumerate(first["rows"]):
