@@ -6,6 +6,8 @@ Slow (about 7 minutes on 2 CPU cores); `.ci/run` runs it once via `make demo-che
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +34,57 @@ def check_summary(summary: dict) -> list[str]:
     return failures
 
 
+#: the line above the README's table of what `make demo` prints; its last column is the range
+README_MARKER = "<!-- make demo ranges: tests/test_demo_full.py holds every make demo run to the last column -->"
+
+
+def readme_make_demo_rows(readme: str) -> dict[str, list[str]]:
+    """The cells of the README's `make demo` table by model (the first cell), after the marker."""
+    lines = readme.split(README_MARKER, 1)[1].strip().splitlines()
+    rows = {}
+    for line in lines[2:]:  # header, separator
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _percents(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"\d+\.\d+", cell)]
+
+
+def outside_readme_ranges(summary: dict, readme: str) -> list[str]:
+    """The models of a demo summary whose test accuracy lies outside the README's `make demo` range."""
+    rows = readme_make_demo_rows(readme)
+    out = []
+    for row in summary["rows"]:
+        low, high = _percents(rows[row["model"]][-1])
+        acc = round(100 * row["acc1"], 1)
+        if not low <= acc <= high:
+            out.append(f"{row['model']}: {acc}% outside the README's {low}–{high}%")
+    return out
+
+
+def test_readme_make_demo_ranges_cover_every_run_they_list(root: Path) -> None:
+    """Each range of the README's `make demo` table spans the runs written in the same row."""
+    rows = readme_make_demo_rows((root / "README.md").read_text())
+    assert set(rows) == {"full-res ViT", "LookWhere k=13", "LookWhere k=25", "LookWhere k=51"}
+    for model, cells in rows.items():
+        runs = [v for cell in cells[:-1] for v in _percents(cell)]
+        low, high = _percents(cells[-1])
+        assert len(runs) >= 3 and (low, high) == (min(runs), max(runs)), (model, runs, low, high)
+
+
+def test_a_run_outside_the_readme_range_is_named(root: Path) -> None:
+    readme = (root / "README.md").read_text()
+    low, high = _percents(readme_make_demo_rows(readme)["LookWhere k=13"][-1])
+    inside = {"rows": [{"model": "LookWhere k=13", "acc1": low / 100}]}
+    below = {"rows": [{"model": "LookWhere k=13", "acc1": (low - 1.0) / 100}]}
+    assert outside_readme_ranges(inside, readme) == []
+    assert outside_readme_ranges(below, readme) == [f"LookWhere k=13: {low - 1.0:.1f}% outside the README's {low}–{high}%"]
+
+
 def test_check_summary_flags_each_threshold():
     base = {"eval_k": 25, "selector_recall": 0.5, "rows": [{"patches": 256, "acc1": 0.7}, {"patches": 25, "acc1": 0.68}]}
     assert check_summary(base) == []
@@ -53,6 +106,8 @@ def test_full_demo_reaches_its_thresholds(tmp_path, root, monkeypatch):
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
     print(json.dumps(summary, indent=2))
     assert check_summary(summary) == []
+    # what a fresh clone's `make demo` prints is what the README says it prints (issue 24)
+    assert outside_readme_ranges(summary, (root / "README.md").read_text()) == []
 
 
 def _summary(seed: int, teacher: float, lw: float, recall: float) -> dict:
