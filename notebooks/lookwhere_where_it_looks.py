@@ -35,7 +35,7 @@
 FIGURE_DIR = None  # folder for the summary figure (nb_lookwhere_where_it_looks.png); None: shown only
 DEMO_DIR = None  # output folder of `make demo` / `python -m lw_lightning.demo`; None: train a tiny pipeline here
 LOOKWHERE_WEIGHTS = None  # official-layout LookWhere weights (lookwhere_dinov2.pt); None: skip that section
-LOOKWHERE_PRESET = "base"  # the architecture of LOOKWHERE_WEIGHTS (the release is ViT-B/14: "base")
+LOOKWHERE_MODEL = "lookwhere_base_patch14_reg4_518"  # the registered architecture of LOOKWHERE_WEIGHTS (the release's)
 LOOKWHERE_SIZE = 518  # input size for LOOKWHERE_WEIGHTS
 WORK_DIR = None  # where the training runs go; None: a temporary folder
 SEED = 0
@@ -61,9 +61,8 @@ from benchmarks.compare import find_demo_runs, load_classifier
 from lw_lightning.data.synthetic_signs import CLASS_NAMES, SyntheticSigns
 from lw_lightning.demo import best_checkpoint, run_stage
 from lw_lightning.flops import image_model_flops
-from lw_lightning.models.checkpoint import load_official
-from lw_lightning.models.config import model_config, resolve_k
-from lw_lightning.models.lookwhere import LookWhere
+from lw_lightning.models.config import resolve_k
+from lw_lightning.models.registry import create_model
 from lw_lightning.viz import denormalize, selection_overlay
 
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
@@ -331,8 +330,8 @@ plt.show()
 
 # %%
 if LOOKWHERE_WEIGHTS:
-    big = LookWhere(model_config(LOOKWHERE_PRESET, img_size=[LOOKWHERE_SIZE, LOOKWHERE_SIZE])).eval()
-    load_official(big, LOOKWHERE_WEIGHTS)
+    # the file decides the selector's r and resize mode; any input size loads (positional embeddings resampled)
+    big = create_model(LOOKWHERE_MODEL, img_size=[LOOKWHERE_SIZE, LOOKWHERE_SIZE], pretrained=LOOKWHERE_WEIGHTS).eval()
     big_sample = SyntheticSigns(8, (LOOKWHERE_SIZE, LOOKWHERE_SIZE), split="test", seed=SEED, sign_fraction=0.02)[1]
     x, big_box = big_sample["image"], big_sample["box"].tolist()
     bn = big.cfg.grid[0] * big.cfg.grid[1]

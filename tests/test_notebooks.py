@@ -116,7 +116,8 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.notebooks
-def test_lookwhere_notebook_reads_a_demo_dir_and_official_weights(tmp_path):
+@pytest.mark.parametrize("size", [224, 994])
+def test_lookwhere_notebook_reads_a_demo_dir_and_official_weights(tmp_path, size):
     import torch
 
     from lw_lightning import demo
@@ -133,8 +134,8 @@ def test_lookwhere_notebook_reads_a_demo_dir_and_official_weights(tmp_path):
         tmp_path,
         DEMO_DIR=str(runs),
         LOOKWHERE_WEIGHTS=str(weights),
-        LOOKWHERE_PRESET="tiny",
-        LOOKWHERE_SIZE=224,
+        LOOKWHERE_MODEL="lookwhere_tiny_patch14_224",
+        LOOKWHERE_SIZE=size,  # 994: r and the resize mode come from the file (the Python API failed there)
         KS=[13, 51, 256],
     )
 
