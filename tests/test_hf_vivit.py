@@ -22,6 +22,7 @@ from lw_lightning.data.kinetics import ClipTransform  # noqa: E402
 from lw_lightning.data.video_augment import VideoAugment  # noqa: E402
 from lw_lightning.models import hf_vivit  # noqa: E402
 from lw_lightning.models.hf_vivit import load_hf_vivit, processor_data_overrides, save_hf_vivit, vivit_from_hf  # noqa: E402
+from lw_lightning.models.video_checkpoint import vivit_with_weights  # noqa: E402
 from lw_lightning.models.vivit import ViViT, vivit_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +208,7 @@ def test_repo_ids_download_through_huggingface_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     for source in ("hf:google/vivit-b-16x2-kinetics400", "google/vivit-b-16x2-kinetics400"):
         assert hf_vivit.is_hf_vivit_source(source)
-        model = ViViT(
+        model = vivit_with_weights(
             vivit_config(
                 "base", **hf_vivit.config_overrides(json.loads((folder / "config.json").read_text())), pretrained=source
             ),
@@ -277,7 +278,7 @@ def test_bad_snapshots_are_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="is a folder without config.json"):
-        ViViT(vivit_config("tiny", pretrained=str(empty)), 5)
+        vivit_with_weights(vivit_config("tiny", pretrained=str(empty)), 5)
     with pytest.raises(ConfigError, match="HF ViViT is Model 1"):
         load_hf_vivit(ViViT(vivit_config("tiny", variant="factorised"), 5), str(folder))
 

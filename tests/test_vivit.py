@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
+from lw_lightning.models.video_checkpoint import vivit_with_weights
 from lw_lightning.models.vivit import ViViT, inflate_patch_kernel, load_image_vit, vivit_config
 
 
@@ -64,7 +65,7 @@ def test_init_from_local_image_vit_file(tmp_path, fmt):
     state = {k: v.contiguous() for k, v in vit.state_dict().items()}
     path = tmp_path / f"vit.{fmt}"
     save_file(state, str(path)) if fmt == "safetensors" else torch.save({"model": state}, path)
-    model = ViViT(vivit_config("tiny", num_tokens=4, pretrained=str(path)), 5)
+    model = vivit_with_weights(vivit_config("tiny", num_tokens=4, pretrained=str(path)), 5)
     w = model.patch_embed.proj.weight
     torch.testing.assert_close(w[:, :, 1], state["patch_embed.proj.weight"])  # central frame of t=2
     assert torch.count_nonzero(w[:, :, 0]) == 0
@@ -87,7 +88,7 @@ def test_init_resamples_posemb_and_reports_unused(tmp_path):
     with pytest.raises(ValueError, match="embed_dim"):
         load_image_vit(ViViT(vivit_config("tiny", embed_dim=32, num_heads=2), 5), vit.state_dict())
     with pytest.raises(FileNotFoundError):
-        ViViT(vivit_config("tiny", pretrained=str(tmp_path / "nope.pth")), 5)
+        vivit_with_weights(vivit_config("tiny", pretrained=str(tmp_path / "nope.pth")), 5)
 
 
 def test_tokenlearner_tokens_of_slice_t_come_from_frames_of_slice_t():

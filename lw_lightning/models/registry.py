@@ -263,9 +263,11 @@ def create_model(name: str, pretrained: str | None = None, num_classes: int | No
             load_pretrained(net, cfg.pretrained, name=cfg.pretrained_name)
         return net
     if spec.family == "vivit":
-        from .vivit import ViViT
+        from .video_checkpoint import vivit_with_weights
 
-        return ViViT(model_config_of(name, **overrides, pretrained=pretrained), 400 if num_classes is None else num_classes)
+        return vivit_with_weights(
+            model_config_of(name, **overrides, pretrained=pretrained), 400 if num_classes is None else num_classes
+        )
     from .video_lookwhere import VideoLookWhere, VideoLookWhereNet, load_video_lookwhere
 
     cfg = model_config_of(name, **overrides, pretrained=pretrained)

@@ -1,6 +1,7 @@
-"""ViViT weights from this project's ``VideoClassifier`` checkpoints: reading them (the video
-distillation teacher) and starting a ViViT from one (e.g. TokenLearner inserted into a trained
-full ViViT, the comparison's TokenLearner baselines)."""
+"""ViViT weights: this project's ``VideoClassifier`` checkpoints (the video distillation teacher;
+TokenLearner inserted into a trained full ViViT, the comparison's TokenLearner baselines), HF ViViT
+snapshots and image-ViT files (``model.pretrained``), each loaded after the model is built
+(:func:`vivit_with_weights`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import ConfigError
-from .vivit import ViViT, ViViTConfig, vivit_config
+from .hf_vivit import is_hf_vivit_source, load_hf_vivit
+from .vivit import ViViT, ViViTConfig, load_image_vit, vivit_config
 
 #: modules a ViViT may have that a checkpoint of the same ViViT without TokenLearner lacks
 NEW_MODULES = ("encoder.token_learner", "encoder.fusers", "token_learner")
@@ -53,12 +55,25 @@ def load_vivit_from_classifier(net: ViViT, path: str | Path) -> list[str]:
     return new
 
 
+def vivit_with_weights(cfg: ViViTConfig, num_classes: int) -> ViViT:
+    """A :class:`ViViT` of ``cfg`` with ``cfg.pretrained`` loaded, if any: an HF ViViT snapshot
+    (folder or ``hf:<repo id>``, :func:`~.hf_vivit.load_hf_vivit`) or an image ViT (a local file or
+    a timm name, :func:`~.vivit.load_image_vit`)."""
+    net = ViViT(cfg, num_classes)
+    if cfg.pretrained:
+        if is_hf_vivit_source(cfg.pretrained):
+            load_hf_vivit(net, cfg.pretrained)
+        else:
+            load_image_vit(net, cfg.pretrained)
+    return net
+
+
 def build_vivit(model: ViViTConfig | Mapping[str, Any], num_classes: int) -> tuple[ViViTConfig, ViViT]:
     """``(config, ViViT)`` from ViViT fields; a ``pretrained`` ``.ckpt`` is a VideoClassifier
     checkpoint whose ViViT weights the new one starts from (:func:`load_vivit_from_classifier`);
-    any other ``pretrained`` is the ViViT's own (image-ViT / HF weights)."""
+    any other ``pretrained`` is the ViViT's own (image-ViT / HF weights, :func:`vivit_with_weights`)."""
     if not isinstance(model, Mapping):
-        return model, ViViT(model, num_classes)
+        return model, vivit_with_weights(model, num_classes)
     ckpt = model.get("pretrained")
     if ckpt and str(ckpt).endswith(".ckpt"):
         cfg = vivit_config(**{**model, "pretrained": None})
@@ -66,4 +81,4 @@ def build_vivit(model: ViViTConfig | Mapping[str, Any], num_classes: int) -> tup
         load_vivit_from_classifier(net, str(ckpt))
         return dataclasses.replace(cfg, pretrained=str(ckpt)), net
     cfg = vivit_config(**model)
-    return cfg, ViViT(cfg, num_classes)
+    return cfg, vivit_with_weights(cfg, num_classes)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .teacher import Teacher, TeacherConfig, attention_target, build_teacher
-from .video_checkpoint import read_video_classifier
+from .video_checkpoint import read_video_classifier, vivit_with_weights
 from .video_lookwhere import tubelet_pos_embed
 from .vivit import ViViT, vivit_config
 
@@ -127,7 +127,7 @@ def build_video_teacher(cfg: VideoTeacherConfig) -> VideoTeacher:
         check_state_dict(vivit.state_dict(), state, f"teacher checkpoint {cfg.checkpoint}")
         vivit.load_state_dict(state, strict=True)
     elif cfg.model:
-        vivit = ViViT(vivit_config(**dict(cfg.model)), num_classes=1)
+        vivit = vivit_with_weights(vivit_config(**dict(cfg.model)), num_classes=1)
     else:
         raise ConfigError("module.teacher needs checkpoint (a ViViT VideoClassifier .ckpt) or model (ViViT fields)")
     return VideoTeacher(vivit, cfg.attn_query, cfg.attn_block, cfg.where_signal)

@@ -252,13 +252,8 @@ class ViViT(nn.Module):
         self.head = nn.Linear(d, num_classes)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        if cfg.pretrained:
-            from .hf_vivit import is_hf_vivit_source, load_hf_vivit
-
-            if is_hf_vivit_source(cfg.pretrained):
-                load_hf_vivit(self, cfg.pretrained)
-            else:
-                load_image_vit(self, cfg.pretrained)
+        # cfg.pretrained is not read here: no constructor reads a file
+        # (:func:`~.video_checkpoint.vivit_with_weights` builds and loads)
 
     def _slice_tokens(self) -> int:
         """Tokens per temporal slice that enter the temporal encoder (Model 2)."""
