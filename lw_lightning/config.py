@@ -53,6 +53,7 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "requires": "hardware the recipe is sized for: 'gpu' warns at start when no CUDA device is used",
     "smoke": "true: the recipe as a CPU smoke test of its data path (tiny random model, 2 batches; lw_lightning/smoke.py)",
 }
+
 #: values the top-level ``requires`` key may take (null: runs anywhere)
 REQUIREMENTS = ("gpu",)
 
