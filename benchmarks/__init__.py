@@ -1,9 +1,11 @@
-"""Benchmarks: ``python -m lw_lightning bench bench=<name> [key=value ...]`` (``conf/bench/<name>.yaml``).
+"""Benchmarks: ``python -m benchmarks bench=<name> [key=value ...]`` (``conf/bench/<name>.yaml``), run
+from the repository root (:mod:`.__main__`).
 
-Everything that measures lives in this package: the ``bench`` suites (this module and its
-siblings), the method comparisons (:mod:`.compare` on images, :mod:`.compare_video` on video), the mixed-precision check (:mod:`.precision`)
-and the image-loader throughput (:mod:`.data_throughput`). ``lw_lightning.bench`` is only the
-entry point of the ``bench`` command.
+Everything that measures lives in this package, which is the repository's and not installed with
+``lw_lightning`` (it imports ``lw_lightning``, never the reverse): the ``bench`` suites (this module
+and its siblings), the method comparisons (:mod:`.compare` on images, :mod:`.compare_video` on
+video), the mixed-precision check (:mod:`.precision`) and the image-loader throughput
+(:mod:`.data_throughput`).
 
 Runs the suites listed in ``bench.suites`` (images, video, data, overhead, accuracy) and writes
 under ``output_dir``: ``benchmarks.md`` (all tables plus the machine and the command),
@@ -24,8 +26,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .common import load_average, machine_info, make_env
 from .config import BenchConfig, parse_bench_config
+
+#: the primary config of ``python -m benchmarks`` in ``conf/``, and its top-level node typed by a dataclass
+CONFIG_NAME = "benchmark"
+SCHEMAS = {"bench": "benchmarks.config.BenchConfig"}
 
 
 def _log(msg: str) -> None:
@@ -33,15 +38,17 @@ def _log(msg: str) -> None:
 
 
 def run_bench(cfg: DictConfig, argv: list[str] | None = None) -> Path:
-    """Run the configured suites; returns the output directory."""
-    from . import report
-
+    """Run the configured suites; returns the output directory (``argv``: the words after
+    ``python -m benchmarks``, recorded with the results)."""
     bench: BenchConfig = parse_bench_config(OmegaConf.to_container(cfg.get("bench"), resolve=True) if cfg.get("bench") else None)
+    from . import report
+    from .common import load_average, machine_info, make_env  # torch: once the config is known good
+
     out = Path(str(cfg.get("output_dir") or "runs/bench"))
     out.mkdir(parents=True, exist_ok=True)
     env = make_env(bench.device, bench.precision, bench.threads, bench.warmup, bench.repeats)
     info = machine_info(env)
-    command = "python -m lw_lightning " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     started = time.perf_counter()
     _log(f"bench on {env.device} ({info['precision']}), writing to {out}")
     results: dict[str, Any] = {"machine": info, "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds")}

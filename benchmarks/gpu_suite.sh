@@ -6,7 +6,7 @@
 #   - the Kinetics loader (decord; torchcodec where it runs) with N workers vs plain decord, next to ViViT-B's training rate
 #   - pytest -m gpu
 #   - python -m benchmarks.precision (fp32 vs bf16 vs fp16 losses)
-# The timings come from `python -m lw_lightning bench bench=gpu`, one suite per
+# The timings come from `python -m benchmarks bench=gpu`, one suite per
 # call so that a suite cut short by its time limit loses only itself.
 #
 #   bash benchmarks/gpu_suite.sh [--out DIR]      # on the GPU machine, from the repo root
@@ -74,9 +74,9 @@ step() {  # step NAME LIMIT_S CMD...: run with a time limit, log to OUT/NAME.log
     tail -n 3 "$OUT/$name.log"
 }
 
-step images "${LIMITS[0]}" "$PY" -m lw_lightning bench "${COMMON[@]}" bench.suites=[images] "${IMAGES[@]}" "output_dir=$OUT/images"
-step video "${LIMITS[1]}" "$PY" -m lw_lightning bench "${COMMON[@]}" bench.suites=[video] "${VIDEO[@]}" "output_dir=$OUT/video"
-step data "${LIMITS[2]}" "$PY" -m lw_lightning bench "${COMMON[@]}" bench.suites=[data] "${DATA[@]}" "output_dir=$OUT/data"
+step images "${LIMITS[0]}" "$PY" -m benchmarks "${COMMON[@]}" bench.suites=[images] "${IMAGES[@]}" "output_dir=$OUT/images"
+step video "${LIMITS[1]}" "$PY" -m benchmarks "${COMMON[@]}" bench.suites=[video] "${VIDEO[@]}" "output_dir=$OUT/video"
+step data "${LIMITS[2]}" "$PY" -m benchmarks "${COMMON[@]}" bench.suites=[data] "${DATA[@]}" "output_dir=$OUT/data"
 step pytest_gpu "${LIMITS[3]}" "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts= "${PYTEST[@]}"
 step amp_check "${LIMITS[4]}" "$PY" -m benchmarks.precision "${AMP[@]}"
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m lw_lightning {fit,validate,test,predict,bench} experiment=NAME [key=value ...]``.
+"""Command line: ``python -m lw_lightning {fit,validate,test,predict} experiment=NAME [key=value ...]``.
 
 Hydra is the config layer: the words after the command are Hydra's (overrides, ``--cfg job``,
 ``-m`` sweeps, ``--help``). Before Hydra runs, the overrides of every job are checked
@@ -13,19 +13,24 @@ line, the earlier checkpoints intact); 143 for SIGTERM (``fit`` finishes the cur
 ``last.ckpt``, ``ckpt_path=last`` resumes from it; validate/test/predict stop too). SIGINT (Ctrl-C)
 is left to Lightning: status 1, no new checkpoint. In a sweep the status is the first failing
 job's (the other jobs still run). Under DDP only global rank 0 prints.
+
+:func:`run_command` runs another Hydra-configured command the same way (its own primary config, job
+function and top-level schemas, all given by the caller): the repository's ``python -m benchmarks``
+is one; the package knows nothing of it but the one line that ``python -m lw_lightning bench``
+answers with (:data:`MOVED`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import (
-    BENCH_CONFIG,
     CONF_DIR,
     RUN_CONFIG,
     ConfigError,
@@ -37,10 +42,13 @@ from .config import (
     suggest,
 )
 
-COMMANDS = ("fit", "validate", "test", "predict", "bench")
+COMMANDS = ("fit", "validate", "test", "predict")
+
+#: commands that left the package: (what to type instead, its schematic arguments); the words typed
+#: after the old command go after the new one
+MOVED = {"bench": ("python -m benchmarks", "bench=NAME [key=value ...]")}
 
 USAGE = """usage: python -m lw_lightning {fit,validate,test,predict} experiment=NAME [key=value ...] [--cfg job [--resolve]] [-m]
-       python -m lw_lightning bench bench=NAME [key=value ...]
 
 examples:
   python -m lw_lightning fit experiment=demo_vit trainer.max_epochs=2
@@ -49,11 +57,11 @@ examples:
   python -m lw_lightning fit experiment=demo_vit --cfg job --resolve       # print the config
   python -m lw_lightning fit -m experiment=demo_finetune module.train_k=13,25,51 module.model.pretrained=...
   python -m lw_lightning fit -m experiment=lookwhere_in1k_224_k128 launch=slurm trainer.num_nodes=2
-  python -m lw_lightning bench bench=cpu output_dir=runs/bench/cpu
 
 ckpt_path=last is the newest <output_dir>/<name>/version_*/checkpoints/last.ckpt of the recipe
 (fit resumes it; validate/test/predict evaluate it and log into that version_N folder).
 `python -m lw_lightning fit --help` lists the config groups and their options.
+The benchmarks are the repository's: `python -m benchmarks bench=NAME`, from a checkout's root.
 """
 
 # torch re-raises an error from a DataLoader worker as the same type, with the message
@@ -84,8 +92,15 @@ def _error(message: str) -> int:
     return 2
 
 
-def legacy_command(command: str, args: Sequence[str]) -> str | None:
-    """The new form of a pre-Hydra command line (``--config FILE``, ``--print-config``), or None."""
+def legacy_command(command: str, args: Sequence[str], prog: str = "python -m lw_lightning") -> str | None:
+    """The new form of a pre-Hydra command line (``--config FILE``, ``--print-config``), or None
+    (``prog``: the program; ``command``: its command word, none when empty)."""
+    words = _hydra_words(args)
+    return None if words is None else " ".join([prog, *([command] if command else []), *words])
+
+
+def _hydra_words(args: Sequence[str]) -> list[str] | None:
+    """The words of a pre-Hydra command line in Hydra's form, or None when it is not one."""
     if not any(
         a in ("--config", "--print-config")
         or a.startswith("--config=")
@@ -112,7 +127,16 @@ def legacy_command(command: str, args: Sequence[str]) -> str | None:
             continue
         new.append("--cfg job --resolve" if word == "--print-config" else word)
         i += 1
-    return f"python -m lw_lightning {command} " + " ".join(new)
+    return new
+
+
+def moved_command(command: str, args: Sequence[str]) -> str:
+    """What to type for a command of :data:`MOVED`, with the words typed after it (a pre-Hydra
+    command line in Hydra's form)."""
+    prog, schematic = MOVED[command]
+    words = _hydra_words(args)
+    tail = " ".join(words) if words is not None else shlex.join(args) if args else schematic
+    return f"{prog} {tail}"
 
 
 def _ddp_child_argv(args: list[str]) -> list[str]:
@@ -135,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if argv else 2
     command, rest = argv[0], _ddp_child_argv(argv[1:])
+    if command in MOVED:
+        return _error(
+            f"'{command}' is not a command of lw_lightning any more (the benchmarks are the repository's, "
+            f"not the package's); from the repository root run: {moved_command(command, rest)}"
+        )
     if command not in COMMANDS:
         return _error(f"unknown command '{command}'{suggest(command, COMMANDS)}: one of {', '.join(COMMANDS)}")
     new = legacy_command(command, rest)
@@ -148,20 +177,95 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(rest)
     except SystemExit as exc:  # argparse printed its usage error
         return int(exc.code or 0)
-    config_name = BENCH_CONFIG if command == "bench" else RUN_CONFIG
+    evaluation = command in ("validate", "test", "predict")
+    return _check_and_run(
+        args,
+        parser,
+        RUN_CONFIG,
+        None,
+        lambda cfg: run_job(command, cfg),
+        "lw_lightning",
+        lambda composed, allow_missing: finalize(composed, allow_missing=allow_missing, evaluation=evaluation),
+    )
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    prog: str,
+    config_name: str,
+    job: Callable[[Any, list[str]], object],
+    schemas: Mapping[str, str] | None = None,
+    usage: str = "",
+) -> int:
+    """Run a Hydra-configured command that is not one of this package's, the way :func:`main` runs
+    fit: ``<prog> [key=value ...] [--cfg job [--resolve]] [-m] [--help]``; returns the exit status.
+
+    ``argv``: the words after ``prog`` (the program as a user types it, for messages);
+    ``config_name``: the command's primary config in ``conf/`` (``--config-dir DIR`` adds a search
+    dir); ``job(cfg, argv)``: runs one job, ``cfg`` composed and resolved (its return value is not
+    used); ``schemas``: its top-level keys typed by a dataclass, ``{key: "package.module.Class"}``,
+    read from source (:func:`lw_lightning.config.accepted_keys`): the only keys an override may add
+    at the top level; ``usage``: printed for an empty command line.
+
+    As for fit, every job's overrides are checked and composed before Hydra runs (group options,
+    keys, "did you mean", mandatory values, interpolations, a writable ``output_dir``), and a mistake,
+    also a :class:`ConfigError` that ``job`` raises, is one line on stderr and exit status 2; a
+    pre-Hydra ``--config FILE`` names the command to type. The tree is not validated against
+    ``_target_`` signatures (the job checks its own nodes). In a sweep the status is the first
+    failing job's."""
+    argv = list(argv)
+    if not argv:
+        print(usage or f"usage: {prog} [key=value ...]\n", end="")
+        return 2
+    new = legacy_command("", argv, prog)
+    if new is not None:
+        return _error(f"--config/--print-config are gone (configs are Hydra groups now); run: {new}")
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed its usage error
+        return int(exc.code or 0)
+
+    def run_one(cfg: Any) -> int:
+        try:
+            job(finalize(cfg, validate_tree=False), argv)
+        except ConfigError as err:
+            return _error(one_line(err))
+        return 0
+
+    return _check_and_run(
+        args,
+        parser,
+        config_name,
+        dict(schemas or {}),
+        run_one,
+        getattr(job, "__module__", "").partition(".")[0] or "app",
+        lambda composed, allow_missing: finalize(composed, allow_missing=allow_missing, validate_tree=False),
+    )
+
+
+def _check_and_run(
+    args: Any,
+    parser: Any,
+    config_name: str,
+    schemas: Mapping[str, str] | None,
+    run_one: Callable[[Any], int],
+    job_name: str,
+    check: Callable[[Any, bool], Any],
+) -> int:
+    """Check every job of the parsed command line (``check(composed cfg, allow_missing)``: finalize
+    it), then hand it to Hydra, which calls ``run_one(cfg)`` per job; the exit status."""
     dirs = [CONF_DIR, *([Path(args.config_dir)] if args.config_dir else [])]
     if args.help or args.hydra_help or args.info or args.shell_completion:
-        return _run_hydra(command, args, parser, config_name, [], argv)
+        return _run_hydra(args, parser, config_name, [], run_one, job_name)
     try:
-        prepared = prepare_overrides(args.overrides, config_name, dirs)
+        prepared = prepare_overrides(args.overrides, config_name, dirs, schemas)
         # every job of a sweep is composed and checked before the first one starts
         for job in expand_sweep(prepared, args.multirun):
-            cfg = finalize(
-                compose(config_name, job, dirs),
-                allow_missing=args.cfg is not None,
-                evaluation=command in ("validate", "test", "predict"),
-                validate_tree=command != "bench",
-            )
+            cfg = check(compose(config_name, job, dirs), args.cfg is not None)
             if args.cfg is None and cfg.get("output_dir"):
                 check_writable_dir(cfg.output_dir, "output_dir")
     except ConfigError as err:
@@ -170,18 +274,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cfg is None and not args.multirun and not any(o.startswith("hydra.output_subdir=") for o in prepared):
         args.overrides.append("hydra.output_subdir=null")  # a single run's record is its run dir's config.yaml
     statuses: list[int] = []
-    _run_hydra(command, args, parser, config_name, statuses, argv)
+    _run_hydra(args, parser, config_name, statuses, run_one, job_name)
     return next((s for s in statuses if s != 0), 0)
 
 
-def _run_hydra(command: str, args: Any, parser: Any, config_name: str, statuses: list[int], argv: list[str]) -> int:
+def _run_hydra(
+    args: Any, parser: Any, config_name: str, statuses: list[int], run_one: Callable[[Any], int], job_name: str
+) -> int:
     """Hand the parsed command line to Hydra; each job's exit status is appended to ``statuses``."""
     from hydra._internal.utils import _run_hydra as run_hydra
 
     def task(cfg: Any) -> None:
-        statuses.append(run_job(command, cfg, argv))
+        statuses.append(run_one(cfg))
 
-    task.__module__ = "lw_lightning"  # Hydra names the job after the task's module: hydra.job.name
+    task.__module__ = job_name  # Hydra names the job after the task's module: hydra.job.name
     try:
         run_hydra(args=args, args_parser=parser, task_function=task, config_path=str(CONF_DIR), config_name=config_name)
     except SystemExit as exc:  # --help, or a Hydra error it already printed
@@ -191,22 +297,14 @@ def _run_hydra(command: str, args: Any, parser: Any, config_name: str, statuses:
     return 0
 
 
-def run_job(command: str, cfg: Any, argv: list[str] | None = None) -> int:
-    """One job: finalize the composed config, run the command, print its summary; the exit status
-    (``argv``: the command line, recorded by bench)."""
+def run_job(command: str, cfg: Any) -> int:
+    """One job of fit/validate/test/predict: finalize the composed config, run the command, print
+    its summary; the exit status."""
     evaluation = command in ("validate", "test", "predict")
     try:
-        cfg = finalize(cfg, evaluation=evaluation, validate_tree=command != "bench")
+        cfg = finalize(cfg, evaluation=evaluation)
     except ConfigError as err:
         return _error(one_line(err))
-    if command == "bench":
-        from .bench import run_bench
-
-        try:
-            run_bench(cfg, argv)
-        except ConfigError as err:
-            return _error(one_line(err))
-        return 0
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from .callbacks.nonfinite import NonFiniteLossError

@@ -35,7 +35,6 @@ from .errors import ConfigError  # re-exported: ``from lw_lightning.config impor
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 RUN_CONFIG = "run"  # primary config of fit / validate / test / predict
-BENCH_CONFIG = "benchmark"  # primary config of bench
 TARGET_KEY = "_target_"
 
 #: Top-level keys a run config may hold, with a one-line meaning each (also used for suggestions).
@@ -50,13 +49,10 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "callbacks": "mapping name -> callback node (null disables one)",
     "logger": "logger node, or null for none",
     "predict": "options of the predict command",
-    "bench": "options of the bench command",
     "notes": "free text kept with the run",
     "requires": "hardware the recipe is sized for: 'gpu' warns at start when no CUDA device is used",
     "smoke": "true: the recipe as a CPU smoke test of its data path (tiny random model, 2 batches; lw_lightning/smoke.py)",
 }
-#: Top-level nodes typed by a dataclass (checked field by field).
-TOP_LEVEL_SCHEMAS = {"bench": "benchmarks.config.BenchConfig"}
 
 #: values the top-level ``requires`` key may take (null: runs anywhere)
 REQUIREMENTS = ("gpu",)
@@ -188,15 +184,21 @@ def _child_schema(module: signatures.Module, ann: Any, value: Any) -> tuple[sign
     return signatures.check(plain, module, ann).schema
 
 
-def accepted_keys(cfg: DictConfig, parts: Sequence[str]) -> list[str] | None:
+def accepted_keys(cfg: DictConfig, parts: Sequence[str], schemas: Mapping[str, str] | None = None) -> list[str] | None:
     """Keys the node at ``parts`` may hold (None: any, or cannot tell). Walks from the root: the
-    top level, ``_target_`` signatures, and dataclass-typed arguments and their fields."""
-    allowed: list[str] | None = list(TOP_LEVEL_KEYS)
+    top level, ``_target_`` signatures, and dataclass-typed arguments and their fields.
+
+    ``schemas``: None for a run config (its top level: :data:`TOP_LEVEL_KEYS`); for the primary
+    config of another command (:func:`lw_lightning.cli.run_command`), its top-level keys typed by a
+    dataclass, ``{key: "package.module.Class"}`` (read from source, not imported): the top level
+    then accepts these keys, whose nodes accept the dataclass's fields."""
+    allowed: list[str] | None = list(TOP_LEVEL_KEYS) if schemas is None else list(schemas)
+    schemas = schemas or {}
     fields: dict[str, tuple[signatures.Module, Any]] | None = None  # of the node being walked
     node: Any = cfg
     for depth, part in enumerate(parts):
-        if depth == 0 and part in TOP_LEVEL_SCHEMAS:
-            child_fields = _schema_fields(TOP_LEVEL_SCHEMAS[part])
+        if depth == 0 and part in schemas:
+            child_fields = _schema_fields(schemas[part])
         elif fields is not None and part in fields:
             schema = _child_schema(*fields[part], node._get_node(part) if isinstance(node, DictConfig) else None)
             child_fields = signatures.dataclass_fields(*schema) if schema else None
@@ -240,12 +242,19 @@ def _smoke_switch(parsed: Sequence[Any]) -> bool:
     return on
 
 
-def prepare_overrides(overrides: Sequence[str], config_name: str = RUN_CONFIG, dirs: Sequence[Path] = (CONF_DIR,)) -> list[str]:
+def prepare_overrides(
+    overrides: Sequence[str],
+    config_name: str = RUN_CONFIG,
+    dirs: Sequence[Path] = (CONF_DIR,),
+    schemas: Mapping[str, str] | None = None,
+) -> list[str]:
     """Check ``overrides`` and return them as Hydra should get them: group options exist, keys the
     recipe does not hold become ``++key=value`` when their node accepts them (else ConfigError).
-    ``smoke=true`` adds the recipe's smoke overrides (:mod:`lw_lightning.smoke`) before the others."""
+    ``smoke=true`` adds the recipe's smoke overrides (:mod:`lw_lightning.smoke`) before the others.
+    ``schemas``: None for a run config; for another command's primary config, see :func:`accepted_keys`
+    (``smoke`` is then not a key of it)."""
     parsed = parse_overrides(overrides)
-    smoke = _smoke_switch(parsed) and config_name != BENCH_CONFIG
+    smoke = schemas is None and _smoke_switch(parsed)
     base_overrides, plain = [], []
     rewritten: dict[int, str] = {}
     for o in parsed:
@@ -291,7 +300,7 @@ def prepare_overrides(overrides: Sequence[str], config_name: str = RUN_CONFIG, d
         node = OmegaConf.select(base, ".".join(parent)) if parent else base
         if parent and not isinstance(node, (DictConfig, ListConfig)):
             raise ConfigError(f"unknown key '{o.key_or_group}': '{'.'.join(parent)}' is a value, not a node")
-        allowed = accepted_keys(base, parent)
+        allowed = accepted_keys(base, parent, schemas)
         if allowed is not None and missing not in allowed:
             existing = [str(k) for k in node] if isinstance(node, DictConfig) else []
             target = f" for {node[TARGET_KEY]}" if isinstance(node, DictConfig) and TARGET_KEY in node else ""
@@ -457,11 +466,6 @@ def validate(cfg: DictConfig) -> None:
             node = callbacks._get_node(name)
             if not (node._is_none() or (isinstance(node, DictConfig) and TARGET_KEY in node)):
                 raise ConfigError(f"'callbacks.{name}' must be a callback node with a _target_ key, or null to disable it")
-    for key, target in TOP_LEVEL_SCHEMAS.items():
-        if isinstance(cfg.get(key), DictConfig):
-            found = signatures.resolve(target)
-            if found is not None:
-                check_dataclass_dict(found[0], found[2], OmegaConf.to_container(cfg[key]), key)
     _validate_tree(cfg, "")
 
 

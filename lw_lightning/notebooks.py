@@ -5,7 +5,8 @@ the defaults a person running it in Jupyter gets. :func:`execute_notebook` inser
 ``injected-parameters`` right after it with the values given here, so a test can send the figures
 to a temporary folder and ``make notebooks`` to ``docs/figures/``. The kernel is this interpreter
 (``sys.executable``), started through a kernel spec written for the run (whatever kernel specs the
-user has installed elsewhere), with this checkout first on ``PYTHONPATH``.
+user has installed elsewhere), with this checkout first on ``PYTHONPATH`` (also for the repository's
+``benchmarks/``, which some notebooks import and which is not installed with the package).
 
 Needs the test requirements (``nbclient``, ``nbformat``, ``ipykernel``).
 """
@@ -90,7 +91,7 @@ def _kernel_manager(spec_dir: Path, threads: int | None = 1):
     folder = spec_dir / "kernels" / KERNEL_NAME
     folder.mkdir(parents=True, exist_ok=True)
     # the notebooks import the lw_lightning of this checkout, also where the venv's editable
-    # install points at another one (a git worktree)
+    # install points at another one (a git worktree), and its benchmarks/ (not installed)
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],

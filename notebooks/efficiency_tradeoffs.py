@@ -23,15 +23,16 @@
 #
 # This notebook shows FLOPs, latency and training memory of the three **vs input resolution** and **vs
 # k / insertion point**. With `BENCH_RESULTS` it reads the `results.json` of a benchmark run
-# (`python -m lw_lightning bench bench=cpu`, or `gpu.yaml` on a GPU); otherwise it
+# (`python -m benchmarks bench=cpu` from the repository root, or `bench=gpu` on a GPU); otherwise it
 # measures small sizes of the `tiny` preset here, with the same measuring code as the bench
-# (`lw_lightning.bench`: FLOPs with `torch.utils.flop_counter`, interleaved repeats, saved-for-backward
-# bytes of a training step). Here the fastest repeat counts, the least disturbed by other jobs on a
+# (the repository's `benchmarks/`: FLOPs with `torch.utils.flop_counter`, interleaved repeats, saved-for-backward
+# bytes of a training step; not installed with `lw_lightning`, so the kernel needs the repository root on
+# `PYTHONPATH`, as `python -m lw_lightning.notebooks` gives it). Here the fastest repeat counts, the least disturbed by other jobs on a
 # shared machine (the bench reports medians).
 
 # %% tags=["parameters"]
 FIGURE_DIR = None  # folder for the summary figure (nb_efficiency_tradeoffs.png); None: shown only
-BENCH_RESULTS = None  # results.json of `python -m lw_lightning bench ...`; None: measure here
+BENCH_RESULTS = None  # results.json of `python -m benchmarks bench=NAME`; None: measure here
 PRESET = "tiny"  # model preset measured here
 SIZES = [112, 224, 336]  # input resolutions measured here
 KS = [0.1, 0.25]  # LookWhere k (fractions of the patches) in the resolution sweep

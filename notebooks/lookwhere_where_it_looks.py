@@ -57,7 +57,7 @@ from IPython.display import Markdown, display
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from omegaconf import OmegaConf
 
-from benchmarks.compare import find_demo_runs, load_classifier
+from benchmarks.compare import find_demo_runs, load_classifier  # the repository's benchmarks/ (its root on PYTHONPATH)
 from lw_lightning.data.synthetic_signs import CLASS_NAMES, SyntheticSigns
 from lw_lightning.demo import best_checkpoint, run_stage
 from lw_lightning.flops import image_model_flops

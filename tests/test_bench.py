@@ -1,4 +1,5 @@
-"""The bench command: config validation, the activation-memory meter, the PyAV reader, a smoke run.
+"""The bench command (``python -m benchmarks``): config validation, the activation-memory meter, the
+PyAV reader, a smoke run.
 
 Speed is never asserted here; only that things are measured and reported.
 """
@@ -6,15 +7,17 @@ Speed is never asserted here; only that things are measured and reported.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from benchmarks.__main__ import main
 from benchmarks.common import saved_activation_bytes
 from benchmarks.config import parse_bench_config
-from lw_lightning.cli import main
 from lw_lightning.config import ConfigError
 from lw_lightning.data.video_io import torchcodec_problem
 
@@ -43,8 +46,57 @@ def test_bench_data_readers_are_checked(monkeypatch):
 
 
 def test_cli_bench_config_error_exits_2(root, capsys):
-    assert main(["bench", "bench=smoke", "bench.repeats=0"]) == 2
+    assert main(["bench=smoke", "bench.repeats=0"]) == 2
     assert "bench.repeats" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["bench=nope"], "error: unknown bench 'nope': choose one of cpu, gpu, smoke (conf/bench/)"),
+        (["bench=smoke", "bench.repeat=3"], "error: unknown key 'bench.repeat' (did you mean 'bench.repeats'?)"),
+        (
+            ["bench=smoke", "bench.images.grops=1"],
+            "error: unknown key 'bench.images.grops' (did you mean 'bench.images.groups'?)",
+        ),
+        (["bench=smoke", "seed=1"], "error: unknown key 'seed'"),  # a run config's key, not a bench config's
+        (["output_dir=x"], "error: missing mandatory value(s): bench (set e.g. bench=...)"),
+        (
+            ["--config", "conf/bench/cpu.yaml", "output_dir=x"],
+            "error: --config/--print-config are gone (configs are Hydra groups now); run: python -m benchmarks bench=cpu output_dir=x",
+        ),
+    ],
+)
+def test_bench_command_mistakes_are_one_line(argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing written
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == expected
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_command_prints_its_config_help_and_usage(capsys):
+    assert main(["bench=smoke", "bench.repeats=3", "--cfg", "job"]) == 0
+    printed = capsys.readouterr().out
+    assert "output_dir: runs/bench/smoke" in printed and "repeats: 3" in printed
+    assert main(["--help"]) == 0
+    helped = capsys.readouterr().out
+    assert helped.startswith("python -m benchmarks bench=NAME") and "bench: cpu, gpu, smoke" in helped
+    assert main([]) == 2
+    assert capsys.readouterr().out.startswith("usage: python -m benchmarks bench=NAME")
+
+
+def test_bench_command_runs_from_the_repository_root_without_torch_before_its_checks(root):
+    """`python -m benchmarks` is run from a checkout (the package is not installed): a mistake is one
+    line within a couple of seconds, torch not imported."""
+    code = (  # what `python -m benchmarks bench=smoke bench.repat=1` does, then a look at what it imported
+        "import runpy, sys\n"
+        "sys.argv[1:] = ['bench=smoke', 'bench.repat=1']\n"
+        "try:\n    runpy.run_module('benchmarks', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exc:\n    print(exc.code, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    assert proc.stderr.strip() == "error: unknown key 'bench.repat' (did you mean 'bench.repeats'?)"
 
 
 def test_saved_activation_bytes_counts_activations_not_weights():
@@ -74,7 +126,7 @@ def test_pyav_reader_matches_decord(tmp_path):
 @pytest.mark.slow
 def test_bench_smoke_writes_tables_and_plot(root, tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", "bench=smoke", f"output_dir={out}"]) == 0
+    assert main(["bench=smoke", f"output_dir={out}"]) == 0
     md = (out / "benchmarks.md").read_text()
     for title in (
         "LookWhere vs full-resolution ViT",
@@ -85,6 +137,7 @@ def test_bench_smoke_writes_tables_and_plot(root, tmp_path):
         assert title in md
     assert (out / "speedup_vs_resolution.png").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
+    assert results["command"] == f"python -m benchmarks bench=smoke output_dir={out}"
     full, lw = results["images"][0], results["images"][1]
     assert full["arch"] == "vit" and lw["arch"] == "lookwhere" and lw["flops"] < full["flops"]
     assert lw["act_bytes"] < full["act_bytes"]
@@ -93,6 +146,7 @@ def test_bench_smoke_writes_tables_and_plot(root, tmp_path):
 
 def test_accuracy_suite_matches_the_test_command_and_plots(tmp_path, root, monkeypatch):
     """Accuracy vs FLOPs of a ViT and a LookWhere checkpoint equals what `test` reports for them."""
+    from lw_lightning.cli import main as lw_main
     from lw_lightning.config import load_config
     from lw_lightning.tasks import run
 
@@ -112,7 +166,7 @@ def test_accuracy_suite_matches_the_test_command_and_plots(tmp_path, root, monke
     ]
     ckpts = {}
     for name, rec, o in (("v", vit_rec, vit_o), ("l", lw_rec, lw_o)):
-        assert main(["fit", f"experiment={rec.stem}", *o, f"name={name}"]) == 0
+        assert lw_main(["fit", f"experiment={rec.stem}", *o, f"name={name}"]) == 0
         ckpts[name] = str(next((tmp_path / "runs" / name).glob("version_*/checkpoints/last.ckpt")))
     reported = {
         name: run(load_config(rec, [*o, f"name={name}_test", f"ckpt_path={ckpts[name]}"]), "test").metrics
@@ -127,7 +181,6 @@ def test_accuracy_suite_matches_the_test_command_and_plots(tmp_path, root, monke
     assert (
         main(
             [
-                "bench",
                 "bench=smoke",
                 f"output_dir={out}",
                 "bench.suites=[accuracy]",
@@ -150,7 +203,7 @@ def test_accuracy_suite_matches_the_test_command_and_plots(tmp_path, root, monke
 
 def test_accuracy_suite_names_a_missing_checkpoint(tmp_path, root, capsys):
     runs = f"[{{config: {root / 'conf/experiment/demo_vit.yaml'}, ckpt_path: {tmp_path / 'nope.ckpt'}}}]"
-    assert main(["bench", "bench=smoke", f"output_dir={tmp_path}", "bench.suites=[accuracy]", f"bench.accuracy.runs={runs}"]) == 2
+    assert main(["bench=smoke", f"output_dir={tmp_path}", "bench.suites=[accuracy]", f"bench.accuracy.runs={runs}"]) == 2
     assert "nope.ckpt" in capsys.readouterr().err
 
 

@@ -156,16 +156,33 @@ def test_unknown_key_is_reported_before_torch_is_imported(tmp_path):
             ["fit", "-c", "conf/experiment/demo_vit.yaml", "--print-config"],
             "run: python -m lw_lightning fit experiment=demo_vit --cfg job --resolve",
         ),
-        (
-            ["bench", "--config", "conf/bench/cpu.yaml", "output_dir=x"],
-            "run: python -m lw_lightning bench bench=cpu output_dir=x",
-        ),
     ],
 )
 def test_pre_hydra_command_lines_say_what_to_type(capsys, argv, expected):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(expected) and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["bench"], "python -m benchmarks bench=NAME [key=value ...]"),
+        (["bench", "bench=cpu", "output_dir=runs/bench/cpu"], "python -m benchmarks bench=cpu output_dir=runs/bench/cpu"),
+        (["bench", "bench=gpu", "bench.suites=[images, video]"], "python -m benchmarks bench=gpu 'bench.suites=[images, video]'"),
+        (["bench", "--config", "conf/bench/cpu.yaml", "output_dir=x"], "python -m benchmarks bench=cpu output_dir=x"),
+        (["bench", "--help"], "python -m benchmarks --help"),
+    ],
+)
+def test_bench_moved_out_of_the_package_says_what_to_type(capsys, argv, expected):
+    """The benchmarks are the repository's (`python -m benchmarks`), not the package's: the old
+    command is one line naming the new one, exit status 2, nothing run."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith("error: 'bench' is not a command of lw_lightning any more") and err.strip().endswith(
+        f"from the repository root run: {expected}"
+    )
 
 
 def test_unknown_command_and_missing_recipe(capsys, tmp_path):

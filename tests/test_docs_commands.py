@@ -1,4 +1,5 @@
-"""The `python -m lw_lightning ...` commands of the README and docs/ work as written.
+"""The `python -m lw_lightning ...` and `python -m benchmarks ...` commands of the README and docs/
+work as written.
 
 Every command (also those for GPUs and clusters) composes a valid config for each of its jobs; the
 README's commands are also run, in order, on tiny data in a scratch directory (slow).
@@ -13,29 +14,42 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from benchmarks import CONFIG_NAME as BENCH_CONFIG
+from benchmarks import SCHEMAS as BENCH_SCHEMAS
+from benchmarks.__main__ import main as bench_main
+from benchmarks.config import parse_bench_config
 from lw_lightning.cli import COMMANDS, main
-from lw_lightning.config import BENCH_CONFIG, RUN_CONFIG, compose, expand_sweep, finalize, prepare_overrides
+from lw_lightning.config import RUN_CONFIG, compose, expand_sweep, finalize, prepare_overrides
 
 from .conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "examples").iterdir())]
 
 
+#: ``-m lw_lightning COMMAND`` or ``-m benchmarks`` (the bench command; not ``-m benchmarks.compare``)
+_COMMAND = re.compile(r"-m (?:lw_lightning (\w+)\b|(benchmarks)(?=[\s`]|$))(.*)")
+
+
 def commands(path: Path) -> list[list[str]]:
-    """The argument lists after ``-m lw_lightning`` of the CLI commands in a file (continuation
-    lines joined, comments and ``"$@"`` dropped)."""
+    """The argument lists after ``-m lw_lightning`` of the CLI commands in a file, and
+    ``["benchmarks", ...]`` for ``python -m benchmarks ...`` (continuation lines joined, comments and
+    ``"$@"`` dropped)."""
     lines = re.sub(r"\\\n\s*", " ", path.read_text()).splitlines()
     found = []
     for i, line in enumerate(lines):
-        match = re.search(r"-m lw_lightning (\w+)\b(.*)", line.strip().strip("`"))
-        if match and match.group(1) in COMMANDS:
-            rest = match.group(2).split("`")[0].split(" #")[0].replace('"$@"', "")
+        match = _COMMAND.search(line.strip().strip("`"))
+        command = match and (match.group(1) or match.group(2))
+        if command in (*COMMANDS, "benchmarks"):
+            rest = match.group(3).split("`")[0].split(" #")[0].replace('"$@"', "")
             if "..." in rest:  # a schematic (`fit experiment=NAME key=value ...`), not a command
+                continue
+            if not rest.strip():  # `python -m benchmarks` named in a sentence
                 continue
             while True:
                 try:
-                    found.append([match.group(1), *shlex.split(rest)])
+                    found.append([command, *shlex.split(rest)])
                     break
                 except ValueError:  # a quoted value goes on on the next line
                     i += 1
@@ -48,14 +62,20 @@ def all_commands() -> list[tuple[str, list[str]]]:
 
 
 def check_jobs(argv: list[str]) -> int:
-    """What the CLI checks before it runs anything: every job's composed, validated config."""
+    """What the CLI checks before it runs anything: every job's composed, validated config (``--help``:
+    the command's help is printed, exit status 0)."""
+    if "--help" in argv:
+        return int(bench_main(argv[1:]) == 0 if argv[0] == "benchmarks" else main(argv) == 0)
     command, words = argv[0], [w for w in argv[1:] if w not in ("-m", "--multirun")]
     multirun = len(words) != len(argv) - 1
     words = [w for w in words if w not in ("--cfg", "job", "--resolve")]
-    name = BENCH_CONFIG if command == "bench" else RUN_CONFIG
-    jobs = expand_sweep(prepare_overrides(words, name), multirun)
+    bench = command == "benchmarks"
+    name = BENCH_CONFIG if bench else RUN_CONFIG
+    jobs = expand_sweep(prepare_overrides(words, name, schemas=BENCH_SCHEMAS if bench else None), multirun)
     for job in jobs:
-        finalize(compose(name, job), allow_missing=True, validate_tree=command != "bench")
+        cfg = finalize(compose(name, job), allow_missing=True, validate_tree=not bench)
+        if bench:  # what the bench checks first
+            parse_bench_config(OmegaConf.to_container(cfg.bench))
     return len(jobs)
 
 
@@ -65,6 +85,8 @@ def test_docs_hold_the_commands():
     files = {f for f, _ in found}
     assert {"README.md", "docs/scaling.md", "docs/video.md", "docs/datasets.md", "docs/benchmarks.md"} <= files
     assert any("launch=ddp_gpu" in c for _, c in found) and any("launch=slurm" in c for _, c in found)
+    assert sum(c[0] == "benchmarks" for f, c in found if f == "docs/benchmarks.md") >= 5  # the bench command's
+    assert not any(c[0] == "bench" for _, c in found)
     assert any("-m" in c for f, c in found if f == "README.md")  # the sweep
     assert not any(w.startswith("--config") or w == "--print-config" for _, c in found for w in c)
 

@@ -93,6 +93,26 @@ def test_runner_names_a_failing_cell(tmp_path):
     assert done.seconds > 0 and done.cpu_seconds > 0 and has_outputs(done.nb) == [0, 1, 2]  # executed: counts set
 
 
+def test_kernel_imports_the_checkouts_benchmarks(tmp_path):
+    """benchmarks/ is the repository's, not installed with lw_lightning: the notebooks that import it
+    find it through the kernel's PYTHONPATH (the checkout first), wherever the notebook lies."""
+    importing = [n for n in NOTEBOOKS if "from benchmarks." in "".join(c.source for c in read(n).cells)]
+    assert sorted(importing) == ["efficiency_tradeoffs", "lookwhere_where_it_looks"]
+    path = tmp_path / "imports.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("ROOT = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import benchmarks.config, lw_lightning\n"
+            "from pathlib import Path\n"
+            "assert Path(benchmarks.__file__).parent == Path(ROOT) / 'benchmarks', benchmarks.__file__\n"
+            "assert Path(lw_lightning.__file__).parent == Path(ROOT) / 'lw_lightning', lw_lightning.__file__"
+        ),
+    ]
+    nbformat.write(nb, str(path))
+    execute_notebook(path, {"ROOT": str(NOTEBOOK_DIR.parent)}, timeout=120)  # raises NotebookError on a failed cell
+
+
 def _run(name: str, tmp_path: Path, **params) -> dict[str, Path]:
     figures = tmp_path / "figures"
     nb, seconds, cpu_seconds = execute_notebook(notebook_path(name), {"FIGURE_DIR": str(figures), **params}, timeout=CELL_TIMEOUT)
@@ -143,10 +163,10 @@ def test_lookwhere_notebook_reads_a_demo_dir_and_official_weights(tmp_path, size
 @pytest.mark.slow
 @pytest.mark.notebooks
 def test_efficiency_notebook_reads_bench_results(tmp_path, root):
-    from lw_lightning.cli import main
+    from benchmarks.__main__ import main
 
     out = tmp_path / "bench"
-    assert main(["bench", "bench=smoke", f"output_dir={out}", "bench.suites=[images,video]"]) == 0
+    assert main(["bench=smoke", f"output_dir={out}", "bench.suites=[images,video]"]) == 0
     _run("efficiency_tradeoffs", tmp_path, BENCH_RESULTS=str(out / "results.json"))
 
 
