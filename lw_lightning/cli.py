@@ -170,13 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if new is not None:
         return _error(f"--config/--print-config are gone (configs are Hydra groups now); run: {new}")
 
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
-    try:
-        args = parser.parse_args(rest)
-    except SystemExit as exc:  # argparse printed its usage error
-        return int(exc.code or 0)
+    parsed = _parse_hydra_args(rest)
+    if isinstance(parsed, int):
+        return parsed
+    parser, args = parsed
     evaluation = command in ("validate", "test", "predict")
     return _check_and_run(
         args,
@@ -187,6 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lw_lightning",
         lambda composed, allow_missing: finalize(composed, allow_missing=allow_missing, evaluation=evaluation),
     )
+
+
+def _parse_hydra_args(words: Sequence[str]) -> tuple[Any, Any] | int:
+    """(Hydra's argument parser, the parsed words), or the exit status when argparse rejected them
+    (it has printed its usage error)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    try:
+        return parser, parser.parse_args(list(words))
+    except SystemExit as exc:
+        return int(exc.code or 0)
 
 
 def run_command(
@@ -221,13 +230,10 @@ def run_command(
     new = legacy_command("", argv, prog)
     if new is not None:
         return _error(f"--config/--print-config are gone (configs are Hydra groups now); run: {new}")
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse printed its usage error
-        return int(exc.code or 0)
+    parsed = _parse_hydra_args(argv)
+    if isinstance(parsed, int):
+        return parsed
+    parser, args = parsed
 
     def run_one(cfg: Any) -> int:
         try:

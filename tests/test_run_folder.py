@@ -55,6 +55,19 @@ def _can_unshare() -> bool:
     return probe.returncode == 0
 
 
+def _in_own_mounts(script: str) -> subprocess.CompletedProcess:
+    """``sh -c script`` in a user and mount namespace of its own: it may mount a small or
+    read-only tmpfs without root, and the mount goes with it."""
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+
+
 # --- item 5: two fits into one folder ------------------------------------------------------------
 
 
@@ -177,14 +190,7 @@ def test_full_disk_stops_the_run_with_one_line_and_whole_checkpoints(tmp_path):
         f"{sys.executable} -c \"import glob, torch; print('steps=' + ' '.join(str(torch.load(p, weights_only=True)"
         f"['global_step']) for p in sorted(glob.glob('{ckpts}/*.ckpt'))))\""
     )
-    proc = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
-    )
+    proc = _in_own_mounts(script)
     lines = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     assert lines.get("status") == "1", proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -214,13 +220,7 @@ def test_read_only_output_dir_is_one_line(tmp_path):
         f"mount -t tmpfs -o ro,size=1m tmpfs {ro} && cd {ROOT} && "
         f"{sys.executable} -m lw_lightning fit experiment=demo_vit output_dir={ro}/runs; echo status=$?"
     )
-    proc = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _in_own_mounts(script)
     assert "status=2" in proc.stdout, proc.stderr[-2000:]
     assert proc.stderr.strip() == f"error: cannot write output_dir {ro}/runs: {ro}: Read-only file system"
 
